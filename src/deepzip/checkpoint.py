@@ -1,0 +1,105 @@
+"""Pickle-free checkpoints on safetensors, written atomically.
+
+Two kinds:
+- model files: a plain safetensors file whose keys are the ``state_dict`` keys (readable by any
+  safetensors tool), with deepzip's model description (registry name, input shape) in the metadata;
+- state files: any nested dict/list of tensors and JSON values (optimizer state, iteration, ...),
+  tensors in the safetensors payload and the structure as JSON in the metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file, safe_open
+
+from .errors import DeepzipError
+
+_META_KEY = "deepzip"
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call ``write(tmp_path)`` then rename over ``path``: a crash never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def _tensors_for_file(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared or strided storage; a contiguous copy is cheap at our sizes.
+    return {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+
+
+def save_model(path: str | os.PathLike, model: torch.nn.Module, description: dict[str, Any] | None = None) -> None:
+    """Save ``model.state_dict()`` (masks and codebooks included) with a JSON description."""
+    tensors = _tensors_for_file(model.state_dict())
+    meta = {_META_KEY: json.dumps(description or {})}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def load_model_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a model file: (state_dict, description)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise DeepzipError(f"{path}: not a readable model file ({exc})") from exc
+    return tensors, json.loads(meta.get(_META_KEY, "{}"))
+
+
+def _flatten(obj: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, torch.Tensor):
+        tensors[key] = obj
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        return {"__dict__": [[k, _flatten(v, f"{key}/{k}", tensors)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return [_flatten(v, f"{key}/{i}", tensors) for i, v in enumerate(obj)]
+    return obj  # JSON scalar
+
+
+def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict) and "__tensor__" in obj:
+        return tensors[obj["__tensor__"]]
+    if isinstance(obj, dict) and "__dict__" in obj:
+        return {k: _unflatten(v, tensors) for k, v in obj["__dict__"]}
+    if isinstance(obj, list):
+        return [_unflatten(v, tensors) for v in obj]
+    return obj
+
+
+def save_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Save a nested structure of tensors and JSON values (no pickle)."""
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _flatten(state, "s", tensors)
+    meta = {_META_KEY: json.dumps(skeleton)}
+    tensors = _tensors_for_file(tensors)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def load_state(path: str | os.PathLike) -> dict[str, Any]:
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            skeleton = json.loads((f.metadata() or {})[_META_KEY])
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as exc:
+        raise DeepzipError(f"{path}: not a readable deepzip state file ({exc})") from exc
+    return _unflatten(skeleton, tensors)

@@ -1,0 +1,45 @@
+"""The ``deepzip`` command: thin subcommands over the library; every option comes from a config dataclass."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from ..errors import DeepzipError
+from . import train_cmd
+
+COMMANDS = {"train": train_cmd, "demo": train_cmd.Demo}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deepzip",
+        description="Make neural networks small and fast: pruning, trained quantization, entropy "
+                    "coding (Deep Compression) and lottery-ticket experiments.",
+    )
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's choice)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, command in COMMANDS.items():
+        p = sub.add_parser(name, help=command.HELP, description=command.HELP,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        command.add_arguments(p)
+        p.set_defaults(run=command.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return args.run(args) or 0
+    except (DeepzipError, ValueError, TypeError) as exc:
+        print(f"deepzip {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"deepzip {args.command}: interrupted; rerun the same command with --resume to continue",
+              file=sys.stderr)
+        return 130

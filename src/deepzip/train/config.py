@@ -1,0 +1,40 @@
+"""Training hyperparameters (defaults: the Lottery Ticket paper's LeNet setting, Adam 1.2e-3, batch 60)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import check_choices, option
+from ..data import DATASETS
+from ..models import MODELS
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training hyperparameters (Frankle & Carbin 2019 defaults for LeNet)."""
+
+    model: str = option("lenet300_100", "registry model to train", tuple(MODELS.names()))
+    dataset: str = option("fashion-mnist", "data set", DATASETS)
+    optimizer: str = option("adam", "optimizer", ("adam", "sgd"))
+    lr: float = option(1.2e-3, "learning rate")
+    momentum: float = option(0.9, "SGD momentum (ignored by adam)")
+    weight_decay: float = option(0.0, "L2 weight decay (the pruning paper retrains with L2)")
+    batch_size: int = option(60, "minibatch size")
+    epochs: int = option(20, "passes over the training split")
+    lr_schedule: str = option("constant", "learning-rate schedule", ("constant", "step", "cosine"))
+    lr_step_epochs: int = option(10, "step schedule: multiply lr by lr_gamma every this many epochs")
+    lr_gamma: float = option(0.1, "step schedule: lr factor")
+    eval_every: int = option(0, "evaluate and checkpoint every N iterations (0: once per epoch)")
+    val_size: int = option(5000, "training images held out for validation / early stopping")
+    seed: int = option(0, "seed for initialization and data order")
+
+    def __post_init__(self):
+        check_choices(self)
+        for name in ("lr", "batch_size", "epochs", "lr_step_epochs"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("weight_decay", "eval_every", "val_size", "momentum"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.lr_gamma <= 1:
+            raise ValueError(f"lr_gamma must be in (0, 1], got {self.lr_gamma}")

@@ -6,7 +6,7 @@ import json
 
 from ..config import add_arguments as add_config_arguments, from_args
 from ..models import count_parameters
-from ..train import TrainConfig, train
+from ..train import TrainConfig, baseline, train
 from .common import add_common_arguments, build_model, load_data, run_dir
 
 HELP = "train a registry model on a data set (resumable; the run directory is named by the config hash)"
@@ -45,7 +45,7 @@ class Demo:
 
     @staticmethod
     def run(args) -> int:
-        summary = train_and_report(TrainConfig(model="lenet300_100", dataset="fashion-mnist"), args)
+        summary = train_and_report(baseline("lenet300_100"), args)
         print(f"LeNet-300-100 on Fashion-MNIST: {summary['params']:,} parameters, "
               f"test accuracy {summary['test_acc']:.2%} after {summary['iterations']} iterations "
               f"(early-stop iteration {summary['early_stop_iteration']}, test accuracy there "

@@ -143,7 +143,7 @@ def train(
         from ..checkpoint import load_model_file
 
         state, _ = load_model_file(run.path("model.safetensors"))
-        model.load_state_dict(state)
+        _load_weights(model, state)
         return TrainResult(_read_metrics(run.path("metrics.jsonl"), upto=10**18))
 
     n = len(data.train)
@@ -160,7 +160,7 @@ def train(
             raise DeepzipError(f"{run.dir} holds an unfinished run; pass --resume to continue it "
                                f"or delete the directory to start over")
         state = load_state(checkpoint)
-        model.load_state_dict(state["model"])
+        _load_weights(model, state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         iteration = state["iteration"]
@@ -206,6 +206,13 @@ def train(
         atomic_write_text(run.path("summary.json"), json.dumps(result.summary(), indent=2) + "\n")
         checkpoint.unlink(missing_ok=True)
     return result
+
+
+def _load_weights(model: nn.Module, state: dict) -> None:
+    # Pruned models carry mask buffers; install them before loading (lazy import: prune uses train).
+    from ..prune.masks import load_state_dict
+
+    load_state_dict(model, state)
 
 
 def _evaluate_all(model, data, iteration, per_epoch, train_loss, lr, elapsed) -> dict[str, Any]:

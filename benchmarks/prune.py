@@ -1,0 +1,133 @@
+"""Pruning with retraining on Fashion-MNIST, from the dense baselines (issue 4).
+
+    python benchmarks/prune.py           # resumable: finished steps are reused from runs/
+
+Measures: LeNet-300-100 and LeNet-5 at 92% sparsity with iterative global magnitude pruning (the
+paper's Tables 1/2 per layer); global vs uniform vs ERK vs sensitivity vs threshold vs random at the same
+overall sparsity; structured (50% of units, then shrunk) and 2:4 at their natural sparsities.
+Target: accuracy within 0.5 points of the dense baseline at 92%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+
+import _common  # noqa: F401  (sys.path)
+import torch
+
+from _common import RESULTS, RUNS, table, write_results
+from baselines import train_baseline
+from deepzip import data, models
+from deepzip import prune as P
+from deepzip.config import hashname
+from deepzip.report.plots import sensitivity_plot
+from deepzip.train import BASELINES, evaluate, train
+
+SPARSITY = 0.92
+
+
+def run(name: str, dense, splits, cfg: P.PruneConfig):
+    model = copy.deepcopy(dense)
+    run_dir = RUNS / hashname(cfg, f"prune_{name}")
+    records = P.prune_and_retrain(model, splits, cfg, BASELINES[name], run_dir=run_dir)
+    return model, records[-1]
+
+
+def quality_for(dense, sparsity: float) -> float:
+    """The single Deep Compression quality q whose |w| < q*std rule reaches ``sparsity`` overall."""
+    lo, hi = 0.0, 10.0
+    for _ in range(40):
+        q = (lo + hi) / 2
+        masks = P.compute_masks(dense, None, "threshold", quality=q)
+        kept = sum(m.sum().item() for m in masks.values()) / sum(m.numel() for m in masks.values())
+        lo, hi = (q, hi) if 1 - kept < sparsity else (lo, q)
+    return hi
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", nargs="+", default=list(BASELINES), choices=list(BASELINES))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    out, md = {}, ["# Pruning with retraining (Fashion-MNIST)\n",
+                   f"Iterative global magnitude pruning to {SPARSITY:.0%} sparsity: 3 prune/retrain steps of "
+                   "4 epochs each (Adam, lr 5e-4 cosine, L2 1e-5), from the dense baselines. Test accuracy; "
+                   "one seed.\n"]
+    for name in args.models:
+        dense, dense_result, _ = train_baseline(name)
+        splits = data.load("fashion-mnist")
+        dense_acc = dense_result.final["test_acc"]
+        main_cfg = P.PruneConfig(sparsity=SPARSITY)
+        pruned, record = run(name, dense, splits, main_cfg)
+        drop = dense_acc - record["test_acc"]
+        entry = {"dense_test_acc": dense_acc, "pruned_test_acc": record["test_acc"], "drop_points": 100 * drop,
+                 "meets_target": drop <= 0.005, "sparsity": record["sparsity"], "layers": record["layers"]}
+        md += [f"## {name}\n", f"Dense {dense_acc:.2%} -> pruned {record['test_acc']:.2%} "
+               f"({-100 * drop:+.2f} points; target: within 0.5) at {record['sparsity']:.2%} sparsity.\n",
+               table(["layer", "# weights", "% kept"],
+                     [[l["layer"], f"{l['total']:,}", f"{l['kept']:.1%}"] for l in record["layers"]]
+                     + [["total", f"{sum(l['total'] for l in record['layers']):,}", f"{1 - record['sparsity']:.1%}"]]),
+               ""]
+
+        # Allocation methods side by side at the same overall sparsity and the same retraining budget.
+        val_acc = lambda m: evaluate(m, splits.val)[1]  # noqa: E731  (model selection never sees test)
+        curves = P.sensitivity_curves(dense, val_acc)
+        sensitivity_plot(curves, RESULTS / f"sensitivity_{name}.png", f"{name}: sensitivity (validation accuracy)")
+        variants = {
+            "global": main_cfg,
+            "uniform": dataclasses.replace(main_cfg, method="uniform"),
+            "erk": dataclasses.replace(main_cfg, method="erk"),
+            "threshold (q x std)": dataclasses.replace(main_cfg, method="threshold", steps=1, retrain_epochs=12,
+                                                       quality=f"{quality_for(dense, SPARSITY):.4f}"),
+            "random (control)": dataclasses.replace(main_cfg, method="random"),
+        }
+        comparison = {}
+        for label, cfg in variants.items():
+            model, rec = run(name, dense, splits, cfg)
+            comparison[label] = {"test_acc": rec["test_acc"], "sparsity": rec["sparsity"]}
+        sens_model = copy.deepcopy(dense)
+        base_val = val_acc(dense)
+        sens_records = []
+        for step, target in enumerate(P.iterative_sparsities(SPARSITY, 3), 1):
+            P.prune(sens_model, target, "sensitivity", curves=curves, base_accuracy=base_val)
+            result = train(sens_model, splits, main_cfg.retrain_config(BASELINES[name]),
+                           run_dir=RUNS / f"{hashname(main_cfg, 'prune_' + name)}_sensitivity" / f"step_{step}",
+                           resume=True)
+            sens_records.append(result.final["test_acc"])
+        comparison["sensitivity"] = {"test_acc": sens_records[-1], "sparsity": P.sparsity_report(sens_model)["sparsity"]}
+        entry["allocation"] = comparison
+        md += [f"### {name}: allocation at {SPARSITY:.0%}\n",
+               table(["method", "sparsity", "test acc", "vs dense"],
+                     [[k, f"{v['sparsity']:.2%}", f"{v['test_acc']:.2%}", f"{100 * (v['test_acc'] - dense_acc):+.2f}"]
+                      for k, v in comparison.items()]), "",
+               f"Sensitivity curves: `sensitivity_{name}.png`.\n"]
+
+        # Structured (50% of units, shrunk to a smaller dense model) and 2:4.
+        structured_cfg = dataclasses.replace(main_cfg, method="structured", sparsity=0.5)
+        model, rec = run(name, dense, splits, structured_cfg)
+        before = models.count_parameters(model)
+        x = splits.test.x[:256]
+        with torch.no_grad():
+            reference = model(x)
+            P.shrink(model)
+            max_diff = (model(x) - reference).abs().max().item()
+        shrunk_acc = evaluate(model, splits.test)[1]
+        nm_model, nm_rec = run(name, dense, splits, dataclasses.replace(main_cfg, method="nm"))
+        entry["structured"] = {"test_acc": rec["test_acc"], "shrunk_test_acc": shrunk_acc, "params_before": before,
+                               "params_after": models.count_parameters(model), "max_output_diff": max_diff}
+        entry["nm_2_4"] = {"test_acc": nm_rec["test_acc"], "sparsity": nm_rec["sparsity"]}
+        md += [f"### {name}: structured and N:M\n",
+               table(["pattern", "params / sparsity", "test acc", "vs dense"],
+                     [["structured 50% units (L1), shrunk", f"{before:,} -> {models.count_parameters(model):,} params",
+                       f"{shrunk_acc:.2%}", f"{100 * (shrunk_acc - dense_acc):+.2f}"],
+                      ["2:4", f"{nm_rec['sparsity']:.2%}", f"{nm_rec['test_acc']:.2%}",
+                       f"{100 * (nm_rec['test_acc'] - dense_acc):+.2f}"]]),
+               f"\nShrinking changed the outputs by at most {max_diff:.1e}.\n"]
+        out[name] = entry
+        write_results("prune", {"sparsity": SPARSITY, "results": out}, "\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

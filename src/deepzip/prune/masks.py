@@ -1,0 +1,115 @@
+"""Masks as explicit module state, like ``torch.nn.utils.prune`` but keeping ``weight`` a plain Parameter.
+
+For a pruned parameter ``weight`` the owning module carries a bool buffer ``weight_mask`` (so it is in
+``state_dict``). Pruned entries are zero in ``weight``, their gradients are zeroed by a tensor hook,
+and `mask_optimizer_state` zeroes their momentum; with zero weight, gradient and state, SGD
+(momentum, weight decay) and Adam/AdamW leave them exactly zero. `remove` makes pruning permanent.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from .targets import split_name
+
+MASK_SUFFIX = "_mask"
+_HOOKS = "_deepzip_mask_hooks"
+
+
+def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    module_name, param_name = split_name(name)
+    module = model.get_submodule(module_name)
+    if not isinstance(getattr(module, param_name, None), nn.Parameter):
+        raise ValueError(f"{name!r} is not a parameter of the model")
+    return module, param_name
+
+
+def _install(module: nn.Module, param_name: str, mask: torch.Tensor) -> None:
+    buffer = param_name + MASK_SUFFIX
+    if buffer in module._buffers:
+        module._buffers[buffer].copy_(mask)
+    else:
+        module.register_buffer(buffer, mask.clone())
+        param = getattr(module, param_name)
+        # Look the buffer up at call time so later in-place mask updates take effect.
+        handle = param.register_hook(lambda grad: grad * getattr(module, buffer))
+        module.__dict__.setdefault(_HOOKS, {})[param_name] = handle
+    with torch.no_grad():
+        getattr(module, param_name).mul_(getattr(module, buffer))
+
+
+def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+    """Install (or tighten) the given masks, keyed by parameter name. All are checked before any is applied,
+    so a bad mask leaves the model as it was."""
+    checked = {}
+    for name, mask in masks.items():
+        module, param_name = _owner(model, name)
+        weight = getattr(module, param_name)
+        if not isinstance(mask, torch.Tensor) or mask.shape != weight.shape:
+            got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise ValueError(f"mask for {name} must be a tensor of shape {tuple(weight.shape)}, got {got}")
+        checked[name] = (module, param_name, mask.to(dtype=torch.bool, device=weight.device))
+    for module, param_name, mask in checked.values():
+        _install(module, param_name, mask)
+
+
+def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every installed mask, keyed by the parameter name it masks."""
+    masks = {}
+    for module_name, module in model.named_modules():
+        for buffer, value in module._buffers.items():
+            if buffer.endswith(MASK_SUFFIX) and isinstance(getattr(module, buffer[: -len(MASK_SUFFIX)], None), nn.Parameter):
+                param = buffer[: -len(MASK_SUFFIX)]
+                masks[f"{module_name}.{param}" if module_name else param] = value
+    return masks
+
+
+def is_pruned(model: nn.Module) -> bool:
+    return bool(get_masks(model))
+
+
+def mask_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
+    """Zero the optimizer state (momentum, Adam moments) of pruned entries, after masks change."""
+    masks = {id(getattr(*_owner(model, name))): mask for name, mask in get_masks(model).items()}
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            mask = masks.get(id(param))
+            if mask is None:
+                continue
+            for value in optimizer.state.get(param, {}).values():
+                if isinstance(value, torch.Tensor) and value.shape == mask.shape:
+                    value.mul_(mask)
+
+
+def enforce(model: nn.Module) -> None:
+    """Re-zero every pruned entry (for weights changed outside training, e.g. loaded or rewound)."""
+    with torch.no_grad():
+        for name, mask in get_masks(model).items():
+            module, param_name = _owner(model, name)
+            getattr(module, param_name).mul_(mask)
+
+
+def remove(model: nn.Module) -> nn.Module:
+    """Make pruning permanent: drop masks and hooks; the pruned weights stay zero."""
+    enforce(model)
+    for name in list(get_masks(model)):
+        module, param_name = _owner(model, name)
+        del module._buffers[param_name + MASK_SUFFIX]
+        handle = module.__dict__.get(_HOOKS, {}).pop(param_name, None)
+        if handle is not None:
+            handle.remove()
+    return model
+
+
+def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True):
+    """Load a pruned model's ``state_dict`` into a fresh model: installs the masks it holds first."""
+    params = dict(model.named_parameters())
+    masks = {key[: -len(MASK_SUFFIX)]: value for key, value in state_dict.items()
+             if key.endswith(MASK_SUFFIX) and key[: -len(MASK_SUFFIX)] in params}
+    apply_masks(model, masks)
+    result = model.load_state_dict(state_dict, strict=strict)
+    enforce(model)
+    return result

@@ -1,0 +1,1 @@
+"""Reports: the papers' tables and plots."""

@@ -29,3 +29,29 @@ def test_bad_input_is_one_line_no_traceback():
     result = subprocess.run([sys.executable, "-m", "deepzip", "train", "--lr", "-1"], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip() == "deepzip train: error: lr must be > 0, got -1.0"
+
+
+def test_prune_and_sensitivity_commands(tmp_path, capsys):
+    runs = str(tmp_path / "runs")
+    assert main(["train", "--dataset", "digits", "--val-size", "300", "--epochs", "2", "--batch-size", "32",
+                 "--runs-dir", runs, "--quiet"]) == 0
+    checkpoint = json.loads(capsys.readouterr().out)["run_dir"] + "/model.safetensors"
+    assert main(["prune", "--checkpoint", checkpoint, "--sparsity", "0.8", "--method", "uniform",
+                 "--retrain-epochs", "1", "--runs-dir", runs, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "fc1.weight" in out and "20.00%" in out  # uniform 80%: every layer keeps 20%
+    pruned = next((tmp_path / "runs").glob("prune_*/model.safetensors"))
+    from deepzip import prune as P
+    from deepzip.cli.common import load_checkpoint
+
+    model, description, _ = load_checkpoint(pruned)
+    assert P.sparsity_report(model)["sparsity"] == pytest.approx(0.8, abs=1e-3)
+    assert description["prune_config"]["method"] == "uniform"
+
+    plot = tmp_path / "sens.png"
+    assert main(["sensitivity", "--checkpoint", checkpoint, "--sparsities", "0", "0.9", "-o", str(plot), "--quiet"]) == 0
+    curves = json.loads(plot.with_suffix(".json").read_text())
+    assert set(curves) == {"fc1.weight", "fc2.weight", "fc3.weight"}
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+    assert main(["prune", "--checkpoint", checkpoint, "--method", "nm", "--n", "5", "--m", "4"]) == 2
+    assert "N:M needs 0 < N <= M, got 5:4" in capsys.readouterr().err

@@ -8,9 +8,10 @@ import sys
 import torch
 
 from ..errors import DeepzipError
-from . import train_cmd
+from . import prune_cmd, train_cmd
 
-COMMANDS = {"train": train_cmd, "demo": train_cmd.Demo}
+COMMANDS = {"demo": train_cmd.Demo, "train": train_cmd, "prune": prune_cmd,
+            "sensitivity": prune_cmd.Sensitivity}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,3 +29,22 @@ def build_model(cfg, splits: data.DataSplits):
 
 def run_dir(args, cfg, prefix: str) -> Path:
     return Path(args.runs_dir) / hashname(cfg, prefix)
+
+
+def load_checkpoint(path) -> tuple:
+    """(model, description, train config) from a deepzip model file of a registry model."""
+    from ..checkpoint import load_model_file
+    from ..config import from_dict
+    from ..errors import DeepzipError
+    from ..prune import load_state_dict
+    from ..train import TrainConfig
+
+    if not Path(path).is_file():
+        raise DeepzipError(f"checkpoint {path} does not exist (train one with 'deepzip train')")
+    state, description = load_model_file(path)
+    if "model" not in description:
+        raise DeepzipError(f"{path} has no deepzip model description; it was not written by deepzip train/prune")
+    model = models.build(description["model"], description["input_shape"], description["num_classes"])
+    load_state_dict(model, state)
+    train_cfg = from_dict(TrainConfig, description.get("train_config", {"model": description["model"]}))
+    return model, description, train_cfg

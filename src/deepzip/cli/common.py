@@ -36,7 +36,7 @@ def load_checkpoint(path) -> tuple:
     from ..checkpoint import load_model_file
     from ..config import from_dict
     from ..errors import DeepzipError
-    from ..prune import load_state_dict
+    from ..quantize import load_state_dict
     from ..train import TrainConfig
 
     if not Path(path).is_file():

@@ -16,8 +16,8 @@ from .targets import find_targets, layer_kind, split_name
 def prunable_weights(model: nn.Module, extra: Iterable[str] = (), exclude: Iterable[str] = ()) -> tuple[dict, dict]:
     """({name: weight}, {name: kind}) for the model's prunable parameters."""
     targets = find_targets(model, extra, exclude)
-    params = dict(model.named_parameters())
-    return {n: params[n] for n in targets}, {n: layer_kind(m) for n, m in targets.items()}
+    weights = {n: getattr(m, split_name(n)[1]) for n, m in targets.items()}  # weight-shared ones included
+    return weights, {n: layer_kind(m) for n, m in targets.items()}
 
 
 def compute_masks(model: nn.Module, sparsity: float | None = None, method: str = "global",

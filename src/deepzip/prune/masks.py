@@ -22,9 +22,14 @@ _HOOKS = "_deepzip_mask_hooks"
 def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     module_name, param_name = split_name(name)
     module = model.get_submodule(module_name)
-    if not isinstance(getattr(module, param_name, None), nn.Parameter):
+    if not isinstance(getattr(module, param_name, None), torch.Tensor):
         raise ValueError(f"{name!r} is not a parameter of the model")
     return module, param_name
+
+
+def _is_shared(module: nn.Module, param_name: str) -> bool:
+    """Weight-shared (deepzip.quantize): the weight is derived from a codebook, not a Parameter."""
+    return not isinstance(getattr(module, param_name), nn.Parameter)
 
 
 def _install(module: nn.Module, param_name: str, mask: torch.Tensor) -> None:
@@ -33,6 +38,8 @@ def _install(module: nn.Module, param_name: str, mask: torch.Tensor) -> None:
         module._buffers[buffer].copy_(mask)
     else:
         module.register_buffer(buffer, mask.clone())
+        if _is_shared(module, param_name):
+            return  # the codebook forward applies the mask; there is no weight gradient to mask
         param = getattr(module, param_name)
         # Look the buffer up at call time so later in-place mask updates take effect.
         handle = param.register_hook(lambda grad: grad * getattr(module, buffer))
@@ -61,7 +68,7 @@ def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     masks = {}
     for module_name, module in model.named_modules():
         for buffer, value in module._buffers.items():
-            if buffer.endswith(MASK_SUFFIX) and isinstance(getattr(module, buffer[: -len(MASK_SUFFIX)], None), nn.Parameter):
+            if buffer.endswith(MASK_SUFFIX) and isinstance(getattr(module, buffer[: -len(MASK_SUFFIX)], None), torch.Tensor):
                 param = buffer[: -len(MASK_SUFFIX)]
                 masks[f"{module_name}.{param}" if module_name else param] = value
     return masks
@@ -94,6 +101,9 @@ def enforce(model: nn.Module) -> None:
 
 def remove(model: nn.Module) -> nn.Module:
     """Make pruning permanent: drop masks and hooks; the pruned weights stay zero."""
+    shared = [n for n in get_masks(model) if _is_shared(*_owner(model, n))]
+    if shared:
+        raise ValueError(f"{', '.join(shared)} are weight-shared: call deepzip.quantize.finalize(model) first")
     enforce(model)
     for name in list(get_masks(model)):
         module, param_name = _owner(model, name)
@@ -104,11 +114,18 @@ def remove(model: nn.Module) -> nn.Module:
     return model
 
 
+def _has_tensor(model: nn.Module, name: str) -> bool:
+    try:
+        _owner(model, name)
+        return True
+    except (ValueError, AttributeError):
+        return False
+
+
 def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True):
     """Load a pruned model's ``state_dict`` into a fresh model: installs the masks it holds first."""
-    params = dict(model.named_parameters())
     masks = {key[: -len(MASK_SUFFIX)]: value for key, value in state_dict.items()
-             if key.endswith(MASK_SUFFIX) and key[: -len(MASK_SUFFIX)] in params}
+             if key.endswith(MASK_SUFFIX) and _has_tensor(model, key[: -len(MASK_SUFFIX)])}
     apply_masks(model, masks)
     result = model.load_state_dict(state_dict, strict=strict)
     enforce(model)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
+import torch
 from torch import nn
 
 PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
@@ -36,11 +37,11 @@ def find_targets(model: nn.Module, extra: Iterable[str] = (), exclude: Iterable[
 
     ``exclude`` takes parameter names or module names (``conv1`` excludes ``conv1.weight``).
     """
-    params = dict(model.named_parameters())
     targets = {f"{name}.weight" if name else "weight": module for name, module in model.named_modules()
-               if isinstance(module, PRUNABLE_TYPES) and getattr(module, "weight", None) is not None}
+               if isinstance(module, PRUNABLE_TYPES) and isinstance(getattr(module, "weight", None), torch.Tensor)}
+    params = dict(model.named_parameters())
     for name in extra:
-        if name not in params:
+        if name not in params and name not in targets:
             raise ValueError(f"unknown parameter {name!r}; the model's parameters are: {', '.join(params)}")
         targets[name] = model.get_submodule(split_name(name)[0])
     exclude = list(exclude)
@@ -52,5 +53,5 @@ def find_targets(model: nn.Module, extra: Iterable[str] = (), exclude: Iterable[
     if not targets:
         raise ValueError(f"{type(model).__name__} has nothing to prune: no Linear, Conv or Embedding weights "
                          f"(name other parameters with extra=[...])")
-    order = list(params)
-    return dict(sorted(targets.items(), key=lambda item: order.index(item[0])))
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    return dict(sorted(targets.items(), key=lambda item: order[split_name(item[0])[0]]))

@@ -209,8 +209,9 @@ def train(
 
 
 def _load_weights(model: nn.Module, state: dict) -> None:
-    # Pruned models carry mask buffers; install them before loading (lazy import: prune uses train).
-    from ..prune.masks import load_state_dict
+    # Pruned / weight-shared models carry masks and codebooks; install them before loading
+    # (lazy import: prune and quantize use train).
+    from ..quantize.sharing import load_state_dict
 
     load_state_dict(model, state)
 

@@ -36,6 +36,14 @@ def run(name: str, dense, splits, cfg: P.PruneConfig):
     return model, records[-1]
 
 
+def pruned_model(name: str):
+    """The benchmark's main pruned model (iterative global magnitude to 92%), reused from runs/ when done."""
+    dense, dense_result, _ = train_baseline(name)
+    splits = data.load("fashion-mnist")
+    model, record = run(name, dense, splits, P.PruneConfig(sparsity=SPARSITY, steps=STEPS, retrain_epochs=EPOCHS))
+    return model, record, dense_result.final["test_acc"], splits
+
+
 def quality_for(dense, sparsity: float) -> float:
     """The single Deep Compression quality q whose |w| < q*std rule reaches ``sparsity`` overall."""
     lo, hi = 0.0, 10.0

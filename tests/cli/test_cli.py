@@ -55,3 +55,25 @@ def test_prune_and_sensitivity_commands(tmp_path, capsys):
     assert plot.read_bytes()[:4] == b"\x89PNG"
     assert main(["prune", "--checkpoint", checkpoint, "--method", "nm", "--n", "5", "--m", "4"]) == 2
     assert "N:M needs 0 < N <= M, got 5:4" in capsys.readouterr().err
+
+
+def test_quantize_command_writes_model_and_histograms(tmp_path, capsys):
+    runs = str(tmp_path / "runs")
+    assert main(["train", "--dataset", "digits", "--val-size", "300", "--epochs", "2", "--batch-size", "32",
+                 "--runs-dir", runs, "--quiet"]) == 0
+    checkpoint = json.loads(capsys.readouterr().out)["run_dir"] + "/model.safetensors"
+    assert main(["quantize", "--checkpoint", checkpoint, "--bits-fc", "2", "--finetune-epochs", "1",
+                 "--runs-dir", runs, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "fc1.weight       " in out and "fine-tuned" in out
+    run_dir = next((tmp_path / "runs").glob("quantize_*"))
+    assert (run_dir / "codebooks.png").read_bytes()[:4] == b"\x89PNG"
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["bits"] == {"fc1.weight": 2, "fc2.weight": 2, "fc3.weight": 2}
+    from deepzip import quantize as Q
+    from deepzip.cli.common import load_checkpoint
+
+    model, _, _ = load_checkpoint(run_dir / "model.safetensors")
+    assert all(len(cb) <= 4 for cb, _ in Q.codebooks(model).values())
+    assert main(["quantize", "--checkpoint", checkpoint, "--bits-fc", "0"]) == 2
+    assert "bits_fc must be in 1..16, got 0" in capsys.readouterr().err

@@ -8,10 +8,10 @@ import sys
 import torch
 
 from ..errors import DeepzipError
-from . import prune_cmd, train_cmd
+from . import prune_cmd, quantize_cmd, train_cmd
 
 COMMANDS = {"demo": train_cmd.Demo, "train": train_cmd, "prune": prune_cmd,
-            "sensitivity": prune_cmd.Sensitivity}
+            "sensitivity": prune_cmd.Sensitivity, "quantize": quantize_cmd}
 
 
 def build_parser() -> argparse.ArgumentParser:

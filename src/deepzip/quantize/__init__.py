@@ -8,10 +8,11 @@
 
 from .api import (PAPER_BITS, allocate_bits, bits_sensitivity, layer_bits, nonzero_counts, quantize,
                   resolve_bits)
+from .config import QuantizeConfig
 from .kmeans import INITS, assign, check_bits, kmeans_1d
 from .sharing import codebooks, finalize, install, load_state_dict, share, shared_layers
 from .uniform import uniform_quantize_1d
 
-__all__ = ["INITS", "PAPER_BITS", "allocate_bits", "assign", "bits_sensitivity", "check_bits", "codebooks",
+__all__ = ["INITS", "PAPER_BITS", "QuantizeConfig", "allocate_bits", "assign", "bits_sensitivity", "check_bits", "codebooks",
            "finalize", "install", "kmeans_1d", "layer_bits", "load_state_dict", "nonzero_counts", "quantize",
            "resolve_bits", "share", "shared_layers", "uniform_quantize_1d"]

@@ -25,7 +25,9 @@ def resolve_bits(model: nn.Module, bits: int | Mapping[str, int] | None, extra: 
     """
     weights, kinds = prunable_weights(model, extra, exclude)
     if bits is None:
-        bits = {kind: PAPER_BITS[kind] for kind in set(kinds.values())}
+        bits = PAPER_BITS
+    if isinstance(bits, Mapping):  # kinds absent from this model are fine to mention
+        bits = {k: v for k, v in bits.items() if k not in PAPER_BITS or k in kinds.values()}
     resolved = per_layer(bits, weights, kinds, "bits")
     for name, b in resolved.items():
         if b != int(b):

@@ -34,8 +34,14 @@ def _init(values: np.ndarray, k: int, init: str, seed: int) -> np.ndarray:
 
 
 def _lloyd(values: np.ndarray, centroids: np.ndarray, iters: int) -> np.ndarray:
-    """Lloyd iterations on sorted ``values``; empty clusters keep their centroid."""
+    """Lloyd iterations on sorted ``values``.
+
+    An empty cluster (e.g. a linear-init centroid stranded in the gap that pruning leaves around zero)
+    is re-seeded at the median of the cluster with the largest squared error, so no codebook entry
+    is wasted while some cluster could still be split.
+    """
     prefix = np.concatenate([[0.0], np.cumsum(values, dtype=np.float64)])
+    prefix2 = np.concatenate([[0.0], np.cumsum(values * values, dtype=np.float64)])
     for _ in range(iters):
         centroids = np.sort(centroids)
         bounds = np.searchsorted(values, (centroids[1:] + centroids[:-1]) / 2, side="left")
@@ -44,7 +50,14 @@ def _lloyd(values: np.ndarray, centroids: np.ndarray, iters: int) -> np.ndarray:
         counts = ends - starts
         sums = prefix[ends] - prefix[starts]
         updated = np.where(counts > 0, sums / np.maximum(counts, 1), centroids)
-        if np.allclose(updated, centroids, rtol=0, atol=1e-12):
+        empty = np.flatnonzero(counts == 0)
+        if len(empty):
+            error = (prefix2[ends] - prefix2[starts]) - sums * sums / np.maximum(counts, 1)
+            for slot, victim in zip(empty, np.argsort(-error)):
+                if counts[victim] < 2 or error[victim] <= 0:
+                    break
+                updated[slot] = values[(starts[victim] + ends[victim]) // 2]
+        elif np.allclose(updated, centroids, rtol=0, atol=1e-12):
             return updated
         centroids = updated
     return centroids

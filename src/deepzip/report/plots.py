@@ -28,3 +28,55 @@ def sensitivity_plot(curves: Mapping[str, Sequence[tuple[float, float]]], path: 
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def codebook_histograms(layers: Mapping[str, tuple], path: str | Path, title: str = "") -> Path:
+    """Per layer: histogram of the nonzero weights with the shared values marked (Han et al. 2016, Figure 7).
+
+    ``layers``: {name: (weights, codebook_before, codebook_after)}; ``codebook_after`` may be None.
+    """
+    import numpy as np
+
+    fig, axes = plt.subplots(len(layers), 1, figsize=(7, 2.2 * len(layers)), dpi=110, squeeze=False)
+    for ax, (name, (weights, before, after)) in zip(axes[:, 0], layers.items()):
+        w = np.asarray(weights, dtype=np.float64).reshape(-1)
+        ax.hist(w[w != 0], bins=120, color="0.6")
+        for value in np.asarray(before).reshape(-1):
+            ax.axvline(value, color="tab:blue", lw=0.6, alpha=0.7)
+        if after is not None:
+            for value in np.asarray(after).reshape(-1):
+                ax.axvline(value, color="tab:red", lw=0.6, alpha=0.7, ls="--")
+        ax.set_title(f"{name}: {len(np.asarray(before).reshape(-1))} shared values"
+                     + ("  (blue: k-means, red dashed: fine-tuned)" if after is not None else ""), fontsize=9)
+        ax.set_ylabel("count")
+    axes[-1, 0].set_xlabel("weight value")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def accuracy_vs_bits(series: Mapping[str, Sequence[tuple[int, float]]], path: str | Path, title: str,
+                     reference: float | None = None) -> Path:
+    """Accuracy vs bits per weight, one line per method (Han et al. 2016, Figures 6 and 8)."""
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for label, points in series.items():
+        xs, ys = zip(*points)
+        ax.plot(xs, [100 * y for y in ys], marker="o", markersize=3, label=label,
+                ls="--" if "no fine-tune" in label else "-")
+    if reference is not None:
+        ax.axhline(100 * reference, color="k", lw=0.8, ls=":", label="pruned, fp32")
+    ax.set_xlabel("bits per weight")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,114 @@
+"""``deepzip.save`` / ``deepzip.load``: a model (pruned, weight-shared, or plain) to a .dz file and back."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..checkpoint import atomic_write
+from ..errors import FormatError
+from ..prune.masks import MASK_SUFFIX
+from ..quantize.sharing import CODEBOOK, INDEX
+from . import container, records
+from .report import build_report
+
+MAX_FILE = 1 << 34  # 16 GiB: refuse to read anything larger
+
+
+def _records(state: dict[str, torch.Tensor], writer: records.Writer, float_dtype: str,
+             codebook_dtype: str) -> list[dict[str, Any]]:
+    shared = [k[: -len(CODEBOOK)] for k in state if k.endswith(CODEBOOK) and k[: -len(CODEBOOK)] + INDEX in state]
+    consumed = {f"{p}{suffix}" for p in shared for suffix in (CODEBOOK, INDEX, MASK_SUFFIX)}
+    masked = [k[: -len(MASK_SUFFIX)] for k in state if k.endswith(MASK_SUFFIX) and k[: -len(MASK_SUFFIX)] in state]
+    consumed |= {f"{p}{MASK_SUFFIX}" for p in masked} | set(masked)
+    out = []
+    for key, tensor in state.items():
+        if key in shared_keys(shared):
+            base = key[: -len(CODEBOOK)]
+            out.append(records.shared_record(writer, base, tensor.detach(), state[base + INDEX],
+                                             state.get(base + MASK_SUFFIX), codebook_dtype))
+        elif key in masked:
+            out.append(records.sparse_record(writer, key, tensor.detach(), state[key + MASK_SUFFIX], float_dtype))
+        elif key not in consumed:
+            out.append(records.dense_record(writer, key, tensor.detach(), float_dtype))
+    return out
+
+
+def shared_keys(shared: list[str]) -> set[str]:
+    return {p + CODEBOOK for p in shared}
+
+
+def encode_model(model: nn.Module, float_dtype: str = "f32", codebook_dtype: str = "f32",
+                 description: dict | None = None, metadata: dict | None = None) -> tuple[bytes, dict[str, Any]]:
+    """(file bytes, report) for ``model``'s state."""
+    for name, value in (("float_dtype", float_dtype), ("codebook_dtype", codebook_dtype)):
+        if value not in records.FLOAT_STORAGE:
+            raise ValueError(f"{name} must be one of {', '.join(records.FLOAT_STORAGE)}, got {value!r}")
+    writer = records.Writer()
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    tensors = _records(state, writer, float_dtype, codebook_dtype)
+    description = description if description is not None else getattr(model, "_deepzip_description", None)
+    header = {"writer": f"deepzip {__version__}", "model": description, "metadata": metadata or {}, "tensors": tensors}
+    data = container.pack(header, writer.sections)
+    return data, build_report(header, writer.sections, len(data))
+
+
+def save(model: nn.Module, path: str | os.PathLike, float_dtype: str = "f32", codebook_dtype: str = "f32",
+         description: dict | None = None, metadata: dict | None = None) -> dict[str, Any]:
+    """Encode ``model`` into a .dz file (atomically) and return the per-layer report."""
+    data, report = encode_model(model, float_dtype, codebook_dtype, description, metadata)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    return report
+
+
+def read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(header, state_dict) of a .dz file; every problem is a FormatError."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE:
+            raise FormatError(f"{path}: {size} bytes is larger than the reader's {MAX_FILE}-byte limit")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise FormatError(f"{path}: cannot read ({exc.strerror})") from None
+    return decode_bytes(data, str(path))
+
+
+def decode_bytes(data: bytes, name: str = "<bytes>") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    try:
+        header, sections = container.unpack(data)
+        state: dict[str, torch.Tensor] = {}
+        for record in header["tensors"]:
+            state.update(records.read_record(record, sections))
+    except FormatError as exc:
+        raise type(exc)(f"{name}: {exc}") from None
+    return header, state
+
+
+def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
+    """Fill ``model`` (a fresh instance of the saved architecture) from a .dz file, bit-exact.
+
+    Without ``model``, a registry model is rebuilt from the description stored in the file.
+    Pruning masks and codebooks come back as explicit state, ready for more training or `finalize`.
+    """
+    from ..quantize.sharing import load_state_dict
+
+    header, state = read(path)
+    if model is None:
+        description = header.get("model")
+        if not description or "model" not in description:
+            raise ValueError(f"{path} records no registry model; pass model= (a fresh instance of its architecture)")
+        from ..models import build
+
+        model = build(description["model"], description.get("input_shape", (1, 28, 28)),
+                      description.get("num_classes", 10))
+    try:
+        load_state_dict(model, state)
+    except RuntimeError as exc:  # torch's shape / key mismatch
+        raise ValueError(f"{path} does not fit this model: {str(exc).splitlines()[0]}") from None
+    return model

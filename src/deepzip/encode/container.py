@@ -1,0 +1,192 @@
+"""The .dz container (docs/format.md): preamble, JSON header, sections, checksums. Untrusted input.
+
+`pack` assembles bytes from a header and section payloads; `unpack` checks a file in the spec's
+reading order and returns the header and the (checksum-verified) section payloads.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from typing import Any
+
+from ..errors import FormatError
+
+MAGIC = b"\x89DZP\r\n\x1a\n"
+END_MAGIC = b"DZEN"
+VERSION = (1, 0)
+MAX_HEADER = 4 << 20
+MAX_TENSORS = 65_536
+MAX_SECTIONS = 1 << 20
+MAX_DIMS = 8
+MAX_ELEMENTS = (1 << 31) - 1
+PREAMBLE = struct.Struct("<8sHHI")
+TRAILER = struct.Struct("<I4s")
+MIN_SIZE = PREAMBLE.size + 2 + 4 + TRAILER.size
+
+
+class TruncatedFileError(FormatError):
+    """The file ends before a structure it declares."""
+
+
+class ChecksumError(FormatError):
+    """A CRC-32 does not match: the file is corrupted."""
+
+
+class UnsupportedVersionError(FormatError):
+    """The file's format version is not one this reader knows."""
+
+
+def pack(header: dict[str, Any], sections: list[bytes]) -> bytes:
+    offset, table = 0, []
+    for payload in sections:
+        table.append({"offset": offset, "length": len(payload), "crc32": zlib.crc32(payload)})
+        offset += len(payload)
+    header = {**header, "sections": table}
+    text = json.dumps(header, separators=(",", ":"), sort_keys=False, allow_nan=False).encode()
+    if len(text) > MAX_HEADER:
+        raise ValueError(f"header of {len(text)} bytes exceeds the format's {MAX_HEADER}-byte cap")
+    head = PREAMBLE.pack(MAGIC, *VERSION, len(text)) + text
+    body = head + struct.pack("<I", zlib.crc32(head)) + b"".join(sections)
+    return body + TRAILER.pack(zlib.crc32(body), END_MAGIC)
+
+
+def _parse_json(text: bytes) -> dict:
+    def no_duplicates(pairs):
+        keys = [k for k, _ in pairs]
+        if len(keys) != len(set(keys)):
+            raise FormatError("header has duplicate keys")
+        return dict(pairs)
+
+    def no_constants(name):
+        raise FormatError(f"header contains the non-JSON constant {name}")
+
+    try:
+        header = json.loads(text.decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=no_constants)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise FormatError(f"header is not valid UTF-8 JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise FormatError("header must be a JSON object")
+    return header
+
+
+def unpack(data: bytes) -> tuple[dict, list[bytes]]:
+    """Validate the container and return (header, section payloads)."""
+    if len(data) < MIN_SIZE:
+        raise TruncatedFileError(f"file has {len(data)} bytes; a .dz file has at least {MIN_SIZE}")
+    magic, major, minor, header_len = PREAMBLE.unpack_from(data)
+    if magic != MAGIC:
+        raise FormatError(f"not a deepzip file (magic {magic!r}, expected {MAGIC!r})")
+    if major != VERSION[0] or minor > VERSION[1]:
+        raise UnsupportedVersionError(f"format version {major}.{minor} is not supported; this deepzip reads "
+                                      f"{VERSION[0]}.0 to {VERSION[0]}.{VERSION[1]}")
+    if not 2 <= header_len <= MAX_HEADER:
+        raise FormatError(f"header length {header_len} outside 2..{MAX_HEADER}")
+    data_start = PREAMBLE.size + header_len + 4
+    if data_start + TRAILER.size > len(data):
+        raise TruncatedFileError(f"header of {header_len} bytes does not fit in a {len(data)}-byte file")
+    (header_crc,) = struct.unpack_from("<I", data, PREAMBLE.size + header_len)
+    if zlib.crc32(data[: PREAMBLE.size + header_len]) != header_crc:
+        raise ChecksumError("header checksum mismatch: the header is corrupted")
+    header = _parse_json(data[PREAMBLE.size: PREAMBLE.size + header_len])
+    file_crc, end = TRAILER.unpack_from(data, len(data) - TRAILER.size)
+    if end != END_MAGIC:
+        raise TruncatedFileError(f"end magic missing (found {end!r}): the file is truncated or has trailing bytes")
+    if zlib.crc32(data[: len(data) - TRAILER.size]) != file_crc:
+        raise ChecksumError("file checksum mismatch: the data is corrupted")
+    sections = _sections(header, data, data_start, len(data) - TRAILER.size)
+    validate_header(header, len(sections))
+    return header, sections
+
+
+def _sections(header: dict, data: bytes, start: int, end: int) -> list[bytes]:
+    table = header.get("sections")
+    if not isinstance(table, list) or len(table) > MAX_SECTIONS:
+        raise FormatError(f"header 'sections' must be a list of at most {MAX_SECTIONS} entries")
+    expected, payloads = 0, []
+    for i, entry in enumerate(table):
+        if not isinstance(entry, dict) or not all(_is_uint(entry.get(k)) for k in ("offset", "length", "crc32")):
+            raise FormatError(f"section {i}: needs non-negative integer offset, length and crc32")
+        if entry["offset"] != expected:
+            raise FormatError(f"section {i} starts at {entry['offset']}, expected {expected}: sections must be "
+                              f"contiguous and in order")
+        expected += entry["length"]
+        if start + expected > end:
+            raise TruncatedFileError(f"section {i} ends at {start + expected}, beyond the data end {end}")
+        payload = data[start + entry["offset"]: start + expected]
+        if zlib.crc32(payload) != entry["crc32"]:
+            raise ChecksumError(f"section {i} checksum mismatch")
+        payloads.append(payload)
+    if start + expected != end:
+        raise FormatError(f"{end - start - expected} bytes of data are not covered by any section")
+    return payloads
+
+
+def _is_uint(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise FormatError(message)
+
+
+def _check_stream(stream, n_sections: int, what: str) -> None:
+    _require(isinstance(stream, dict), f"{what}: stream must be an object")
+    _require(_is_uint(stream.get("section")) and stream["section"] < n_sections, f"{what}: bad section number")
+    _require(stream.get("coder") in ("raw", "huffman", "rans"), f"{what}: coder must be raw, huffman or rans")
+    _require(_is_uint(stream.get("count")), f"{what}: count must be a non-negative integer")
+    _require(_is_uint(stream.get("alphabet")) and 1 <= stream["alphabet"] <= (1 << 24) + 1,
+             f"{what}: alphabet must be in 1..{(1 << 24) + 1}")
+
+
+def validate_header(header: dict, n_sections: int) -> None:
+    """Types, limits and references of every tensor record (before any decoding)."""
+    from .records import DTYPES
+
+    tensors = header.get("tensors")
+    _require(isinstance(tensors, list) and len(tensors) <= MAX_TENSORS,
+             f"header 'tensors' must be a list of at most {MAX_TENSORS}")
+    _require(header.get("model") is None or isinstance(header["model"], dict), "header 'model' must be an object or null")
+    names = set()
+    for i, record in enumerate(tensors):
+        _require(isinstance(record, dict) and isinstance(record.get("name"), str), f"tensor {i}: needs a string name")
+        what = f"tensor {record['name']!r}"
+        _require(record["name"] not in names, f"{what}: duplicate name")
+        names.add(record["name"])
+        shape = record.get("shape")
+        _require(isinstance(shape, list) and len(shape) <= MAX_DIMS and all(_is_uint(s) for s in shape),
+                 f"{what}: shape must be a list of at most {MAX_DIMS} non-negative integers")
+        numel = 1
+        for s in shape:
+            numel *= s
+        _require(numel <= MAX_ELEMENTS, f"{what}: {numel} elements exceed the limit {MAX_ELEMENTS}")
+        encoding = record.get("encoding")
+        if encoding == "dense":
+            _require(record.get("dtype") in DTYPES, f"{what}: dtype must be one of {', '.join(DTYPES)}")
+            _require(record.get("as", "f32") in ("f32",), f"{what}: 'as' may only be f32")
+            _require(_is_uint(record.get("section")) and record["section"] < n_sections, f"{what}: bad section number")
+        elif encoding in ("shared", "sparse"):
+            _check_positions_spec(record, n_sections, what, required=encoding == "sparse")
+            if encoding == "shared":
+                cb = record.get("codebook")
+                _require(isinstance(cb, dict) and cb.get("dtype") in ("f32", "f16") and _is_uint(cb.get("size"))
+                         and 1 <= cb["size"] <= 65_536 and _is_uint(cb.get("section")) and cb["section"] < n_sections,
+                         f"{what}: codebook needs dtype f32/f16, size 1..65536 and a section")
+                _check_stream(record.get("indices"), n_sections, f"{what} indices")
+            else:
+                _require(record.get("dtype") in ("f32", "f16"), f"{what}: sparse values must be f32 or f16")
+                _require(_is_uint(record.get("values")) and record["values"] < n_sections, f"{what}: bad values section")
+        else:
+            raise FormatError(f"{what}: unknown encoding {encoding!r}; this reader knows dense, shared, sparse")
+
+
+def _check_positions_spec(record: dict, n_sections: int, what: str, required: bool) -> None:
+    spec = record.get("positions")
+    if spec is None:
+        _require(not required, f"{what}: positions are required")
+        return
+    _require(isinstance(spec, dict) and _is_uint(spec.get("span_bits")) and 1 <= spec["span_bits"] <= 24,
+             f"{what}: positions need span_bits in 1..24")
+    _check_stream(spec.get("stream"), n_sections, f"{what} positions")

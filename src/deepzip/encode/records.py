@@ -1,0 +1,191 @@
+"""Tensor records: a model's state turned into header entries + section payloads, and back.
+
+Writing works from the explicit compression state (`weight_mask`, `weight_codebook`,
+`weight_index`); reading rebuilds exactly that state, so a decoded model equals the saved one bit
+for bit (with the default fp32 storage).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import FormatError
+from .bits import width
+from .sparse import positions_from_gaps, relative_indices
+from .streams import CodedStream, decode_stream, encode_stream, max_span_bits, span_cost_bits
+
+DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16, "f64": torch.float64,
+          "i64": torch.int64, "i32": torch.int32, "i16": torch.int16, "i8": torch.int8, "u8": torch.uint8,
+          "bool": torch.bool}
+NAMES = {v: k for k, v in DTYPES.items()}
+FLOAT_STORAGE = ("f32", "f16")
+
+
+@dataclass
+class Writer:
+    """Collects section payloads; records refer to them by number."""
+
+    sections: list[bytes] = field(default_factory=list)
+
+    def add(self, payload: bytes) -> int:
+        self.sections.append(payload)
+        return len(self.sections) - 1
+
+    def add_stream(self, tensor: str, role: str, stream: CodedStream) -> dict[str, Any]:
+        return {"section": self.add(stream.payload), "coder": stream.coder, "count": stream.count,
+                "alphabet": stream.alphabet}
+
+
+def _raw_bytes(t: torch.Tensor, dtype: str) -> bytes:
+    return t.detach().to(DTYPES[dtype]).contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
+def _from_bytes(data: bytes, dtype: str, shape: list[int]) -> torch.Tensor:
+    if not data:
+        return torch.zeros(shape, dtype=DTYPES[dtype])
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(DTYPES[dtype]).reshape(shape).clone()
+
+
+def dense_record(w: Writer, name: str, t: torch.Tensor, float_dtype: str) -> dict[str, Any]:
+    dtype = NAMES.get(t.dtype)
+    if dtype is None:
+        raise TypeError(f"{name}: cannot store dtype {t.dtype}; supported: {', '.join(map(str, DTYPES.values()))}")
+    record = {"name": name, "shape": list(t.shape), "encoding": "dense"}
+    if t.dtype == torch.float32 and float_dtype != "f32":
+        record["as"] = "f32"  # stored narrower, rebuilt as the model's fp32
+        dtype = float_dtype
+    return {**record, "dtype": dtype, "section": w.add(_raw_bytes(t, dtype))}
+
+
+def _best_span(gaps: np.ndarray, index_counts: np.ndarray, numel: int, entry_bits: int = 0) -> int:
+    """The span bits minimising (gap stream + index stream or raw values) size for this layer."""
+    best, best_bits = 1, None
+    for b in range(1, max_span_bits(numel) + 1):
+        gap_bits, index_bits = span_cost_bits(gaps, index_counts, b)
+        entries = len(gaps) + int((-(-gaps // (1 << b)) - 1).sum())
+        total = gap_bits + (index_bits if entry_bits == 0 else entries * entry_bits)
+        if best_bits is None or total < best_bits:
+            best, best_bits = b, total
+    return best
+
+
+def _positions(w: Writer, name: str, flat_mask: np.ndarray, index: np.ndarray | None, k: int,
+               entry_bits: int = 0) -> tuple[dict, np.ndarray, np.ndarray]:
+    positions = np.flatnonzero(flat_mask)
+    gaps = np.diff(positions, prepend=-1)
+    counts = np.bincount(index, minlength=k + 1) if index is not None else np.zeros(1, np.int64)
+    span_bits = _best_span(gaps, counts, len(flat_mask), entry_bits)
+    symbols, is_filler = relative_indices(positions, span_bits)
+    stream = w.add_stream(name, "positions", encode_stream(symbols, 1 << span_bits))
+    return {"span_bits": span_bits, "stream": stream}, positions, is_filler
+
+
+def shared_record(w: Writer, name: str, codebook: torch.Tensor, index: torch.Tensor, mask: torch.Tensor | None,
+                  codebook_dtype: str) -> dict[str, Any]:
+    k = len(codebook)
+    flat_index = index.reshape(-1).long().numpy()
+    record = {"name": name, "shape": list(index.shape), "encoding": "shared",
+              "codebook": {"dtype": codebook_dtype, "size": k, "section": w.add(_raw_bytes(codebook, codebook_dtype))}}
+    if mask is None:
+        record["positions"] = None
+        record["indices"] = w.add_stream(name, "indices", encode_stream(flat_index, k))
+        return record
+    flat_mask = mask.reshape(-1).numpy()
+    record["positions"], positions, is_filler = _positions(w, name, flat_mask, flat_index[flat_mask], k)
+    entries = np.full(len(is_filler), k, dtype=np.int64)  # fillers carry the symbol k
+    entries[~is_filler] = flat_index[positions]
+    record["indices"] = w.add_stream(name, "indices", encode_stream(entries, k + 1))
+    return record
+
+
+def sparse_record(w: Writer, name: str, weight: torch.Tensor, mask: torch.Tensor, dtype: str) -> dict[str, Any]:
+    flat_mask = mask.reshape(-1).numpy()
+    entry_bits = 8 * torch.tensor([], dtype=DTYPES[dtype]).element_size()
+    positions_record, positions, is_filler = _positions(w, name, flat_mask, None, 0, entry_bits)
+    values = torch.zeros(len(is_filler), dtype=torch.float32)
+    values[torch.from_numpy(~is_filler)] = weight.reshape(-1)[torch.from_numpy(positions)].float()
+    return {"name": name, "shape": list(weight.shape), "encoding": "sparse", "dtype": dtype,
+            "positions": positions_record, "values": w.add(_raw_bytes(values, dtype))}
+
+
+# ----------------------------------------------------------------------------------------- reading
+
+def read_stream(stream: dict, sections: list[bytes], numel: int, what: str) -> np.ndarray:
+    count, alphabet = stream["count"], stream["alphabet"]
+    if not 0 <= count <= 2 * numel + 1:
+        raise FormatError(f"{what}: stream declares {count} symbols for a tensor of {numel} elements")
+    return decode_stream(sections[stream["section"]], stream["coder"], count, alphabet, what)
+
+
+def _read_positions(record: dict, sections: list[bytes], numel: int, what: str) -> np.ndarray:
+    spec = record["positions"]
+    symbols = read_stream(spec["stream"], sections, numel, f"{what} positions")
+    if spec["stream"]["alphabet"] != 1 << spec["span_bits"]:
+        raise FormatError(f"{what}: position alphabet must be 2**span_bits = {1 << spec['span_bits']}")
+    return positions_from_gaps(symbols)
+
+
+def _check_positions(positions: np.ndarray, real: np.ndarray, numel: int, what: str) -> None:
+    if real.any() and positions[real].max() >= numel:
+        raise FormatError(f"{what}: a kept position lies beyond the tensor's {numel} elements")
+
+
+def read_record(record: dict, sections: list[bytes]) -> dict[str, torch.Tensor]:
+    """The state_dict entries a record stands for."""
+    name, shape, encoding = record["name"], record["shape"], record["encoding"]
+    numel = int(np.prod(shape)) if shape else 1
+    what = f"tensor {name!r}"
+    if encoding == "dense":
+        data = sections[record["section"]]
+        need = numel * torch.tensor([], dtype=DTYPES[record["dtype"]]).element_size()
+        if len(data) != need:
+            raise FormatError(f"{what}: dense section has {len(data)} bytes, shape {shape} as {record['dtype']} needs {need}")
+        tensor = _from_bytes(data, record["dtype"], shape)
+        return {name: tensor.to(DTYPES[record["as"]]) if "as" in record else tensor}
+    if encoding == "shared":
+        cb = record["codebook"]
+        data = sections[cb["section"]]
+        if len(data) != cb["size"] * (2 if cb["dtype"] == "f16" else 4):
+            raise FormatError(f"{what}: codebook section has {len(data)} bytes for {cb['size']} {cb['dtype']} values")
+        codebook = _from_bytes(data, cb["dtype"], [cb["size"]]).float()
+        k = cb["size"]
+        index = np.zeros(numel, dtype=np.int64)
+        out = {name + "_codebook": codebook}
+        if record["positions"] is None:
+            symbols = read_stream(record["indices"], sections, numel, f"{what} indices")
+            if record["indices"]["alphabet"] != k or len(symbols) != numel:
+                raise FormatError(f"{what}: a dense shared layer needs {numel} indices over {k} values")
+            index[:] = symbols
+        else:
+            positions = _read_positions(record, sections, numel, what)
+            symbols = read_stream(record["indices"], sections, numel, f"{what} indices")
+            if record["indices"]["alphabet"] != k + 1 or len(symbols) != len(positions):
+                raise FormatError(f"{what}: {len(symbols)} indices (alphabet {record['indices']['alphabet']}) "
+                                  f"for {len(positions)} positions and {k} values")
+            real = symbols != k
+            _check_positions(positions, real, numel, what)
+            index[positions[real]] = symbols[real]
+            mask = np.zeros(numel, dtype=bool)
+            mask[positions[real]] = True
+            out[name + "_mask"] = torch.from_numpy(mask).reshape(shape)
+        out[name + "_index"] = torch.from_numpy(index).reshape(shape).to(torch.int16 if k <= 32767 else torch.int32)
+        return out
+    if encoding == "sparse":
+        positions = _read_positions(record, sections, numel, what)
+        data = sections[record["values"]]
+        size = 2 if record["dtype"] == "f16" else 4
+        if len(data) != len(positions) * size:
+            raise FormatError(f"{what}: {len(data)} value bytes for {len(positions)} entries")
+        values = _from_bytes(data, record["dtype"], [len(positions)]).float()
+        real = (values != 0).numpy()
+        _check_positions(positions, real, numel, what)
+        weight = torch.zeros(numel)
+        weight[torch.from_numpy(positions[real])] = values[torch.from_numpy(real)]
+        mask = torch.zeros(numel, dtype=torch.bool)
+        mask[torch.from_numpy(positions[real])] = True
+        return {name: weight.reshape(shape), name + "_mask": mask.reshape(shape)}
+    raise FormatError(f"{what}: unknown encoding {encoding!r}; this reader knows dense, shared, sparse")

@@ -1,6 +1,10 @@
 """deepzip: make neural networks small and fast (Deep Compression + lottery tickets)."""
 
-from .errors import DataError, DataNotFoundError, DeepzipError, FormatError
-
 __version__ = "0.1.0"
-__all__ = ["DataError", "DataNotFoundError", "DeepzipError", "FormatError", "__version__"]
+
+from .errors import DataError, DataNotFoundError, DeepzipError, FormatError  # noqa: E402
+from . import prune, quantize  # noqa: E402  (callable packages: deepzip.prune(model, ...))
+from .encode import load, save  # noqa: E402
+
+__all__ = ["DataError", "DataNotFoundError", "DeepzipError", "FormatError", "__version__", "load", "prune",
+           "quantize", "save"]

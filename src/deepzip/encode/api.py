@@ -109,6 +109,6 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
                       description.get("num_classes", 10))
     try:
         load_state_dict(model, state)
-    except RuntimeError as exc:  # torch's shape / key mismatch
+    except (RuntimeError, ValueError) as exc:  # a shape / key mismatch between file and model
         raise ValueError(f"{path} does not fit this model: {str(exc).splitlines()[0]}") from None
     return model

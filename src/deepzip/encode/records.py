@@ -41,7 +41,8 @@ class Writer:
 
 
 def _raw_bytes(t: torch.Tensor, dtype: str) -> bytes:
-    return t.detach().to(DTYPES[dtype]).contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b""
+    # reshape(-1): a 0-dim tensor (e.g. BatchNorm's num_batches_tracked) cannot be viewed as bytes
+    return t.detach().to(DTYPES[dtype]).reshape(-1).contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b""
 
 
 def _from_bytes(data: bytes, dtype: str, shape: list[int]) -> torch.Tensor:

@@ -25,7 +25,10 @@ def build(name: str, input_shape=(1, 28, 28), num_classes: int = 10, seed: int |
     factory = MODELS.get(name)
     if seed is not None:
         torch.manual_seed(seed)
-    return glorot_init(factory(input_shape=tuple(input_shape), num_classes=num_classes))
+    model = glorot_init(factory(input_shape=tuple(input_shape), num_classes=num_classes))
+    # Lets deepzip.save record how to rebuild the model, so deepzip.load(path) needs no code.
+    model._deepzip_description = {"model": name, "input_shape": list(input_shape), "num_classes": num_classes}
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -21,3 +21,13 @@ __all__ = ["METHODS", "allocate", "apply_masks", "compute_masks", "criteria", "e
            "format_report", "L1Regularization", "PruneConfig", "parse_spec", "prune_and_retrain", "GradualPruning", "iterative_sparsities", "polynomial_sparsity",
            "sensitivity_curves", "find_pairs", "shrink", "get_masks", "is_pruned", "layer_kind", "load_state_dict", "mask_optimizer_state",
            "prunable_weights", "prune", "remove", "sparsity_report"]
+
+
+class _CallableModule(__import__("types").ModuleType):
+    """Lets ``deepzip.prune(model, ...)`` call `prune` while ``deepzip.prune`` stays this package."""
+
+    def __call__(self, *args, **kwargs):
+        return prune(*args, **kwargs)
+
+
+__import__("sys").modules[__name__].__class__ = _CallableModule

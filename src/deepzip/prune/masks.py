@@ -42,10 +42,12 @@ def _install(module: nn.Module, param_name: str, mask: torch.Tensor) -> None:
             return  # the codebook forward applies the mask; there is no weight gradient to mask
         param = getattr(module, param_name)
         # Look the buffer up at call time so later in-place mask updates take effect.
-        handle = param.register_hook(lambda grad: grad * getattr(module, buffer))
+        handle = param.register_hook(lambda grad: grad.masked_fill(~getattr(module, buffer), 0.0))
         module.__dict__.setdefault(_HOOKS, {})[param_name] = handle
     with torch.no_grad():
-        getattr(module, param_name).mul_(getattr(module, buffer))
+        # masked_fill, not multiply: a pruned negative weight must become +0.0, not -0.0, so that
+        # every stage (and the .dz decoder) agrees on its bits.
+        getattr(module, param_name).masked_fill_(~getattr(module, buffer), 0.0)
 
 
 def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
@@ -88,7 +90,7 @@ def mask_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module) -> 
                 continue
             for value in optimizer.state.get(param, {}).values():
                 if isinstance(value, torch.Tensor) and value.shape == mask.shape:
-                    value.mul_(mask)
+                    value.masked_fill_(~mask, 0.0)
 
 
 def enforce(model: nn.Module) -> None:
@@ -96,7 +98,7 @@ def enforce(model: nn.Module) -> None:
     with torch.no_grad():
         for name, mask in get_masks(model).items():
             module, param_name = _owner(model, name)
-            getattr(module, param_name).mul_(mask)
+            getattr(module, param_name).masked_fill_(~mask, 0.0)
 
 
 def remove(model: nn.Module) -> nn.Module:

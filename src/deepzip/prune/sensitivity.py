@@ -29,7 +29,7 @@ def sensitivity_curves(model: nn.Module, metric: Callable[[nn.Module], float],
         original = weight.detach().clone()
         curves[name] = []
         for s in sparsities:
-            weight.mul_(fraction_mask(original, s))
+            weight.masked_fill_(~fraction_mask(original, s), 0.0)
             curves[name].append((float(s), float(metric(model))))
             weight.copy_(original)
             bar.update()

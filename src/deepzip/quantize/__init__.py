@@ -16,3 +16,13 @@ from .uniform import uniform_quantize_1d
 __all__ = ["INITS", "PAPER_BITS", "QuantizeConfig", "allocate_bits", "assign", "bits_sensitivity", "check_bits", "codebooks",
            "finalize", "install", "kmeans_1d", "layer_bits", "load_state_dict", "nonzero_counts", "quantize",
            "resolve_bits", "share", "shared_layers", "uniform_quantize_1d"]
+
+
+class _CallableModule(__import__("types").ModuleType):
+    """Lets ``deepzip.quantize(model, ...)`` call `quantize` while ``deepzip.quantize`` stays this package."""
+
+    def __call__(self, *args, **kwargs):
+        return quantize(*args, **kwargs)
+
+
+__import__("sys").modules[__name__].__class__ = _CallableModule

@@ -2,7 +2,7 @@
 
 For a shared parameter ``weight`` the module holds ``weight_codebook`` (fp32[k], trainable) and
 ``weight_index`` (int16, same shape as the weight), plus the pruning mask ``weight_mask`` when the
-layer is pruned. A forward pre-hook sets ``module.weight = codebook[index] * mask``, so autograd gives
+layer is pruned. A forward pre-hook sets ``module.weight = where(mask, codebook[index], 0)``, so autograd gives
 each centroid the sum of the gradients of the weights in its cluster (Han et al. 2016, Figure 3) and
 pruned positions stay exactly zero. `finalize` turns the layer back into an ordinary Parameter.
 """
@@ -26,7 +26,8 @@ _HANDLE = "_deepzip_sharing_handle"
 def _effective(module: nn.Module, param: str) -> torch.Tensor:
     weight = getattr(module, param + CODEBOOK)[getattr(module, param + INDEX).long()]
     mask = getattr(module, param + MASK_SUFFIX, None)
-    return weight * mask if mask is not None else weight
+    # where(), not multiply: pruned positions are +0.0 exactly (a negative centroid times 0 is -0.0)
+    return torch.where(mask, weight, torch.zeros((), dtype=weight.dtype)) if mask is not None else weight
 
 
 def _refresh(module: nn.Module, _inputs=None) -> None:

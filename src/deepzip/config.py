@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") 
     group = parser.add_argument_group(cls.__name__, (cls.__doc__ or "").strip().splitlines()[0])
     for f in dataclasses.fields(cls):
         kind = _field_type(f)
-        flag = "--" + prefix + f.name.replace("_", "-")
+        flag = "--" + (prefix + f.name).replace("_", "-")
         kwargs: dict[str, Any] = dict(dest=prefix + f.name, default=f.default,
                                       help=f.metadata.get("help", ""))
         if kind is bool:
@@ -91,4 +91,10 @@ def non_defaults(cfg: Any) -> dict[str, Any]:
 def hashname(cfg: Any, prefix: str) -> str:
     """``<prefix>_<hash>``: a stable name from the fields that differ from their defaults."""
     payload = json.dumps({"type": type(cfg).__name__, **non_defaults(cfg)}, sort_keys=True)
+    return f"{prefix}_{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
+
+
+def hash_configs(prefix: str, **configs: Any) -> str:
+    """``<prefix>_<hash>`` over several configs' non-default fields (for multi-stage runs)."""
+    payload = json.dumps({k: {"type": type(v).__name__, **non_defaults(v)} for k, v in configs.items()}, sort_keys=True)
     return f"{prefix}_{hashlib.sha256(payload.encode()).hexdigest()[:12]}"

@@ -109,7 +109,7 @@ def test_consistent_checksums_but_bad_content(mutate, message):
 
 def test_sections_must_cover_the_data_exactly():
     header, sections = container.unpack(DATA)
-    text = json.dumps({**header, "sections": header["sections"][:-1]}).encode()
+    text = json.dumps({**header, "sections": header["sections"][:-1]}).encode()  # last section dropped
     head = struct.pack("<8sHHI", container.MAGIC, 1, 0, len(text)) + text
     body = head + struct.pack("<I", zlib.crc32(head)) + b"".join(sections)
     data = body + struct.pack("<I4s", zlib.crc32(body), b"DZEN")

@@ -8,10 +8,12 @@ import sys
 import torch
 
 from ..errors import DeepzipError
-from . import prune_cmd, quantize_cmd, train_cmd
+from . import compress_cmd, prune_cmd, quantize_cmd, train_cmd
 
-COMMANDS = {"demo": train_cmd.Demo, "train": train_cmd, "prune": prune_cmd,
-            "sensitivity": prune_cmd.Sensitivity, "quantize": quantize_cmd}
+COMMANDS = {"demo": compress_cmd.Demo, "train": train_cmd, "prune": prune_cmd,
+            "sensitivity": prune_cmd.Sensitivity, "quantize": quantize_cmd,
+            "compress": compress_cmd, "inspect": compress_cmd.Inspect, "evaluate": compress_cmd.Evaluate,
+            "decompress": compress_cmd.Decompress}
 
 
 def build_parser() -> argparse.ArgumentParser:

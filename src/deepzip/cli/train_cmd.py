@@ -6,7 +6,7 @@ import json
 
 from ..config import add_arguments as add_config_arguments, from_args
 from ..models import count_parameters
-from ..train import TrainConfig, baseline, train
+from ..train import TrainConfig, train
 from .common import add_common_arguments, build_model, load_data, run_dir
 
 HELP = "train a registry model on a data set (resumable; the run directory is named by the config hash)"
@@ -33,21 +33,3 @@ def run(args) -> int:
     summary = train_and_report(from_args(TrainConfig, args), args)
     print(json.dumps(summary, indent=2))
     return 0
-
-
-class Demo:
-    HELP = "the main job: train LeNet-300-100 on Fashion-MNIST and print its test accuracy"
-
-    @staticmethod
-    def add_arguments(parser) -> None:
-        add_common_arguments(parser)
-        parser.set_defaults(resume=True)
-
-    @staticmethod
-    def run(args) -> int:
-        summary = train_and_report(baseline("lenet300_100"), args)
-        print(f"LeNet-300-100 on Fashion-MNIST: {summary['params']:,} parameters, "
-              f"test accuracy {summary['test_acc']:.2%} after {summary['iterations']} iterations "
-              f"(early-stop iteration {summary['early_stop_iteration']}, test accuracy there "
-              f"{summary['early_stop_test_acc']:.2%}); run directory {summary['run_dir']}")
-        return 0

@@ -39,11 +39,7 @@ class UnsupportedVersionError(FormatError):
 
 
 def pack(header: dict[str, Any], sections: list[bytes]) -> bytes:
-    offset, table = 0, []
-    for payload in sections:
-        table.append({"offset": offset, "length": len(payload), "crc32": zlib.crc32(payload)})
-        offset += len(payload)
-    header = {**header, "sections": table}
+    header = {**header, "sections": [[len(payload), zlib.crc32(payload)] for payload in sections]}
     text = json.dumps(header, separators=(",", ":"), sort_keys=False, allow_nan=False).encode()
     if len(text) > MAX_HEADER:
         raise ValueError(f"header of {len(text)} bytes exceeds the format's {MAX_HEADER}-byte cap")
@@ -106,16 +102,14 @@ def _sections(header: dict, data: bytes, start: int, end: int) -> list[bytes]:
         raise FormatError(f"header 'sections' must be a list of at most {MAX_SECTIONS} entries")
     expected, payloads = 0, []
     for i, entry in enumerate(table):
-        if not isinstance(entry, dict) or not all(_is_uint(entry.get(k)) for k in ("offset", "length", "crc32")):
-            raise FormatError(f"section {i}: needs non-negative integer offset, length and crc32")
-        if entry["offset"] != expected:
-            raise FormatError(f"section {i} starts at {entry['offset']}, expected {expected}: sections must be "
-                              f"contiguous and in order")
-        expected += entry["length"]
-        if start + expected > end:
-            raise TruncatedFileError(f"section {i} ends at {start + expected}, beyond the data end {end}")
-        payload = data[start + entry["offset"]: start + expected]
-        if zlib.crc32(payload) != entry["crc32"]:
+        if not (isinstance(entry, list) and len(entry) == 2 and all(_is_uint(v) for v in entry)):
+            raise FormatError(f"section {i}: needs [length, crc32] as non-negative integers")
+        length, crc = entry
+        if start + expected + length > end:
+            raise TruncatedFileError(f"section {i} ends at {start + expected + length}, beyond the data end {end}")
+        payload = data[start + expected: start + expected + length]
+        expected += length
+        if zlib.crc32(payload) != crc:
             raise ChecksumError(f"section {i} checksum mismatch")
         payloads.append(payload)
     if start + expected != end:

@@ -40,6 +40,9 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/baselines.py
+	$(PY) benchmarks/prune.py
+	$(PY) benchmarks/quantize.py
+	$(PY) benchmarks/compress.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

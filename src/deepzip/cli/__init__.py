@@ -8,12 +8,12 @@ import sys
 import torch
 
 from ..errors import DeepzipError
-from . import compress_cmd, prune_cmd, quantize_cmd, train_cmd
+from . import bench_cmd, compress_cmd, prune_cmd, quantize_cmd, train_cmd
 
 COMMANDS = {"demo": compress_cmd.Demo, "train": train_cmd, "prune": prune_cmd,
             "sensitivity": prune_cmd.Sensitivity, "quantize": quantize_cmd,
             "compress": compress_cmd, "inspect": compress_cmd.Inspect, "evaluate": compress_cmd.Evaluate,
-            "decompress": compress_cmd.Decompress}
+            "decompress": compress_cmd.Decompress, "bench": bench_cmd}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "coding (Deep Compression) and lottery-ticket experiments.",
     )
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (default: torch's choice)")
+                        help="threads for torch and deepzip's kernels (default: all cores)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, command in COMMANDS.items():
         p = sub.add_parser(name, help=command.HELP, description=command.HELP,
@@ -35,8 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            print(f"deepzip: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+            return 2
+        import numba
+
         torch.set_num_threads(args.threads)
+        numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     try:
         return args.run(args) or 0
     except (DeepzipError, ValueError, TypeError) as exc:

@@ -135,6 +135,51 @@ def _check_positions(positions: np.ndarray, real: np.ndarray, numel: int, what: 
         raise FormatError(f"{what}: a kept position lies beyond the tensor's {numel} elements")
 
 
+@dataclass(frozen=True)
+class Entries:
+    """The kept weights of a shared or sparse record: flat positions, and codes (+ codebook) or values."""
+
+    positions: np.ndarray
+    codes: np.ndarray | None
+    values: torch.Tensor | None
+    codebook: torch.Tensor | None
+
+
+def decode_entries(record: dict, sections: list[bytes]) -> Entries:
+    name, shape = record["name"], record["shape"]
+    numel = int(np.prod(shape)) if shape else 1
+    what = f"tensor {name!r}"
+    if record["encoding"] == "shared":
+        cb = record["codebook"]
+        data = sections[cb["section"]]
+        if len(data) != cb["size"] * (2 if cb["dtype"] == "f16" else 4):
+            raise FormatError(f"{what}: codebook section has {len(data)} bytes for {cb['size']} {cb['dtype']} values")
+        codebook = _from_bytes(data, cb["dtype"], [cb["size"]]).float()
+        k = cb["size"]
+        if record["positions"] is None:
+            symbols = read_stream(record["indices"], sections, numel, f"{what} indices")
+            if record["indices"]["alphabet"] != k or len(symbols) != numel:
+                raise FormatError(f"{what}: a dense shared layer needs {numel} indices over {k} values")
+            return Entries(np.arange(numel), symbols, None, codebook)
+        positions = _read_positions(record, sections, numel, what)
+        symbols = read_stream(record["indices"], sections, numel, f"{what} indices")
+        if record["indices"]["alphabet"] != k + 1 or len(symbols) != len(positions):
+            raise FormatError(f"{what}: {len(symbols)} indices (alphabet {record['indices']['alphabet']}) "
+                              f"for {len(positions)} positions and {k} values")
+        real = symbols != k
+        _check_positions(positions, real, numel, what)
+        return Entries(positions[real], symbols[real], None, codebook)
+    positions = _read_positions(record, sections, numel, what)
+    data = sections[record["values"]]
+    size = 2 if record["dtype"] == "f16" else 4
+    if len(data) != len(positions) * size:
+        raise FormatError(f"{what}: {len(data)} value bytes for {len(positions)} entries")
+    values = _from_bytes(data, record["dtype"], [len(positions)]).float()
+    real = (values != 0).numpy()
+    _check_positions(positions, real, numel, what)
+    return Entries(positions[real], None, values[torch.from_numpy(real)], None)
+
+
 def read_record(record: dict, sections: list[bytes]) -> dict[str, torch.Tensor]:
     """The state_dict entries a record stands for."""
     name, shape, encoding = record["name"], record["shape"], record["encoding"]
@@ -147,46 +192,20 @@ def read_record(record: dict, sections: list[bytes]) -> dict[str, torch.Tensor]:
             raise FormatError(f"{what}: dense section has {len(data)} bytes, shape {shape} as {record['dtype']} needs {need}")
         tensor = _from_bytes(data, record["dtype"], shape)
         return {name: tensor.to(DTYPES[record["as"]]) if "as" in record else tensor}
-    if encoding == "shared":
-        cb = record["codebook"]
-        data = sections[cb["section"]]
-        if len(data) != cb["size"] * (2 if cb["dtype"] == "f16" else 4):
-            raise FormatError(f"{what}: codebook section has {len(data)} bytes for {cb['size']} {cb['dtype']} values")
-        codebook = _from_bytes(data, cb["dtype"], [cb["size"]]).float()
-        k = cb["size"]
-        index = np.zeros(numel, dtype=np.int64)
-        out = {name + "_codebook": codebook}
-        if record["positions"] is None:
-            symbols = read_stream(record["indices"], sections, numel, f"{what} indices")
-            if record["indices"]["alphabet"] != k or len(symbols) != numel:
-                raise FormatError(f"{what}: a dense shared layer needs {numel} indices over {k} values")
-            index[:] = symbols
-        else:
-            positions = _read_positions(record, sections, numel, what)
-            symbols = read_stream(record["indices"], sections, numel, f"{what} indices")
-            if record["indices"]["alphabet"] != k + 1 or len(symbols) != len(positions):
-                raise FormatError(f"{what}: {len(symbols)} indices (alphabet {record['indices']['alphabet']}) "
-                                  f"for {len(positions)} positions and {k} values")
-            real = symbols != k
-            _check_positions(positions, real, numel, what)
-            index[positions[real]] = symbols[real]
-            mask = np.zeros(numel, dtype=bool)
-            mask[positions[real]] = True
-            out[name + "_mask"] = torch.from_numpy(mask).reshape(shape)
-        out[name + "_index"] = torch.from_numpy(index).reshape(shape).to(torch.int16 if k <= 32767 else torch.int32)
-        return out
+    if encoding not in ("shared", "sparse"):
+        raise FormatError(f"{what}: unknown encoding {encoding!r}; this reader knows dense, shared, sparse")
+    entries = decode_entries(record, sections)
+    positions = torch.from_numpy(entries.positions)
+    mask = torch.zeros(numel, dtype=torch.bool)
+    mask[positions] = True
     if encoding == "sparse":
-        positions = _read_positions(record, sections, numel, what)
-        data = sections[record["values"]]
-        size = 2 if record["dtype"] == "f16" else 4
-        if len(data) != len(positions) * size:
-            raise FormatError(f"{what}: {len(data)} value bytes for {len(positions)} entries")
-        values = _from_bytes(data, record["dtype"], [len(positions)]).float()
-        real = (values != 0).numpy()
-        _check_positions(positions, real, numel, what)
         weight = torch.zeros(numel)
-        weight[torch.from_numpy(positions[real])] = values[torch.from_numpy(real)]
-        mask = torch.zeros(numel, dtype=torch.bool)
-        mask[torch.from_numpy(positions[real])] = True
+        weight[positions] = entries.values
         return {name: weight.reshape(shape), name + "_mask": mask.reshape(shape)}
-    raise FormatError(f"{what}: unknown encoding {encoding!r}; this reader knows dense, shared, sparse")
+    k = len(entries.codebook)
+    index = torch.zeros(numel, dtype=torch.int16 if k <= 32767 else torch.int32)
+    index[positions] = torch.from_numpy(entries.codes).to(index.dtype)
+    out = {name + "_codebook": entries.codebook, name + "_index": index.reshape(shape)}
+    if record["positions"] is not None:
+        out[name + "_mask"] = mask.reshape(shape)
+    return out

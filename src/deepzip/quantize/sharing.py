@@ -35,6 +35,13 @@ def _refresh(module: nn.Module, _inputs=None) -> None:
         setattr(module, param, _effective(module, param))
 
 
+def _detach(module: nn.Module, _inputs=None, _output=None) -> None:
+    # After the forward the graph holds the effective weight; the attribute keeps a detached copy so
+    # the module stays deep-copyable and does not pin the graph.
+    for param in module.__dict__.get(_HOOK, {}):
+        setattr(module, param, getattr(module, param).detach())
+
+
 def install(module: nn.Module, param: str, codebook: torch.Tensor, index: torch.Tensor) -> None:
     """Replace ``module.<param>`` by a shared codebook + index (pure state change, no clustering)."""
     original = getattr(module, param)
@@ -46,9 +53,9 @@ def install(module: nn.Module, param: str, codebook: torch.Tensor, index: torch.
     module.register_buffer(param + INDEX, index.to(torch.int16 if len(codebook) <= 32767 else torch.int32))
     hooks = module.__dict__.setdefault(_HOOK, {})
     if not hooks:  # one pre-hook per module refreshes all of its shared parameters
-        module.__dict__[_HANDLE] = module.register_forward_pre_hook(_refresh)
+        module.__dict__[_HANDLE] = (module.register_forward_pre_hook(_refresh), module.register_forward_hook(_detach))
     hooks[param] = True
-    setattr(module, param, _effective(module, param))
+    setattr(module, param, _effective(module, param).detach())
 
 
 def shared_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -92,7 +99,8 @@ def finalize(model: nn.Module) -> nn.Module:
         delattr(module, param)
         module.register_parameter(param, nn.Parameter(value))
         if not module.__dict__[_HOOK]:
-            module.__dict__.pop(_HANDLE).remove()
+            for handle in module.__dict__.pop(_HANDLE):
+                handle.remove()
     return model
 
 
@@ -115,3 +123,4 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], st
 def _refresh_all(model: nn.Module) -> None:
     for module in set(shared_layers(model).values()):
         _refresh(module)
+        _detach(module)

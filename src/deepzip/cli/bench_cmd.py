@@ -1,0 +1,41 @@
+"""``deepzip bench model.dz``: batch-1 latency of deepzip's runtime against dense, per layer and whole."""
+
+from __future__ import annotations
+
+import torch
+
+from ..encode import load as load_dz
+from ..prune import remove
+from ..quantize import finalize
+from ..runtime import load as load_runtime
+from ..runtime.timing import compare_models
+
+HELP = "batch-1 latency of the sparse runtime vs dense for a .dz file, per layer and whole model"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("file", help="a .dz file of a registry model")
+    parser.add_argument("--repeats", type=int, default=300, help="timed calls per measurement (median reported)")
+    parser.add_argument("--mode", default="auto", choices=("auto", "sparse", "dense"),
+                        help="auto: calibrate each layer and keep the faster of sparse and dense")
+
+
+def run(args) -> int:
+    if args.repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {args.repeats}")
+    dense = remove(finalize(load_dz(args.file))).eval()
+    description = getattr(dense, "_deepzip_description", {})
+    example = torch.randn(1, *description.get("input_shape", (1, 28, 28)))
+    fast, decisions = load_runtime(args.file, example=example, mode=args.mode)
+    print(f"{'layer':<12}{'density':>9}{'kernel':>8}{'sparse us':>11}{'dense us':>10}{'bytes':>10}{'dense bytes':>13}")
+    for d in decisions:
+        sparse_us = f"{d['sparse_s'] * 1e6:.1f}" if "sparse_s" in d else "-"
+        dense_us = f"{d['dense_s'] * 1e6:.1f}" if "dense_s" in d else "-"
+        print(f"{d['layer']:<12}{d['density']:>9.2%}{d['kernel']:>8}{sparse_us:>11}{dense_us:>10}"
+              f"{d['sparse_bytes']:>10,}{d['dense_bytes']:>13,}")
+    whole = compare_models(fast, dense, example, args.repeats)
+    with torch.inference_mode():
+        error = (fast(example) - dense(example)).abs().max().item()
+    print(f"\nwhole model, batch 1, {torch.get_num_threads()} torch thread(s): deepzip {whole['deepzip'] * 1e6:.1f} us, "
+          f"dense {whole['dense'] * 1e6:.1f} us: {whole['speedup']:.2f}x (max output difference {error:.1e})")
+    return 0

@@ -1,0 +1,208 @@
+"""Turn a pruned / weight-shared model into a fast inference model, from a module or straight from a .dz.
+
+Per layer the faster of {deepzip's sparse kernel, dense} is kept, measured at batch 1 on the layer's
+real input shape (calibration), so a converted model is never slower than dense layer by layer.
+Without a sample input, a layer goes sparse when at most `DENSITY_CUTOFF` of its weights are kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..prune.masks import get_masks
+from ..quantize.sharing import codebooks
+from .layers import SparseConv2d, SparseLinear, SparseMatrix
+
+DENSITY_CUTOFF = 0.3
+CONVERTIBLE = (nn.Linear, nn.Conv2d)
+
+
+def _median_time(fn, x, repeats: int = 30) -> float:
+    with torch.inference_mode():
+        for _ in range(3):
+            fn(x)
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            fn(x)
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def _layer_inputs(model: nn.Module, example: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+    """The batch-1 input each named layer sees when ``example`` runs through the model."""
+    seen: dict[str, torch.Tensor] = {}
+    handles = [model.get_submodule(n).register_forward_pre_hook(
+        lambda m, args, n=n: seen.setdefault(n, args[0][:1].detach().clone())) for n in names]
+    try:
+        with torch.no_grad():
+            model(example[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def build_sparse(module: nn.Module, codebook=None, index=None, mask=None) -> nn.Module:
+    matrix = SparseMatrix.from_dense(module.weight, codebook, index, mask)
+    if isinstance(module, nn.Linear):
+        return SparseLinear(matrix, module.bias)
+    return SparseConv2d(matrix, module.bias, module)
+
+
+def convert(model: nn.Module, example: torch.Tensor | None = None, mode: str = "auto") -> tuple[nn.Module, list[dict]]:
+    """(inference model, per-layer decisions). ``mode``: auto (calibrate / density rule), sparse, or dense.
+
+    The input model is not changed. Linear and Conv2d layers with a mask or a codebook are candidates.
+    """
+    if mode not in ("auto", "sparse", "dense"):
+        raise ValueError(f"mode must be auto, sparse or dense, got {mode!r}")
+    model = copy.deepcopy(model).eval()
+    masks, shared = get_masks(model), codebooks(model)
+    candidates = [n for n, m in model.named_modules() if isinstance(m, CONVERTIBLE)
+                  and (f"{n}.weight" in masks or f"{n}.weight" in shared)]
+    inputs = _layer_inputs(model, example, candidates) if example is not None and mode == "auto" else {}
+    decisions = []
+    for name in candidates:
+        module = model.get_submodule(name)
+        codebook, index = shared.get(f"{name}.weight", (None, None))
+        sparse = build_sparse(module, codebook, index, masks.get(f"{name}.weight"))
+        density = sparse.matrix.nnz / max(np.prod(sparse.matrix.shape), 1)
+        dense = _plain(module)
+        decision = {"layer": name, "density": density, "sparse_bytes": sparse.matrix.nbytes(),
+                    "dense_bytes": dense.weight.numel() * 4}
+        if name in inputs:
+            decision["sparse_s"] = _median_time(sparse, inputs[name])
+            decision["dense_s"] = _median_time(dense, inputs[name])
+            use_sparse = decision["sparse_s"] < decision["dense_s"]
+        else:
+            use_sparse = mode == "sparse" or (mode == "auto" and density <= DENSITY_CUTOFF)
+        decision["kernel"] = "sparse" if use_sparse else "dense"
+        _replace(model, name, sparse if use_sparse else dense)
+        decisions.append(decision)
+    return model, decisions
+
+
+def _plain(module: nn.Module) -> nn.Module:
+    """A plain dense copy of a (masked / weight-shared) layer, with its effective weights."""
+    plain = copy.deepcopy(module)
+    for key in [k for k in list(plain._buffers) + list(plain._parameters) if k.startswith("weight_")]:
+        plain._buffers.pop(key, None)
+        plain._parameters.pop(key, None)
+    plain._forward_pre_hooks.clear()
+    plain._forward_hooks.clear()
+    for attr in ("_deepzip_sharing_params", "_deepzip_sharing_handle", "_deepzip_mask_hooks"):
+        plain.__dict__.pop(attr, None)
+    weight = module.weight.detach().clone()
+    plain.__dict__.pop("weight", None)
+    plain.weight = nn.Parameter(weight, requires_grad=False)
+    return plain
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, new)
+
+
+def load(path: str | Path, example: torch.Tensor | None = None, mode: str = "auto") -> tuple[nn.Module, list[dict]]:
+    """A runnable inference model straight from a .dz file of a registry model.
+
+    Sparse layers are built from the decoded positions and codes: no dense fp32 weight is made for
+    them (only, temporarily, when calibrating against dense with ``example``).
+    """
+    from ..encode import container
+    from ..encode.api import read
+    from ..encode.records import decode_entries, read_record
+    from ..models import build
+
+    header, _ = read(path)  # full validation
+    _, sections = container.unpack(Path(path).read_bytes())
+    description = header.get("model") or {}
+    if "model" not in description:
+        raise ValueError(f"{path} records no registry model; use runtime.convert(deepzip.load(path, model=...))")
+    with torch.device("meta"):  # a skeleton: layer hyperparameters without weight memory
+        model = build(description["model"], description.get("input_shape", (1, 28, 28)), description.get("num_classes", 10))
+    model.eval()
+    dense_state, decisions, inputs = {}, [], None
+    for record in header["tensors"]:
+        module_name, _, param = record["name"].rpartition(".")
+        module = model.get_submodule(module_name) if module_name else model
+        if record["encoding"] == "dense" or param != "weight" or not isinstance(module, CONVERTIBLE):
+            for key, value in read_record(record, sections).items():
+                dense_state[key] = value
+            continue
+        entries = decode_entries(record, sections)
+        rows, width = record["shape"][0], int(np.prod(record["shape"][1:]))
+        matrix = _matrix_from_entries(entries, rows, width)
+        decisions.append({"layer": module_name, "density": matrix.nnz / max(rows * width, 1),
+                          "sparse_bytes": matrix.nbytes(), "dense_bytes": rows * width * 4, "module": module,
+                          "matrix": matrix})
+    for key, value in dense_state.items():  # biases and plain layers
+        owner, _, attr = key.rpartition(".")
+        target = model.get_submodule(owner) if owner else model
+        if attr in target._parameters:
+            target._parameters[attr] = nn.Parameter(value, requires_grad=False)
+        else:
+            target._buffers[attr] = value
+    for d in decisions:
+        bias = dense_state.get(f"{d['layer']}.bias")
+        module, matrix = d.pop("module"), d.pop("matrix")
+        sparse = SparseLinear(matrix, bias) if isinstance(module, nn.Linear) else SparseConv2d(matrix, bias, module)
+        _replace(model, d["layer"], sparse)
+    # Calibration (or the density rule) decides which sparse layers fall back to dense.
+    if mode != "sparse":
+        if example is not None and mode == "auto":
+            inputs = _layer_inputs(model, example, [d["layer"] for d in decisions])
+        for d in decisions:
+            sparse = model.get_submodule(d["layer"])
+            dense = _dense_from_sparse(sparse)
+            if inputs is not None:
+                d["sparse_s"], d["dense_s"] = _median_time(sparse, inputs[d["layer"]]), _median_time(dense, inputs[d["layer"]])
+                use_sparse = d["sparse_s"] < d["dense_s"]
+            else:
+                use_sparse = mode == "auto" and d["density"] <= DENSITY_CUTOFF
+            if not use_sparse:
+                _replace(model, d["layer"], dense)
+    for d in decisions:
+        d["kernel"] = "sparse" if isinstance(model.get_submodule(d["layer"]), (SparseLinear, SparseConv2d)) else "dense"
+    return model, decisions
+
+
+def _matrix_from_entries(entries, rows: int, width: int) -> SparseMatrix:
+    from .kernels import column_dtype
+
+    positions = entries.positions.astype(np.int64)
+    row_of, cols = positions // max(width, 1), positions % max(width, 1)
+    indptr = np.zeros(rows + 1, dtype=np.int32)
+    np.cumsum(np.bincount(row_of, minlength=rows), out=indptr[1:])
+    if entries.codes is None:
+        return SparseMatrix((rows, width), indptr, cols.astype(column_dtype(width)), values=entries.values.numpy())
+    k = len(entries.codebook)
+    return SparseMatrix((rows, width), indptr, cols.astype(column_dtype(width)),
+                        codes=entries.codes.astype(np.uint8 if k <= 256 else np.uint16), codebook=entries.codebook.numpy())
+
+
+def _dense_from_sparse(sparse: nn.Module) -> nn.Module:
+    weight = sparse.matrix.to_dense()
+    bias = sparse.bias
+    if isinstance(sparse, SparseLinear):
+        dense = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+        shape = weight.shape
+    else:
+        in_channels = weight.shape[1] // (sparse.kernel_size[0] * sparse.kernel_size[1])
+        dense = nn.Conv2d(in_channels, sparse.out_channels, sparse.kernel_size, sparse.stride, sparse.padding,
+                          sparse.dilation, bias=bias is not None)
+        shape = dense.weight.shape
+    with torch.no_grad():
+        dense.weight.copy_(weight.reshape(shape))
+        if bias is not None:
+            dense.bias.copy_(bias)
+    return dense.eval().requires_grad_(False)

@@ -1,0 +1,139 @@
+"""Batch-1 sparse kernels, compiled with numba: CSR times a dense block, with values or codebook codes.
+
+Layout: ``indptr`` int32 (rows + 1), ``cols`` uint16 when the width allows (else int32), and either
+``values`` fp32 or ``codes`` uint8/uint16 into a small fp32 ``codebook`` (weight sharing: one byte
+per weight instead of four). The dense operand is given transposed, ``xt`` of shape (in, batch), so
+the inner loop runs over contiguous memory for any batch size; at batch 1 it is a plain dot product.
+Plain loops without fastmath: accumulation order is fixed, so results are deterministic.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numba
+import numpy as np
+
+# numba's OpenMP layer resets the OpenMP thread count that torch also uses; the workqueue layer
+# leaves torch's threads alone. A user's own NUMBA_THREADING_LAYER still wins.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
+
+
+@numba.njit(cache=True, nogil=True)
+def _row(indptr, cols, values, xt, out, r):
+    batch = xt.shape[1]
+    if batch == 1:
+        acc = np.float32(0.0)
+        for j in range(indptr[r], indptr[r + 1]):
+            acc += values[j] * xt[cols[j], 0]
+        out[r, 0] += acc
+    else:
+        for j in range(indptr[r], indptr[r + 1]):
+            v = values[j]
+            c = cols[j]
+            for b in range(batch):
+                out[r, b] += v * xt[c, b]
+
+
+@numba.njit(cache=True, nogil=True)
+def _row_coded(indptr, cols, codes, codebook, xt, out, r):
+    batch = xt.shape[1]
+    if batch == 1:
+        acc = np.float32(0.0)
+        for j in range(indptr[r], indptr[r + 1]):
+            acc += codebook[codes[j]] * xt[cols[j], 0]
+        out[r, 0] += acc
+    else:
+        for j in range(indptr[r], indptr[r + 1]):
+            v = codebook[codes[j]]
+            c = cols[j]
+            for b in range(batch):
+                out[r, b] += v * xt[c, b]
+
+
+@numba.njit(cache=True, nogil=True)
+def csr_mm(indptr, cols, values, xt, out):
+    """out (rows, batch) += W @ xt, one thread."""
+    for r in range(len(indptr) - 1):
+        _row(indptr, cols, values, xt, out, r)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def csr_mm_parallel(indptr, cols, values, xt, out):
+    for r in numba.prange(len(indptr) - 1):
+        _row(indptr, cols, values, xt, out, r)
+
+
+@numba.njit(cache=True, nogil=True)
+def csr_mm_coded(indptr, cols, codes, codebook, xt, out):
+    for r in range(len(indptr) - 1):
+        _row_coded(indptr, cols, codes, codebook, xt, out, r)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def csr_mm_coded_parallel(indptr, cols, codes, codebook, xt, out):
+    for r in numba.prange(len(indptr) - 1):
+        _row_coded(indptr, cols, codes, codebook, xt, out, r)
+
+
+@numba.njit(cache=True, nogil=True)
+def csr_mv(indptr, cols, values, x, bias, out):
+    """out = W @ x + bias for one input vector (``bias`` may be empty)."""
+    has_bias = len(bias) > 0
+    for r in range(len(indptr) - 1):
+        acc = np.float32(0.0)
+        for j in range(indptr[r], indptr[r + 1]):
+            acc += values[j] * x[cols[j]]
+        out[r] = acc + bias[r] if has_bias else acc
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def csr_mv_parallel(indptr, cols, values, x, bias, out):
+    has_bias = len(bias) > 0
+    for r in numba.prange(len(indptr) - 1):
+        acc = np.float32(0.0)
+        for j in range(indptr[r], indptr[r + 1]):
+            acc += values[j] * x[cols[j]]
+        out[r] = acc + bias[r] if has_bias else acc
+
+
+@numba.njit(cache=True, nogil=True)
+def csr_mv_coded(indptr, cols, codes, codebook, x, bias, out):
+    has_bias = len(bias) > 0
+    for r in range(len(indptr) - 1):
+        acc = np.float32(0.0)
+        for j in range(indptr[r], indptr[r + 1]):
+            acc += codebook[codes[j]] * x[cols[j]]
+        out[r] = acc + bias[r] if has_bias else acc
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def csr_mv_coded_parallel(indptr, cols, codes, codebook, x, bias, out):
+    has_bias = len(bias) > 0
+    for r in numba.prange(len(indptr) - 1):
+        acc = np.float32(0.0)
+        for j in range(indptr[r], indptr[r + 1]):
+            acc += codebook[codes[j]] * x[cols[j]]
+        out[r] = acc + bias[r] if has_bias else acc
+
+
+PARALLEL_MIN_NNZ = 200_000  # below this, waking a second thread costs more than it saves
+
+
+def column_dtype(width: int):
+    """The narrowest column index type for a matrix ``width`` columns wide."""
+    return np.uint16 if width <= 1 << 16 else np.int32
+
+
+def to_csr(dense: np.ndarray, keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(indptr int32, cols narrow, flat positions) of the kept entries of a 2-D weight (row-major)."""
+    keep = dense != 0 if keep is None else keep
+    rows, cols = np.nonzero(keep)
+    indptr = np.zeros(dense.shape[0] + 1, dtype=np.int32)
+    np.cumsum(np.bincount(rows, minlength=dense.shape[0]), out=indptr[1:])
+    return indptr, cols.astype(column_dtype(dense.shape[1])), rows * dense.shape[1] + cols
+
+
+def threads() -> int:
+    return numba.get_num_threads()

@@ -1,0 +1,139 @@
+"""Inference modules holding compact sparse storage: `SparseLinear` and `SparseConv2d` (im2col).
+
+Each holds CSR storage (int32 row pointers, uint16 columns when the width allows) with fp32 values
+or uint8/uint16 codebook codes; never a dense fp32 weight. Inference only (no autograd).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import kernels
+
+
+class SparseMatrix:
+    """A CSR weight, values or codebook codes, and the multiply that uses the right kernel."""
+
+    def __init__(self, shape, indptr, cols, values=None, codes=None, codebook=None):
+        self.shape = tuple(shape)
+        self.indptr, self.cols = np.ascontiguousarray(indptr, np.int32), np.ascontiguousarray(cols)
+        self.values = None if values is None else np.ascontiguousarray(values, np.float32)
+        self.codes = None if codes is None else np.ascontiguousarray(codes)
+        self.codebook = None if codebook is None else np.ascontiguousarray(codebook, np.float32)
+        if (self.values is None) == (self.codes is None):
+            raise ValueError("give either values or codes (with a codebook)")
+
+    @classmethod
+    def from_dense(cls, weight: torch.Tensor, codebook: torch.Tensor | None = None,
+                   index: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> "SparseMatrix":
+        w = weight.detach().reshape(weight.shape[0], -1).numpy()
+        keep = None if mask is None else mask.reshape(w.shape).numpy()
+        indptr, cols, positions = kernels.to_csr(w, keep)
+        if codebook is None:
+            return cls(w.shape, indptr, cols, values=w.reshape(-1)[positions])
+        k = len(codebook)
+        codes = index.reshape(-1).numpy()[positions].astype(np.uint8 if k <= 256 else np.uint16)
+        return cls(w.shape, indptr, cols, codes=codes, codebook=codebook.detach().numpy())
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indptr[-1])
+
+    def nbytes(self) -> int:
+        parts = [self.indptr, self.cols, self.values, self.codes, self.codebook]
+        return sum(p.nbytes for p in parts if p is not None)
+
+    def matvec(self, x: np.ndarray, bias: np.ndarray, parallel: bool) -> np.ndarray:
+        """W @ x + bias for one float32 vector (the batch-1 fast path)."""
+        out = np.empty(self.shape[0], dtype=np.float32)
+        if self.codes is None:
+            (kernels.csr_mv_parallel if parallel else kernels.csr_mv)(self.indptr, self.cols, self.values, x, bias, out)
+        else:
+            (kernels.csr_mv_coded_parallel if parallel else kernels.csr_mv_coded)(
+                self.indptr, self.cols, self.codes, self.codebook, x, bias, out)
+        return out
+
+    def matmul_t(self, xt: np.ndarray, parallel: bool) -> np.ndarray:
+        """W @ xt for xt of shape (in, batch), float32 C-contiguous."""
+        out = np.zeros((self.shape[0], xt.shape[1]), dtype=np.float32)
+        if self.codes is None:
+            (kernels.csr_mm_parallel if parallel else kernels.csr_mm)(self.indptr, self.cols, self.values, xt, out)
+        else:
+            (kernels.csr_mm_coded_parallel if parallel else kernels.csr_mm_coded)(
+                self.indptr, self.cols, self.codes, self.codebook, xt, out)
+        return out
+
+    def to_dense(self) -> torch.Tensor:
+        """For tests and fallback decisions only."""
+        dense = np.zeros(self.shape, dtype=np.float32)
+        rows = np.repeat(np.arange(self.shape[0]), np.diff(self.indptr))
+        values = self.values if self.codes is None else self.codebook[self.codes]
+        dense[rows, self.cols.astype(np.int64)] = values
+        return torch.from_numpy(dense)
+
+
+_NO_BIAS = np.zeros(0, dtype=np.float32)
+
+
+def _use_threads(matrix: SparseMatrix) -> bool:
+    return kernels.threads() > 1 and matrix.nnz >= kernels.PARALLEL_MIN_NNZ
+
+
+class SparseLinear(nn.Module):
+    def __init__(self, matrix: SparseMatrix, bias: torch.Tensor | None):
+        super().__init__()
+        self.matrix = matrix
+        self.in_features, self.out_features = matrix.shape[1], matrix.shape[0]
+        self.register_buffer("bias", None if bias is None else bias.detach().clone().float())
+        self._bias = _NO_BIAS if bias is None else self.bias.numpy()
+        self.parallel = _use_threads(matrix)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        if x.numel() == self.in_features:  # batch 1: no transpose, bias fused into the kernel
+            vector = x.detach().reshape(-1).numpy()
+            if vector.dtype != np.float32 or not vector.flags.c_contiguous:
+                vector = np.ascontiguousarray(vector, dtype=np.float32)
+            return torch.from_numpy(self.matrix.matvec(vector, self._bias, self.parallel)).reshape(*lead, self.out_features)
+        xt = np.ascontiguousarray(x.detach().reshape(-1, self.in_features).numpy().T, dtype=np.float32)
+        out = torch.from_numpy(self.matrix.matmul_t(xt, self.parallel).T)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        kind = "codes" if self.matrix.codes is not None else "values"
+        return f"{self.in_features} -> {self.out_features}, nnz={self.matrix.nnz}, {kind}, {self.matrix.nbytes():,} bytes"
+
+
+class SparseConv2d(nn.Module):
+    """Conv2d as im2col + sparse matrix multiply (groups=1)."""
+
+    def __init__(self, matrix: SparseMatrix, bias: torch.Tensor | None, conv: nn.Conv2d):
+        super().__init__()
+        if conv.groups != 1 or conv.padding_mode != "zeros":
+            raise ValueError("SparseConv2d supports groups=1 and zero padding only")
+        self.matrix = matrix
+        self.out_channels, self.kernel_size = conv.out_channels, conv.kernel_size
+        self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
+        self.register_buffer("bias", None if bias is None else bias.detach().clone().float())
+        self.parallel = _use_threads(matrix)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, _, height, width = x.shape
+        padding = self.padding if not isinstance(self.padding, str) else 0
+        cols = F.unfold(x, self.kernel_size, self.dilation, padding, self.stride)  # (B, C*kh*kw, L)
+        h_out = (height + 2 * padding[0] - self.dilation[0] * (self.kernel_size[0] - 1) - 1) // self.stride[0] + 1
+        w_out = (width + 2 * padding[1] - self.dilation[1] * (self.kernel_size[1] - 1) - 1) // self.stride[1] + 1
+        xt = np.ascontiguousarray(cols.detach().permute(1, 0, 2).reshape(cols.shape[1], -1).numpy(), dtype=np.float32)
+        out = torch.from_numpy(self.matrix.matmul_t(xt, self.parallel))  # (out, B*L)
+        out = out.reshape(self.out_channels, batch, h_out * w_out).permute(1, 0, 2)
+        if self.bias is not None:
+            out = out + self.bias[None, :, None]
+        return out.reshape(batch, self.out_channels, h_out, w_out)
+
+    def extra_repr(self) -> str:
+        return f"{self.matrix.shape[1]} -> {self.out_channels}, kernel {self.kernel_size}, nnz={self.matrix.nnz}"

@@ -1,0 +1,42 @@
+"""Side-by-side batch-1 latency: a converted model and its dense reference, layer by layer and whole."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+def median_seconds(fn: Callable[[], object], repeats: int = 200, warmup: int = 10) -> float:
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 200, warmup: int = 10) -> dict[str, float]:
+    """Median seconds of each callable, measured round-robin so machine noise hits all alike."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for fn in fns.values():
+                fn()
+        for _ in range(repeats):
+            for name, fn in fns.items():
+                started = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - started)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def compare_models(fast: nn.Module, dense: nn.Module, example: torch.Tensor, repeats: int = 200) -> dict[str, float]:
+    result = interleaved({"deepzip": lambda: fast(example), "dense": lambda: dense(example)}, repeats)
+    return {**result, "speedup": result["dense"] / result["deepzip"]}

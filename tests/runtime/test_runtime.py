@@ -1,0 +1,114 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import deepzip
+from deepzip import models, runtime
+from deepzip.runtime import SparseConv2d, SparseLinear, SparseMatrix, kernels
+
+
+def close(a, b):
+    assert torch.allclose(a, b, rtol=1e-5, atol=1e-5 * max(1.0, b.abs().max().item()))
+
+
+def sparse_weight(shape, density, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(shape, generator=g)
+    return w * (torch.rand(shape, generator=g) < density)
+
+
+@pytest.mark.parametrize("shape, density", [((7, 13), 0.3), ((300, 784), 0.08), ((5, 4), 1.0), ((6, 9), 0.0),
+                                            ((1, 70_000), 0.01)])
+@pytest.mark.parametrize("batch", [1, 5])
+def test_linear_matches_dense(shape, density, batch):
+    w = sparse_weight(shape, density)
+    w[0] = 0  # an empty row
+    bias = torch.randn(shape[0])
+    layer = SparseLinear(SparseMatrix.from_dense(w), bias)
+    x = torch.randn(batch, shape[1])
+    close(layer(x), F.linear(x, w, bias))
+    assert layer.matrix.cols.dtype == (np.uint16 if shape[1] <= 65536 else np.int32)
+    close(layer(x.reshape(batch, 1, shape[1])), F.linear(x, w, bias).reshape(batch, 1, -1))  # leading dims
+
+
+@pytest.mark.parametrize("k", [4, 300])
+def test_codebook_codes(k):
+    codebook = torch.randn(k)
+    index = torch.randint(0, k, (20, 30))
+    mask = torch.rand(20, 30) < 0.4
+    w = torch.where(mask, codebook[index], torch.zeros(()))
+    matrix = SparseMatrix.from_dense(w, codebook, index, mask)
+    assert matrix.codes.dtype == (np.uint8 if k <= 256 else np.uint16) and matrix.values is None
+    layer = SparseLinear(matrix, None)
+    for batch in (1, 3):
+        x = torch.randn(batch, 30)
+        close(layer(x), x @ w.T)
+    assert torch.equal(matrix.to_dense(), w)
+    nnz = int(mask.sum())
+    code_bytes = 1 if k <= 256 else 2
+    # int32 row pointers + uint16 columns + codes + fp32 codebook; no fp32 value per weight
+    assert matrix.nbytes() == 4 * 21 + 2 * nnz + code_bytes * nnz + 4 * k
+    assert k > 256 or matrix.nbytes() < 4 * w.numel()
+
+
+@pytest.mark.parametrize("stride, padding, dilation", [(1, 0, 1), (2, 1, 1), (1, 2, 2)])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_conv_matches_dense(stride, padding, dilation, batch):
+    conv = nn.Conv2d(5, 7, (3, 2), stride, padding, dilation)
+    with torch.no_grad():
+        conv.weight.copy_(sparse_weight(conv.weight.shape, 0.3))
+        conv.weight[2] = 0  # an empty filter
+    layer = SparseConv2d(SparseMatrix.from_dense(conv.weight), conv.bias, conv)
+    x = torch.randn(batch, 5, 11, 9)
+    close(layer(x), conv(x))
+
+
+def test_parallel_kernel_equals_single_thread():
+    w = sparse_weight((500, 400), 0.2)
+    indptr, cols, positions = kernels.to_csr(w.numpy())
+    values = w.numpy().reshape(-1)[positions]
+    x = np.random.default_rng(0).standard_normal(400).astype(np.float32)
+    one, two = np.empty(500, np.float32), np.empty(500, np.float32)
+    kernels.csr_mv(indptr, cols, values, x, np.zeros(0, np.float32), one)
+    kernels.csr_mv_parallel(indptr, cols, values, x, np.zeros(0, np.float32), two)
+    assert np.array_equal(one, two)  # each row is summed in the same order by one thread
+
+
+def pruned_quantized(name):
+    model = models.build(name, seed=0)
+    deepzip.prune(model, sparsity=0.9)
+    deepzip.quantize(model, bits={"conv": 8, "fc": 5})
+    return model
+
+
+@pytest.mark.parametrize("name", ["lenet300_100", "lenet5"])
+@pytest.mark.parametrize("mode", ["sparse", "auto", "dense"])
+def test_convert_and_load_match_the_model(name, mode, tmp_path):
+    model = pruned_quantized(name)
+    x = torch.randn(1, 1, 28, 28)
+    expected = model(x)
+    fast, decisions = runtime.convert(model, example=x, mode=mode)
+    close(fast(x), expected)
+    deepzip.save(model, tmp_path / "m.dz")
+    loaded, decisions = runtime.load(tmp_path / "m.dz", example=x, mode=mode)
+    close(loaded(x), expected)
+    batch = torch.randn(4, 1, 28, 28)
+    close(loaded(batch), model(batch))
+    kinds = {d["kernel"] for d in decisions}
+    assert kinds == ({"sparse"} if mode == "sparse" else {"dense"} if mode == "dense" else kinds)
+    if mode == "sparse":  # straight from the file: no dense fp32 weight in any sparse layer
+        for module in loaded.modules():
+            if isinstance(module, (SparseLinear, SparseConv2d)):
+                assert not hasattr(module, "weight") and module.matrix.codes.dtype == np.uint8
+
+
+def test_runtime_load_needs_a_registry_model(tmp_path):
+    layer = nn.Sequential(nn.Linear(4, 3))
+    deepzip.prune(layer, sparsity=0.5)
+    deepzip.save(layer, tmp_path / "x.dz")
+    with pytest.raises(ValueError, match="records no registry model"):
+        runtime.load(tmp_path / "x.dz")
+    with pytest.raises(ValueError, match="mode must be auto, sparse or dense"):
+        runtime.convert(layer, mode="fast")

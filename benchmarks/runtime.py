@@ -1,0 +1,137 @@
+"""Batch-1 sparse inference vs dense (issue 7), side by side in one process.
+
+    python benchmarks/runtime.py          # needs a quiet machine: it measures time
+
+For each layer and setting (batch 1 and 32, 1 and 2 threads), the median of many interleaved calls of:
+dense F.linear / conv2d, torch CSR, scipy CSR, deepzip (fp32 values) and deepzip (uint8 codebook
+codes), as speedups over dense; plus the bytes of each representation. Layers: (a) the paper's
+AlexNet fc shapes at its densities, (b) the pruned LeNet layers of benchmarks/compress.py's files,
+(c) the whole compressed LeNets end to end (runtime.load with calibration vs the dense model).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import _common  # noqa: F401  (sys.path)
+import numba
+import numpy as np
+import scipy.sparse
+import torch
+import torch.nn.functional as F
+
+from _common import RESULTS, table, write_results
+from deepzip import runtime
+from deepzip.encode import load as load_dz
+from deepzip.prune import get_masks, remove
+from deepzip.quantize import codebooks, finalize
+from deepzip.runtime import SparseLinear, SparseMatrix
+from deepzip.runtime.timing import compare_models, interleaved
+
+ALEXNET = [("fc6 9216x4096", (4096, 9216), 0.09), ("fc7 4096x4096", (4096, 4096), 0.09), ("fc8 4096x1000", (1000, 4096), 0.25)]
+METHODS = ("dense", "torch CSR", "scipy CSR", "deepzip", "deepzip codes")
+
+
+def set_threads(n: int) -> None:
+    torch.set_num_threads(n)
+    numba.set_num_threads(n)
+
+
+def linear_contenders(w: torch.Tensor, codebook=None, index=None, mask=None):
+    """The callables for one fc weight (each returns W @ x for x of shape (batch, in))."""
+    if codebook is None:  # a random 5-bit codebook for the shared variant: same sparsity pattern
+        mask = w != 0
+        codebook = torch.linspace(-1, 1, 32)
+        index = torch.randint(0, 32, w.shape, generator=torch.Generator().manual_seed(0))
+    coded_w = torch.where(mask, codebook[index.long()], torch.zeros(()))
+    torch_csr = w.to_sparse_csr()
+    scipy_csr = scipy.sparse.csr_matrix(w.numpy())
+    values = SparseLinear(SparseMatrix.from_dense(w), None)
+    coded = SparseLinear(SparseMatrix.from_dense(coded_w, codebook, index, mask), None)
+    memory = {"dense": w.numel() * 4, "torch CSR": sum(t.numel() * t.element_size() for t in
+                                                        (torch_csr.crow_indices(), torch_csr.col_indices(), torch_csr.values())),
+              "scipy CSR": scipy_csr.data.nbytes + scipy_csr.indices.nbytes + scipy_csr.indptr.nbytes,
+              "deepzip": values.matrix.nbytes(), "deepzip codes": coded.matrix.nbytes()}
+    return {
+        "dense": lambda x: F.linear(x, w),
+        "torch CSR": lambda x: (torch_csr @ x.T).T,  # F.linear with a CSR weight fails under inference_mode
+        "scipy CSR": lambda x: scipy_csr @ x.numpy().T,
+        "deepzip": lambda x: values(x),
+        "deepzip codes": lambda x: coded(x),
+    }, memory
+
+
+def measure(fns: dict, x: torch.Tensor, repeats: int) -> dict[str, float]:
+    bound = {k: (lambda f=f: f(x)) for k, f in fns.items()}
+    times = interleaved(bound, repeats)
+    return {k: times["dense"] / v for k, v in times.items()} | {"dense_us": times["dense"] * 1e6}
+
+
+def layer_rows(label, fns, memory, in_features, repeats, results):
+    for threads in (1, 2):
+        set_threads(threads)
+        for batch in (1, 32):
+            x = torch.randn(batch, in_features)
+            with torch.no_grad():
+                reference = fns["dense"](x)
+                for name, fn in fns.items():
+                    out = torch.as_tensor(np.asarray(fn(x))).reshape(reference.shape) if name == "scipy CSR" else fn(x)
+                    assert torch.allclose(out.float(), reference, rtol=1e-4, atol=1e-4) or name == "deepzip codes"
+            ratios = measure(fns, x, repeats)
+            results.append({"layer": label, "threads": threads, "batch": batch, **ratios, "memory": memory})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=200)
+    args = parser.parse_args()
+    rows: list[dict] = []
+    for label, shape, density in ALEXNET:
+        g = torch.Generator().manual_seed(0)
+        w = torch.randn(shape, generator=g) * (torch.rand(shape, generator=g) < density)
+        fns, memory = linear_contenders(w)
+        layer_rows(f"AlexNet {label} at {density:.0%}", fns, memory, shape[1], args.repeats, rows)
+        print(rows[-4:], flush=True)
+    whole = {}
+    for name in ("lenet300_100", "lenet5"):
+        path = RESULTS / f"{name}.dz"
+        if not path.exists():
+            print(f"skipping {name}: run benchmarks/compress.py first to make {path}")
+            continue
+        model = load_dz(path)
+        masks, shared = get_masks(model), codebooks(model)
+        for layer, (codebook, index) in shared.items():
+            module = model.get_submodule(layer.rsplit(".", 1)[0])
+            if not isinstance(module, torch.nn.Linear):
+                continue
+            w = module.weight.detach().clone()
+            fns, memory = linear_contenders(w, codebook.detach(), index, masks.get(layer, torch.ones_like(w, dtype=torch.bool)))
+            layer_rows(f"{name} {layer} at {masks[layer].float().mean():.1%}", fns, memory, w.shape[1], args.repeats, rows)
+        for threads in (1, 2):
+            set_threads(threads)
+            example = torch.randn(1, 1, 28, 28)
+            fast, decisions = runtime.load(path, example=example)
+            dense = remove(finalize(load_dz(path))).eval()
+            timing = compare_models(fast, dense, example, repeats=args.repeats * 2)
+            whole[f"{name}, {threads} thread(s)"] = {**timing, "kernels": {d["layer"]: d["kernel"] for d in decisions},
+                                                     "bytes": sum(d["sparse_bytes"] if d["kernel"] == "sparse" else d["dense_bytes"] for d in decisions)}
+    md = ["# Sparse inference vs dense (batch 1 and 32)\n",
+          "Speedup over dense `F.linear` (higher is better), median of interleaved calls in one process. "
+          "`deepzip codes`: uint8 codebook indices + uint16 columns (weight sharing); AlexNet rows use a random "
+          "5-bit codebook on the same pattern.\n"]
+    md.append(table(["layer", "threads", "batch", "dense us"] + list(METHODS[1:]),
+                    [[r["layer"], r["threads"], r["batch"], f"{r['dense_us']:.0f}"] + [f"{r[m]:.2f}x" for m in METHODS[1:]]
+                     for r in rows]))
+    md += ["", "## Memory of each representation (bytes)\n",
+           table(["layer"] + list(METHODS), [[r["layer"]] + [f"{r['memory'][m]:,}" for m in METHODS]
+                                             for r in rows if r["threads"] == 1 and r["batch"] == 1])]
+    if whole:
+        md += ["", "## Whole compressed models, batch 1 (runtime.load with per-layer calibration vs dense)\n",
+               table(["model", "deepzip us", "dense us", "speedup", "kernels"],
+                     [[k, f"{v['deepzip'] * 1e6:.0f}", f"{v['dense'] * 1e6:.0f}", f"{v['speedup']:.2f}x",
+                       ", ".join(f"{a}: {b}" for a, b in v["kernels"].items())] for k, v in whole.items()])]
+    write_results("runtime", {"layers": rows, "whole_models": whole}, "\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

@@ -77,3 +77,17 @@ def test_quantize_command_writes_model_and_histograms(tmp_path, capsys):
     assert all(len(cb) <= 4 for cb, _ in Q.codebooks(model).values())
     assert main(["quantize", "--checkpoint", checkpoint, "--bits-fc", "0"]) == 2
     assert "bits_fc must be in 1..16, got 0" in capsys.readouterr().err
+
+
+def test_lottery_commands(tmp_path, capsys):
+    runs = str(tmp_path / "runs")
+    assert main(["lottery", "run", "--dataset", "digits", "--train-val-size", "300", "--train-epochs", "1",
+                 "--train-batch-size", "64", "--levels", "1", "--replicates", "1", "--controls", "random",
+                 "--runs-dir", runs, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    directory = out.splitlines()[0].split(": ")[1]
+    assert "complete" in out
+    assert main(["lottery", "status", directory]) == 0
+    assert "3 finished steps of 3" in capsys.readouterr().out
+    assert main(["lottery", "plot", directory, "-o", str(tmp_path / "plots")]) == 0
+    assert (tmp_path / "plots" / "accuracy_vs_remaining.svg").exists()

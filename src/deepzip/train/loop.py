@@ -133,9 +133,12 @@ def train(
     hooks: Iterable[TrainHook] = (),
     description: dict | None = None,
     progress: bool = True,
+    start_iteration: int = 0,
 ) -> TrainResult:
     """Train ``model`` in place on ``data`` with ``cfg``; see the module docstring for the run files.
 
+    ``start_iteration`` > 0 starts mid-schedule (lottery-ticket rewinding to iteration k): the data
+    order and learning rate continue from there, and training ends at the schedule's last iteration.
     A finished run directory is not trained again: its final model is loaded and its metrics returned.
     """
     run = _Run(run_dir, cfg, description)
@@ -151,8 +154,11 @@ def train(
     total = cfg.epochs * per_epoch
     eval_every = cfg.eval_every or per_epoch
     optimizer = make_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(cfg, it, total, per_epoch))
-    iteration, metrics = 0, []
+    if not 0 <= start_iteration < total:
+        raise ValueError(f"start_iteration must be in [0, {total}), got {start_iteration}")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda it: lr_factor(cfg, it + start_iteration, total, per_epoch))
+    iteration, metrics = start_iteration, []
 
     checkpoint = run.path("checkpoint.safetensors") if run.dir is not None else None
     if checkpoint is not None and checkpoint.exists():

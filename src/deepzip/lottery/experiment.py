@@ -1,0 +1,209 @@
+"""Iterative magnitude pruning with resetting, its controls and one-shot pruning, resumable.
+
+Layout of an experiment directory (named by the hash of its configs):
+    config.json
+    replicate_<r>/level_0/             dense training (a train run dir) + init.safetensors, rewind.safetensors
+    replicate_<r>/level_<L>/<variant>/ mask.safetensors + a train run dir; variant in imp, reinit, random, oneshot
+Every step is a finished train run (summary.json) or is (re)done; a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..checkpoint import atomic_write_text, load_model_file, save_model
+from ..config import to_dict
+from ..data import DataSplits
+from ..models import build
+from ..prune import apply_masks, compute_masks, enforce, get_masks, prunable_weights
+from ..prune.masks import MASK_SUFFIX
+from ..train import TrainConfig, train
+from .config import LotteryConfig
+
+
+def level_sparsities(model: nn.Module, cfg: LotteryConfig, level: int) -> dict[str, float]:
+    """Per-layer sparsity after ``level`` levels: 1 - (1 - rate)^level, rate by kind, output at its own rate."""
+    weights, kinds = prunable_weights(model)
+    output = list(weights)[-1]
+    rates = {n: cfg.output_rate if n == output else cfg.conv_rate if kinds[n] == "conv" else cfg.fc_rate
+             for n in weights}
+    return {n: 1 - (1 - r) ** level for n, r in rates.items()}
+
+
+def level_masks(trained: nn.Module, cfg: LotteryConfig, level: int) -> dict[str, torch.Tensor]:
+    """Masks for ``level`` from the trained weights of the previous level (pruned entries stay pruned)."""
+    if cfg.pruning == "global":
+        return compute_masks(trained, 1 - (1 - cfg.fc_rate) ** level, "global")
+    return compute_masks(trained, None, "fraction", layer_sparsity=level_sparsities(trained, cfg, level))
+
+
+def random_masks(like: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """The random-pruning control: per layer the same number kept, at random positions."""
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, mask in like.items():
+        keep = int(mask.sum())
+        order = torch.randperm(mask.numel(), generator=generator)[:keep]
+        flat = torch.zeros(mask.numel(), dtype=torch.bool)
+        flat[order] = True
+        out[name] = flat.reshape(mask.shape)
+    return out
+
+
+class Experiment:
+    """One experiment directory: trains what is missing, loads what is there."""
+
+    def __init__(self, directory: str | Path, train_cfg: TrainConfig, cfg: LotteryConfig, data: DataSplits,
+                 progress: bool = True):
+        self.dir, self.train_cfg, self.cfg, self.data, self.progress = Path(directory), train_cfg, cfg, data, progress
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.dir / "config.json", json.dumps({"train": to_dict(train_cfg), "lottery": to_dict(cfg)},
+                                                               indent=2) + "\n")
+        self.per_epoch = math.ceil(len(data.train) / train_cfg.batch_size)
+        self.total = train_cfg.epochs * self.per_epoch
+        if cfg.rewind_iteration >= self.total:
+            raise ValueError(f"rewind_iteration {cfg.rewind_iteration} must be below the {self.total} training iterations")
+
+    # ----------------------------------------------------------------------------------- helpers
+    def _model(self, seed: int) -> nn.Module:
+        return build(self.train_cfg.model, self.data.input_shape, self.data.num_classes, seed=seed)
+
+    def _train(self, model, run_dir: Path, seed: int, start: int = 0, cfg: TrainConfig | None = None, hooks=()):
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg or self.train_cfg, seed=seed)
+        return train(model, self.data, cfg, run_dir=run_dir, resume=True, hooks=hooks, progress=False,
+                     start_iteration=start)
+
+    def _load(self, model: nn.Module, path: Path) -> nn.Module:
+        state, _ = load_model_file(path)
+        weights = {k: v for k, v in state.items() if not k.endswith(MASK_SUFFIX)}
+        model.load_state_dict(weights, strict=False)
+        return model
+
+    def steps(self) -> Iterator[tuple[int, int, str]]:
+        """Every (replicate, level, variant) the experiment consists of, in run order."""
+        for r in range(self.cfg.replicates):
+            yield r, 0, "dense"
+            for level in range(1, self.cfg.levels + 1):
+                yield r, level, "imp"
+                for control in self.cfg.control_list():
+                    yield r, level, control
+                if self.cfg.oneshot:
+                    yield r, level, "oneshot"
+
+    def step_dir(self, replicate: int, level: int, variant: str) -> Path:
+        base = self.dir / f"replicate_{replicate}" / f"level_{level}"
+        return base if variant == "dense" else base / variant
+
+    def done(self, replicate: int, level: int, variant: str) -> bool:
+        return (self.step_dir(replicate, level, variant) / "summary.json").exists()
+
+    # ------------------------------------------------------------------------------------ steps
+    def run(self) -> None:
+        steps = list(self.steps())
+        bar = tqdm(steps, desc="lottery", unit="run", disable=not self.progress)
+        for replicate, level, variant in bar:
+            bar.set_postfix(replicate=replicate, level=level, variant=variant)
+            if not self.done(replicate, level, variant):
+                self.run_step(replicate, level, variant)
+        bar.close()
+
+    def _dense(self, replicate: int) -> nn.Module:
+        seed = self.cfg.seed + replicate
+        directory = self.step_dir(replicate, 0, "dense")
+        directory.mkdir(parents=True, exist_ok=True)
+        model = self._model(seed)
+        if not (directory / "init.safetensors").exists():
+            save_model(directory / "init.safetensors", model)
+        k = self.cfg.rewind_iteration
+
+        def keep_rewind_point(m, optimizer, iteration):
+            if iteration == k and not (directory / "rewind.safetensors").exists():
+                save_model(directory / "rewind.safetensors", m)
+
+        if k == 0 and not (directory / "rewind.safetensors").exists():
+            save_model(directory / "rewind.safetensors", model)
+        self._train(model, directory, seed, hooks=[keep_rewind_point])
+        return model
+
+    def trained(self, replicate: int, level: int, variant: str = "imp") -> nn.Module:
+        """The trained (masked) model of a finished step."""
+        directory = self.step_dir(replicate, level, variant)
+        model = self._model(self.cfg.seed + replicate)
+        state, _ = load_model_file(directory / "model.safetensors")
+        from ..quantize.sharing import load_state_dict
+
+        load_state_dict(model, state)
+        return model
+
+    def run_step(self, replicate: int, level: int, variant: str) -> dict[str, Any]:
+        if variant == "dense":
+            self._dense(replicate)
+            return json.loads((self.step_dir(replicate, 0, "dense") / "summary.json").read_text())
+        seed = self.cfg.seed + replicate
+        directory = self.step_dir(replicate, level, variant)
+        mask_file = directory / "mask.safetensors"
+        if not mask_file.exists():
+            masks = self._masks(replicate, level, variant)
+            holder = nn.Module()
+            for i, (name, mask) in enumerate(masks.items()):
+                holder.register_buffer(f"m{i}", mask)
+            directory.mkdir(parents=True, exist_ok=True)
+            save_model(mask_file, holder, {"names": list(masks)})
+        state, meta = load_model_file(mask_file)
+        masks = {name: state[f"m{i}"] for i, name in enumerate(meta["names"])}
+        model, start, cfg = self._reset(replicate, level, variant, seed)
+        apply_masks(model, masks)
+        enforce(model)
+        self._train(model, directory, seed, start=start, cfg=cfg)
+        return json.loads((directory / "summary.json").read_text())
+
+    def _masks(self, replicate: int, level: int, variant: str) -> dict[str, torch.Tensor]:
+        if variant == "oneshot":
+            dense = self.trained_dense(replicate)
+            return level_masks(dense, self.cfg, level)
+        imp_masks = self._imp_masks(replicate, level)
+        if variant == "random":
+            return random_masks(imp_masks, seed=10_000 * (self.cfg.seed + replicate) + level)
+        return imp_masks  # imp and reinit share the winning ticket's mask
+
+    def _imp_masks(self, replicate: int, level: int) -> dict[str, torch.Tensor]:
+        previous = self.trained_dense(replicate) if level == 1 else self.trained(replicate, level - 1, "imp")
+        return level_masks(previous, self.cfg, level)
+
+    def trained_dense(self, replicate: int) -> nn.Module:
+        model = self._model(self.cfg.seed + replicate)
+        return self._load(model, self.step_dir(replicate, 0, "dense") / "model.safetensors")
+
+    def _reset(self, replicate: int, level: int, variant: str, seed: int):
+        """(model with the variant's starting weights, start iteration, train config)."""
+        import dataclasses
+
+        dense_dir = self.step_dir(replicate, 0, "dense")
+        k = self.cfg.rewind_iteration
+        model = self._model(seed)
+        if variant == "reinit":  # same mask, fresh random weights: the control for the initialization
+            return self._model(seed + 7_919), 0, None
+        if variant == "random" or self.cfg.reset in ("init", "rewind") or variant == "oneshot":
+            start = 0 if self.cfg.reset == "init" else k
+            source = "init.safetensors" if start == 0 else "rewind.safetensors"
+            return self._load(model, dense_dir / source), start, None
+        # lr_rewind and finetune keep the previous level's trained weights
+        previous = self.trained_dense(replicate) if level == 1 else self.trained(replicate, level - 1, "imp")
+        weights = {k2: v for k2, v in previous.state_dict().items() if not k2.endswith(MASK_SUFFIX)}
+        model.load_state_dict(weights, strict=False)
+        if self.cfg.reset == "lr_rewind":
+            return model, k, None
+        from ..train.loop import lr_factor
+
+        final_lr = self.train_cfg.lr * lr_factor(self.train_cfg, self.total, self.total, self.per_epoch)
+        return model, k, dataclasses.replace(self.train_cfg, lr=max(final_lr, 1e-6), lr_schedule="constant")

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
 
 import _common  # noqa: F401  (sys.path)
 import torch
@@ -25,20 +23,12 @@ from prune import pruned_model
 from deepzip import quantize as Q
 from deepzip.config import hashname
 from deepzip.encode import decode_bytes, encode_model, format_streams, format_table, load, save
+from deepzip.runtime.timing import median_seconds
 from deepzip.train import BASELINES, evaluate, train
 
 TARGETS = {"lenet300_100": 40.0, "lenet5": 39.0}
 CANDIDATES = {"paper: conv 8, fc 5": {"conv": 8, "fc": 5}, "conv 8, fc 4": {"conv": 8, "fc": 4}}
 FINETUNE = Q.QuantizeConfig(finetune_epochs=2)
-
-
-def timed(fn, repeats=5) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -70,8 +60,8 @@ def main() -> None:
         best = candidates[chosen]
         save(best["model"], RESULTS / f"{name}.dz")  # the committed file is the chosen setting
         data, _ = encode_model(best["model"])
-        encode_s = timed(lambda: encode_model(best["model"]))
-        decode_s = timed(lambda: decode_bytes(data))
+        encode_s = median_seconds(lambda: encode_model(best["model"]), repeats=5, warmup=1)
+        decode_s = median_seconds(lambda: decode_bytes(data), repeats=5, warmup=1)
         dense_mb = best["report"]["dense_bytes"] / 1e6
         drop = dense_acc - best["test_acc"]
         results[name] = {

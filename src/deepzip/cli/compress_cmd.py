@@ -49,6 +49,10 @@ def run(args) -> int:
     report = compress(train_cfg, from_args(PruneConfig, args, "prune_"),
                       from_args(QuantizeConfig, args, "quant_"), args.runs_dir, args.data_dir, args.float_dtype,
                       args.codebook_dtype, progress=not args.quiet)
+    return _print(report)
+
+
+def _print(report: dict) -> int:
     print(format_report(report))
     print(f"file: {report['dz']}; report: {report['run_dir']}/report.md")
     return 0
@@ -65,9 +69,7 @@ class Demo:
     def run(args) -> int:
         report = compress(baseline_config("lenet300_100", "fashion-mnist"), PruneConfig(), QuantizeConfig(),
                           args.runs_dir, args.data_dir, progress=not args.quiet)
-        print(format_report(report))
-        print(f"file: {report['dz']}; report: {report['run_dir']}/report.md")
-        return 0
+        return _print(report)
 
 
 class Inspect:

@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..report.plots import save_figure  # noqa: E402
 from .results import aggregate, steps  # noqa: E402
 
 LABELS = {"imp": "winning ticket (IMP)", "reinit": "random reinit", "random": "random pruning",
@@ -18,12 +19,8 @@ COLORS = {"imp": "tab:blue", "reinit": "tab:orange", "random": "tab:green", "one
 
 
 def _save(fig, out: Path, name: str) -> list[Path]:
-    fig.tight_layout()
-    paths = [out / f"{name}.png", out / f"{name}.svg"]
-    for p in paths:
-        fig.savefig(p, dpi=120)
-    plt.close(fig)
-    return paths
+    png = save_figure(fig, out / f"{name}.png", extra_formats=("svg",))
+    return [png, png.with_suffix(".svg")]
 
 
 def _series(agg, variant: str, metric: str):

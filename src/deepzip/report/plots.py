@@ -11,6 +11,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def save_figure(fig, path: str | Path, extra_formats: tuple[str, ...] = ()) -> Path:
+    """Lay out, write ``path`` (and the same figure in ``extra_formats``, e.g. svg), close the figure."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    for suffix in extra_formats:
+        fig.savefig(path.with_suffix(f".{suffix}"))
+    plt.close(fig)
+    return path
+
+
 def sensitivity_plot(curves: Mapping[str, Sequence[tuple[float, float]]], path: str | Path, title: str = "") -> Path:
     """Accuracy vs sparsity with each layer pruned alone (Han et al. 2015, Figure 5)."""
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
@@ -22,12 +34,7 @@ def sensitivity_plot(curves: Mapping[str, Sequence[tuple[float, float]]], path: 
     ax.set_title(title or "sensitivity: each layer pruned alone, no retraining")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def codebook_histograms(layers: Mapping[str, tuple], path: str | Path, title: str = "") -> Path:
@@ -52,12 +59,7 @@ def codebook_histograms(layers: Mapping[str, tuple], path: str | Path, title: st
     axes[-1, 0].set_xlabel("weight value")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def accuracy_vs_bits(series: Mapping[str, Sequence[tuple[int, float]]], path: str | Path, title: str,
@@ -75,8 +77,4 @@ def accuracy_vs_bits(series: Mapping[str, Sequence[tuple[int, float]]], path: st
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -110,7 +110,7 @@ class Experiment:
     # ------------------------------------------------------------------------------------ steps
     def run(self) -> None:
         steps = list(self.steps())
-        bar = tqdm(steps, desc="lottery", unit="run", disable=not self.progress)
+        bar = tqdm(steps, desc="lottery", unit="run", disable=None if self.progress else True)
         for replicate, level, variant in bar:
             bar.set_postfix(replicate=replicate, level=level, variant=variant)
             if not self.done(replicate, level, variant):

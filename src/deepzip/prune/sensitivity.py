@@ -24,7 +24,7 @@ def sensitivity_curves(model: nn.Module, metric: Callable[[nn.Module], float],
     """
     weights, _ = prunable_weights(model, exclude=exclude)
     curves: dict[str, list[tuple[float, float]]] = {}
-    bar = tqdm(total=len(weights) * len(sparsities), desc="sensitivity", disable=not progress, leave=False)
+    bar = tqdm(total=len(weights) * len(sparsities), desc="sensitivity", disable=None if progress else True, leave=False)
     for name, weight in weights.items():
         original = weight.detach().clone()
         curves[name] = []

@@ -75,7 +75,7 @@ def bits_sensitivity(model: nn.Module, metric: Callable[[nn.Module], float], can
 
     weights, _ = prunable_weights(model, exclude=exclude)
     curves: dict[str, list] = {}
-    bar = tqdm(total=len(weights) * len(candidates), desc="bit sensitivity", disable=not progress, leave=False)
+    bar = tqdm(total=len(weights) * len(candidates), desc="bit sensitivity", disable=None if progress else True, leave=False)
     for name in weights:
         curves[name] = []
         for b in candidates:

@@ -175,7 +175,7 @@ def train(
 
     model.train()
     bar = tqdm(total=total, initial=iteration, desc=f"train {cfg.model}", unit="it",
-               disable=not progress, leave=False)
+               disable=None if progress else True, leave=False)
     running_loss, running_count, started = 0.0, 0, time.perf_counter()
     while iteration < total:
         epoch, offset = divmod(iteration, per_epoch)

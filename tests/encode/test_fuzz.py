@@ -110,19 +110,23 @@ def test_consistent_checksums_but_bad_content(mutate, message):
 def test_sections_must_cover_the_data_exactly():
     header, sections = container.unpack(DATA)
     text = json.dumps({**header, "sections": header["sections"][:-1]}).encode()  # last section dropped
-    head = struct.pack("<8sHHI", container.MAGIC, 1, 0, len(text)) + text
-    body = head + struct.pack("<I", zlib.crc32(head)) + b"".join(sections)
-    data = body + struct.pack("<I4s", zlib.crc32(body), b"DZEN")
     with pytest.raises(FormatError, match="not covered by any section"):
-        decode_bytes(data)
+        decode_bytes(container.frame(zlib.compress(text), sections))
 
 
-def test_nan_and_non_object_headers():
-    for text in (b"[1, 2]", b'{"tensors": NaN}', b'{"a": 1, "a": 2}', b"\xff\xfe"):
-        head = struct.pack("<8sHHI", container.MAGIC, 1, 0, len(text)) + text
-        body = head + struct.pack("<I", zlib.crc32(head))
-        with pytest.raises(FormatError):
-            decode_bytes(body + struct.pack("<I4s", zlib.crc32(body), b"DZEN"))
+@pytest.mark.parametrize("deflated, message", [
+    (zlib.compress(b"[1, 2]"), "must be a JSON object"),
+    (zlib.compress(b'{"tensors": NaN}'), "non-JSON constant NaN"),
+    (zlib.compress(b'{"a": 1, "a": 2}'), "duplicate keys"),
+    (zlib.compress(b"\xff\xfe"), "not valid UTF-8 JSON"),
+    (b'{"tensors": []}', "not a valid zlib stream"),
+    (zlib.compress(b"{}") + b"junk", "followed by extra bytes"),
+    (zlib.compress(b"{}")[:-3], "incomplete"),
+    (zlib.compress(b" " * (5 << 20)), "inflates to more than"),  # a 5 KB zip bomb of 5 MiB
+])
+def test_bad_headers(deflated, message):
+    with pytest.raises(FormatError, match=message):
+        decode_bytes(container.frame(deflated, []))
 
 
 def test_missing_file_is_a_format_error(tmp_path):

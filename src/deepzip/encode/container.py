@@ -43,9 +43,27 @@ def pack(header: dict[str, Any], sections: list[bytes]) -> bytes:
     text = json.dumps(header, separators=(",", ":"), sort_keys=False, allow_nan=False).encode()
     if len(text) > MAX_HEADER:
         raise ValueError(f"header of {len(text)} bytes exceeds the format's {MAX_HEADER}-byte cap")
-    head = PREAMBLE.pack(MAGIC, *VERSION, len(text)) + text
+    return frame(zlib.compress(text, 9), sections)
+
+
+def frame(deflated_header: bytes, sections: list[bytes]) -> bytes:
+    """Preamble, header, checksums and trailer around an already deflated header."""
+    head = PREAMBLE.pack(MAGIC, *VERSION, len(deflated_header)) + deflated_header
     body = head + struct.pack("<I", zlib.crc32(head)) + b"".join(sections)
     return body + TRAILER.pack(zlib.crc32(body), END_MAGIC)
+
+
+def _inflate(data: bytes) -> bytes:
+    inflater = zlib.decompressobj()
+    try:
+        text = inflater.decompress(data, MAX_HEADER)
+    except zlib.error as exc:
+        raise FormatError(f"header is not a valid zlib stream ({exc})") from None
+    if inflater.unconsumed_tail:
+        raise FormatError(f"header inflates to more than the {MAX_HEADER}-byte cap")
+    if not inflater.eof or inflater.unused_data:
+        raise FormatError("header zlib stream is incomplete or followed by extra bytes")
+    return text
 
 
 def _parse_json(text: bytes) -> dict:
@@ -85,7 +103,7 @@ def unpack(data: bytes) -> tuple[dict, list[bytes]]:
     (header_crc,) = struct.unpack_from("<I", data, PREAMBLE.size + header_len)
     if zlib.crc32(data[: PREAMBLE.size + header_len]) != header_crc:
         raise ChecksumError("header checksum mismatch: the header is corrupted")
-    header = _parse_json(data[PREAMBLE.size: PREAMBLE.size + header_len])
+    header = _parse_json(_inflate(data[PREAMBLE.size: PREAMBLE.size + header_len]))
     file_crc, end = TRAILER.unpack_from(data, len(data) - TRAILER.size)
     if end != END_MAGIC:
         raise TruncatedFileError(f"end magic missing (found {end!r}): the file is truncated or has trailing bytes")

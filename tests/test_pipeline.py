@@ -1,7 +1,5 @@
-import json
 
 import pytest
-import torch
 
 import deepzip
 from deepzip import prune as P

@@ -22,25 +22,22 @@ MAX_FILE = 1 << 34  # 16 GiB: refuse to read anything larger
 
 def _records(state: dict[str, torch.Tensor], writer: records.Writer, float_dtype: str,
              codebook_dtype: str) -> list[dict[str, Any]]:
-    shared = [k[: -len(CODEBOOK)] for k in state if k.endswith(CODEBOOK) and k[: -len(CODEBOOK)] + INDEX in state]
-    consumed = {f"{p}{suffix}" for p in shared for suffix in (CODEBOOK, INDEX, MASK_SUFFIX)}
-    masked = [k[: -len(MASK_SUFFIX)] for k in state if k.endswith(MASK_SUFFIX) and k[: -len(MASK_SUFFIX)] in state]
-    consumed |= {f"{p}{MASK_SUFFIX}" for p in masked} | set(masked)
+    """One record per tensor, in state_dict order: a shared layer's codebook + index (+ mask) and a
+    pruned layer's weight + mask each become a single record."""
+    shared = {k[: -len(CODEBOOK)] for k in state if k.endswith(CODEBOOK) and k[: -len(CODEBOOK)] + INDEX in state}
+    masked = {k[: -len(MASK_SUFFIX)] for k in state if k.endswith(MASK_SUFFIX) and k[: -len(MASK_SUFFIX)] in state}
+    parts = {p + suffix for p in shared for suffix in (INDEX, MASK_SUFFIX)} | {p + MASK_SUFFIX for p in masked}
     out = []
     for key, tensor in state.items():
-        if key in shared_keys(shared):
-            base = key[: -len(CODEBOOK)]
-            out.append(records.shared_record(writer, base, tensor.detach(), state[base + INDEX],
+        base = key[: -len(CODEBOOK)]
+        if key.endswith(CODEBOOK) and base in shared:
+            out.append(records.shared_record(writer, base, tensor, state[base + INDEX],
                                              state.get(base + MASK_SUFFIX), codebook_dtype))
         elif key in masked:
-            out.append(records.sparse_record(writer, key, tensor.detach(), state[key + MASK_SUFFIX], float_dtype))
-        elif key not in consumed:
-            out.append(records.dense_record(writer, key, tensor.detach(), float_dtype))
+            out.append(records.sparse_record(writer, key, tensor, state[key + MASK_SUFFIX], float_dtype))
+        elif key not in parts:
+            out.append(records.dense_record(writer, key, tensor, float_dtype))
     return out
-
-
-def shared_keys(shared: list[str]) -> set[str]:
-    return {p + CODEBOOK for p in shared}
 
 
 def encode_model(model: nn.Module, float_dtype: str = "f32", codebook_dtype: str = "f32",

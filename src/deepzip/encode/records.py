@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from ..errors import FormatError
-from .bits import width
 from .sparse import positions_from_gaps, relative_indices
 from .streams import CodedStream, decode_stream, encode_stream, max_span_bits, span_cost_bits
 
@@ -35,7 +34,8 @@ class Writer:
         self.sections.append(payload)
         return len(self.sections) - 1
 
-    def add_stream(self, tensor: str, role: str, stream: CodedStream) -> dict[str, Any]:
+    def add_stream(self, stream: CodedStream) -> dict[str, Any]:
+        """A stream reference for the header; the payload becomes a section."""
         return {"section": self.add(stream.payload), "coder": stream.coder, "count": stream.count,
                 "alphabet": stream.alphabet}
 
@@ -81,7 +81,7 @@ def _positions(w: Writer, name: str, flat_mask: np.ndarray, index: np.ndarray | 
     counts = np.bincount(index, minlength=k + 1) if index is not None else np.zeros(1, np.int64)
     span_bits = _best_span(gaps, counts, len(flat_mask), entry_bits)
     symbols, is_filler = relative_indices(positions, span_bits)
-    stream = w.add_stream(name, "positions", encode_stream(symbols, 1 << span_bits))
+    stream = w.add_stream(encode_stream(symbols, 1 << span_bits))
     return {"span_bits": span_bits, "stream": stream}, positions, is_filler
 
 
@@ -93,13 +93,13 @@ def shared_record(w: Writer, name: str, codebook: torch.Tensor, index: torch.Ten
               "codebook": {"dtype": codebook_dtype, "size": k, "section": w.add(_raw_bytes(codebook, codebook_dtype))}}
     if mask is None:
         record["positions"] = None
-        record["indices"] = w.add_stream(name, "indices", encode_stream(flat_index, k))
+        record["indices"] = w.add_stream(encode_stream(flat_index, k))
         return record
     flat_mask = mask.reshape(-1).numpy()
     record["positions"], positions, is_filler = _positions(w, name, flat_mask, flat_index[flat_mask], k)
     entries = np.full(len(is_filler), k, dtype=np.int64)  # fillers carry the symbol k
     entries[~is_filler] = flat_index[positions]
-    record["indices"] = w.add_stream(name, "indices", encode_stream(entries, k + 1))
+    record["indices"] = w.add_stream(encode_stream(entries, k + 1))
     return record
 
 

@@ -9,7 +9,6 @@ Every step is a finished train run (summary.json) or is (re)done; a killed run r
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from pathlib import Path
@@ -23,7 +22,7 @@ from ..checkpoint import atomic_write_text, load_model_file, save_model
 from ..config import to_dict
 from ..data import DataSplits
 from ..models import build
-from ..prune import apply_masks, compute_masks, enforce, get_masks, prunable_weights
+from ..prune import apply_masks, compute_masks, enforce, prunable_weights
 from ..prune.masks import MASK_SUFFIX
 from ..train import TrainConfig, train
 from .config import LotteryConfig

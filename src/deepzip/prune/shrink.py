@@ -8,13 +8,12 @@ explicit pairs; the outputs of a shrunk model equal the masked model's exactly f
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
 from . import masks as mask_state
-from .targets import split_name
 
 _CHAIN = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -78,7 +77,8 @@ def shrink(model: nn.Module, pairs: Sequence[tuple[str, str]] | None = None) -> 
     pairs = list(find_pairs(model) if pairs is None else pairs)
     plans = []
     for a_name, b_name in pairs:
-        a, b = model.get_submodule(a_name), model.get_submodule(b_name)
+        a = model.get_submodule(a_name)
+        model.get_submodule(b_name)  # a bad consumer name fails here, before any layer changes
         rows = a.weight.detach().reshape(a.weight.shape[0], -1)
         alive = rows.any(dim=1)
         if a.bias is not None:

@@ -11,7 +11,6 @@ import copy
 import statistics
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch

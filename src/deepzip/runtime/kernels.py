@@ -77,14 +77,55 @@ def csr_mm_coded_parallel(indptr, cols, codes, codebook, xt, out):
         _row_coded(indptr, cols, codes, codebook, xt, out, r)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _dot(indptr, cols, values, x, r):
+    # Four partial sums: one running sum is a chain of dependent adds (latency-bound, ~4 cycles a
+    # weight); four independent chains let the CPU overlap them. The order is fixed, so results are
+    # deterministic (and equal between the one- and multi-threaded kernels).
+    start, end = indptr[r], indptr[r + 1]
+    a0 = np.float32(0.0)
+    a1 = np.float32(0.0)
+    a2 = np.float32(0.0)
+    a3 = np.float32(0.0)
+    j = start
+    while j + 4 <= end:
+        a0 += values[j] * x[cols[j]]
+        a1 += values[j + 1] * x[cols[j + 1]]
+        a2 += values[j + 2] * x[cols[j + 2]]
+        a3 += values[j + 3] * x[cols[j + 3]]
+        j += 4
+    while j < end:
+        a0 += values[j] * x[cols[j]]
+        j += 1
+    return (a0 + a1) + (a2 + a3)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _dot_coded(indptr, cols, codes, codebook, x, r):
+    start, end = indptr[r], indptr[r + 1]
+    a0 = np.float32(0.0)
+    a1 = np.float32(0.0)
+    a2 = np.float32(0.0)
+    a3 = np.float32(0.0)
+    j = start
+    while j + 4 <= end:
+        a0 += codebook[codes[j]] * x[cols[j]]
+        a1 += codebook[codes[j + 1]] * x[cols[j + 1]]
+        a2 += codebook[codes[j + 2]] * x[cols[j + 2]]
+        a3 += codebook[codes[j + 3]] * x[cols[j + 3]]
+        j += 4
+    while j < end:
+        a0 += codebook[codes[j]] * x[cols[j]]
+        j += 1
+    return (a0 + a1) + (a2 + a3)
+
+
 @numba.njit(cache=True, nogil=True)
 def csr_mv(indptr, cols, values, x, bias, out):
     """out = W @ x + bias for one input vector (``bias`` may be empty)."""
     has_bias = len(bias) > 0
     for r in range(len(indptr) - 1):
-        acc = np.float32(0.0)
-        for j in range(indptr[r], indptr[r + 1]):
-            acc += values[j] * x[cols[j]]
+        acc = _dot(indptr, cols, values, x, r)
         out[r] = acc + bias[r] if has_bias else acc
 
 
@@ -92,9 +133,7 @@ def csr_mv(indptr, cols, values, x, bias, out):
 def csr_mv_parallel(indptr, cols, values, x, bias, out):
     has_bias = len(bias) > 0
     for r in numba.prange(len(indptr) - 1):
-        acc = np.float32(0.0)
-        for j in range(indptr[r], indptr[r + 1]):
-            acc += values[j] * x[cols[j]]
+        acc = _dot(indptr, cols, values, x, r)
         out[r] = acc + bias[r] if has_bias else acc
 
 
@@ -102,9 +141,7 @@ def csr_mv_parallel(indptr, cols, values, x, bias, out):
 def csr_mv_coded(indptr, cols, codes, codebook, x, bias, out):
     has_bias = len(bias) > 0
     for r in range(len(indptr) - 1):
-        acc = np.float32(0.0)
-        for j in range(indptr[r], indptr[r + 1]):
-            acc += codebook[codes[j]] * x[cols[j]]
+        acc = _dot_coded(indptr, cols, codes, codebook, x, r)
         out[r] = acc + bias[r] if has_bias else acc
 
 
@@ -112,9 +149,7 @@ def csr_mv_coded(indptr, cols, codes, codebook, x, bias, out):
 def csr_mv_coded_parallel(indptr, cols, codes, codebook, x, bias, out):
     has_bias = len(bias) > 0
     for r in numba.prange(len(indptr) - 1):
-        acc = np.float32(0.0)
-        for j in range(indptr[r], indptr[r + 1]):
-            acc += codebook[codes[j]] * x[cols[j]]
+        acc = _dot_coded(indptr, cols, codes, codebook, x, r)
         out[r] = acc + bias[r] if has_bias else acc
 
 

@@ -49,14 +49,16 @@ def _field_type(f: dataclasses.Field) -> type:
     return kind
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
-    """Add one ``--flag`` per field of ``cls`` (use ArgumentDefaultsHelpFormatter to show defaults)."""
+def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "", skip: tuple[str, ...] = ()) -> None:
+    """Add one ``--flag`` per field of ``cls`` but ``skip`` (ArgumentDefaultsHelpFormatter shows defaults)."""
     group = parser.add_argument_group(cls.__name__, (cls.__doc__ or "").strip().splitlines()[0])
     for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
         kind = _field_type(f)
         flag = "--" + (prefix + f.name).replace("_", "-")
         kwargs: dict[str, Any] = dict(dest=prefix + f.name, default=f.default,
-                                      help=f.metadata.get("help", ""))
+                                      help=f.metadata.get("help", "").replace("%", "%%"))  # argparse formats help
         if kind is bool:
             kwargs.update(type=_parse_bool, metavar="{true,false}")
         else:
@@ -66,9 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") 
         group.add_argument(flag, **kwargs)
 
 
-def from_args(cls: type[C], namespace: argparse.Namespace, prefix: str = "") -> C:
-    """Build ``cls`` from the parsed flags that `add_arguments` declared."""
-    return cls(**{f.name: getattr(namespace, prefix + f.name) for f in dataclasses.fields(cls)})
+def from_args(cls: type[C], namespace: argparse.Namespace, prefix: str = "", **given: Any) -> C:
+    """Build ``cls`` from the parsed flags that `add_arguments` declared (skipped fields from ``given``)."""
+    values = {f.name: getattr(namespace, prefix + f.name) for f in dataclasses.fields(cls) if f.name not in given}
+    return cls(**values, **given)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

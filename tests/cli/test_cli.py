@@ -91,3 +91,25 @@ def test_lottery_commands(tmp_path, capsys):
     assert "3 finished steps of 3" in capsys.readouterr().out
     assert main(["lottery", "plot", directory, "-o", str(tmp_path / "plots")]) == 0
     assert (tmp_path / "plots" / "accuracy_vs_remaining.svg").exists()
+
+
+def _help_paths(parser, prefix=()):
+    import argparse
+
+    yield prefix
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _help_paths(sub, prefix + (name,))
+
+
+def test_help_of_every_command_and_subcommand(capsys):
+    from deepzip.cli import build_parser
+
+    paths = list(_help_paths(build_parser()))
+    assert ("lottery", "run") in paths and ("compress",) in paths and len(paths) > 14
+    for path in paths:
+        with pytest.raises(SystemExit) as info:
+            main([*path, "--help"])
+        assert info.value.code == 0, path
+        assert "usage: deepzip" in capsys.readouterr().out

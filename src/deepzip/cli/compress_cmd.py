@@ -28,7 +28,7 @@ def _storage_arguments(parser) -> None:
 def add_arguments(parser) -> None:
     parser.add_argument("--model", default="lenet300_100", help="registry model")
     parser.add_argument("--dataset", default="fashion-mnist", help="data set")
-    add_config_arguments(parser, TrainConfig, prefix="train_")
+    add_config_arguments(parser, TrainConfig, prefix="train_", skip=("model", "dataset"))
     add_config_arguments(parser, PruneConfig, prefix="prune_")
     add_config_arguments(parser, QuantizeConfig, prefix="quant_")
     _storage_arguments(parser)
@@ -45,7 +45,8 @@ def baseline_config(model: str, dataset: str, given: TrainConfig | None = None) 
 
 
 def run(args) -> int:
-    train_cfg = baseline_config(args.model, args.dataset, from_args(TrainConfig, args, "train_"))
+    given = from_args(TrainConfig, args, "train_", model=args.model, dataset=args.dataset)
+    train_cfg = baseline_config(args.model, args.dataset, given)
     report = compress(train_cfg, from_args(PruneConfig, args, "prune_"),
                       from_args(QuantizeConfig, args, "quant_"), args.runs_dir, args.data_dir, args.float_dtype,
                       args.codebook_dtype, progress=not args.quiet)

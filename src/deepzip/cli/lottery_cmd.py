@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from pathlib import Path
 
 from .. import data
@@ -21,7 +20,7 @@ def add_arguments(parser) -> None:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     run_parser.add_argument("--model", default="lenet300_100", help="registry model")
     run_parser.add_argument("--dataset", default="fashion-mnist", help="data set")
-    add_config_arguments(run_parser, TrainConfig, prefix="train_")
+    add_config_arguments(run_parser, TrainConfig, prefix="train_", skip=("model", "dataset"))
     add_config_arguments(run_parser, LotteryConfig)
     add_common_arguments(run_parser)
     run_parser.set_defaults(lottery_run=run_experiment)
@@ -44,7 +43,7 @@ def _experiment(directory: Path, train_cfg: TrainConfig, cfg: LotteryConfig, dat
 
 
 def run_experiment(args) -> int:
-    train_cfg = replace(from_args(TrainConfig, args, "train_"), model=args.model, dataset=args.dataset)
+    train_cfg = from_args(TrainConfig, args, "train_", model=args.model, dataset=args.dataset)
     cfg = from_args(LotteryConfig, args)
     directory = Path(args.runs_dir) / hash_configs("lottery", train=train_cfg, lottery=cfg)
     print(f"experiment directory: {directory}")

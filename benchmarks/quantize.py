@@ -32,9 +32,14 @@ LOSSLESS = 0.001  # "no loss": within 0.1 point of the pruned model
 
 def quantized(model, bits, method="kmeans", init="linear", finetune: Q.QuantizeConfig | None = None,
               splits=None, name="", tag=""):
-    """A copy of ``model`` quantized with ``bits`` (and fine-tuned); returns (copy, test accuracy)."""
+    """A copy of ``model`` quantized with ``bits`` (and fine-tuned); returns (copy, test accuracy).
+
+    Layers of a kind ``bits`` does not mention stay fp32 (the sweeps vary one kind at a time).
+    """
     trial = copy.deepcopy(model)
-    Q.quantize(trial, bits, init, method=method)
+    _, kinds = prunable_weights(trial)
+    keep_fp32 = [n for n, kind in kinds.items() if isinstance(bits, dict) and kind not in bits and n not in bits]
+    Q.quantize(trial, bits, init, method=method, exclude=keep_fp32)
     if finetune is None:
         return trial, evaluate(trial, splits.test)[1]
     run_dir = RUNS / f"{hashname(finetune, 'quantize_' + name)}_{tag}"

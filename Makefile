@@ -43,6 +43,8 @@ bench: setup
 	$(PY) benchmarks/prune.py
 	$(PY) benchmarks/quantize.py
 	$(PY) benchmarks/compress.py
+	$(PY) benchmarks/lottery.py
+	$(PY) benchmarks/runtime.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -6,7 +6,7 @@ A. LeNet-300-100, 3 replicates, 15 levels (100% -> 3.5% of weights), layer-wise 
    output (the paper's), rewind to init; controls at every level: random reinit and random pruning;
    one-shot pruning to each level's sparsity. Shortened training (4 epochs, Adam 1.2e-3, batch 128,
    evaluated every 100 iterations) so the whole study fits a 2-core machine.
-B. LeNet-5, 1 replicate, 8 levels: rewinding to init (k=0) vs rewinding to iteration k=500 vs learning-
+B. LeNet-5, 1 replicate, 5 levels, 2 epochs a run: rewinding to init (k=0) vs rewinding to iteration k=500 vs learning-
    rate rewinding (Renda et al. 2020), winning tickets only.
 Targets: winning tickets match or beat dense down to ~10% remaining and stop early sooner over part of
 that range; random reinit clearly worse at 10% and below.
@@ -27,11 +27,11 @@ from deepzip.lottery import Experiment, LotteryConfig, aggregate, plot_experimen
 from deepzip.train import TrainConfig
 
 LENET300 = TrainConfig(model="lenet300_100", batch_size=128, epochs=4, eval_every=100)
-LENET5 = TrainConfig(model="lenet5", batch_size=128, epochs=3, eval_every=100)
+LENET5 = TrainConfig(model="lenet5", batch_size=128, epochs=2, eval_every=100)
 STUDY_A = LotteryConfig(levels=15, replicates=3, oneshot=True)
-STUDY_B = {"rewind to init (k=0)": LotteryConfig(levels=8, replicates=1, controls=""),
-           "rewind to k=500": LotteryConfig(levels=8, replicates=1, controls="", reset="rewind", rewind_iteration=500),
-           "lr rewinding (k=0)": LotteryConfig(levels=8, replicates=1, controls="", reset="lr_rewind")}
+STUDY_B = {"rewind to init (k=0)": LotteryConfig(levels=5, replicates=1, controls=""),
+           "rewind to k=500": LotteryConfig(levels=5, replicates=1, controls="", reset="rewind", rewind_iteration=500),
+           "lr rewinding (k=0)": LotteryConfig(levels=5, replicates=1, controls="", reset="lr_rewind")}
 
 
 def run(train_cfg: TrainConfig, cfg: LotteryConfig, splits) -> Experiment:

@@ -72,7 +72,9 @@ def test_parallel_kernel_equals_single_thread():
     x = np.random.default_rng(0).standard_normal(400).astype(np.float32)
     one, two = np.empty(500, np.float32), np.empty(500, np.float32)
     kernels.csr_mv(indptr, cols, values, x, np.zeros(0, np.float32), one)
-    kernels.csr_mv_parallel(indptr, cols, values, x, np.zeros(0, np.float32), two)
+    chunks = kernels.row_chunks(indptr, 3)
+    assert chunks[0] == 0 and chunks[-1] == 500 and (np.diff(chunks) >= 0).all()
+    kernels.csr_mv_parallel(indptr, cols, values, x, np.zeros(0, np.float32), two, chunks)
     assert np.array_equal(one, two)  # each row is summed in the same order by one thread
 
 

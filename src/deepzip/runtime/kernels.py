@@ -121,36 +121,52 @@ def _dot_coded(indptr, cols, codes, codebook, x, r):
 
 
 @numba.njit(cache=True, nogil=True)
-def csr_mv(indptr, cols, values, x, bias, out):
-    """out = W @ x + bias for one input vector (``bias`` may be empty)."""
+def _mv_rows(indptr, cols, values, x, bias, out, r0, r1):
     has_bias = len(bias) > 0
-    for r in range(len(indptr) - 1):
-        acc = _dot(indptr, cols, values, x, r)
-        out[r] = acc + bias[r] if has_bias else acc
-
-
-@numba.njit(cache=True, nogil=True, parallel=True)
-def csr_mv_parallel(indptr, cols, values, x, bias, out):
-    has_bias = len(bias) > 0
-    for r in numba.prange(len(indptr) - 1):
+    for r in range(r0, r1):
         acc = _dot(indptr, cols, values, x, r)
         out[r] = acc + bias[r] if has_bias else acc
 
 
 @numba.njit(cache=True, nogil=True)
-def csr_mv_coded(indptr, cols, codes, codebook, x, bias, out):
+def _mv_rows_coded(indptr, cols, codes, codebook, x, bias, out, r0, r1):
     has_bias = len(bias) > 0
-    for r in range(len(indptr) - 1):
+    for r in range(r0, r1):
         acc = _dot_coded(indptr, cols, codes, codebook, x, r)
         out[r] = acc + bias[r] if has_bias else acc
+
+
+@numba.njit(cache=True, nogil=True)
+def csr_mv(indptr, cols, values, x, bias, out):
+    """out = W @ x + bias for one input vector (``bias`` may be empty)."""
+    _mv_rows(indptr, cols, values, x, bias, out, 0, len(indptr) - 1)
+
+
+@numba.njit(cache=True, nogil=True)
+def csr_mv_coded(indptr, cols, codes, codebook, x, bias, out):
+    _mv_rows_coded(indptr, cols, codes, codebook, x, bias, out, 0, len(indptr) - 1)
+
+
+# Parallel versions: each thread runs the serial row kernel over a block of rows holding an equal
+# share of the nonzeros (``chunks`` from `row_chunks`), so every thread gets the same optimized loop.
+@numba.njit(cache=True, nogil=True, parallel=True)
+def csr_mv_parallel(indptr, cols, values, x, bias, out, chunks):
+    for t in numba.prange(len(chunks) - 1):
+        _mv_rows(indptr, cols, values, x, bias, out, chunks[t], chunks[t + 1])
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def csr_mv_coded_parallel(indptr, cols, codes, codebook, x, bias, out):
-    has_bias = len(bias) > 0
-    for r in numba.prange(len(indptr) - 1):
-        acc = _dot_coded(indptr, cols, codes, codebook, x, r)
-        out[r] = acc + bias[r] if has_bias else acc
+def csr_mv_coded_parallel(indptr, cols, codes, codebook, x, bias, out, chunks):
+    for t in numba.prange(len(chunks) - 1):
+        _mv_rows_coded(indptr, cols, codes, codebook, x, bias, out, chunks[t], chunks[t + 1])
+
+
+def row_chunks(indptr: np.ndarray, parts: int) -> np.ndarray:
+    """Row boundaries splitting the nonzeros into ``parts`` nearly equal blocks."""
+    targets = np.linspace(0, indptr[-1], parts + 1)
+    bounds = np.searchsorted(indptr, targets, side="left").astype(np.int64)
+    bounds[0], bounds[-1] = 0, len(indptr) - 1
+    return np.maximum.accumulate(bounds)
 
 
 PARALLEL_MIN_NNZ = 200_000  # below this, waking a second thread costs more than it saves

@@ -25,6 +25,7 @@ class SparseMatrix:
         self.codebook = None if codebook is None else np.ascontiguousarray(codebook, np.float32)
         if (self.values is None) == (self.codes is None):
             raise ValueError("give either values or codes (with a codebook)")
+        self._chunks: dict[int, np.ndarray] = {}
 
     @classmethod
     def from_dense(cls, weight: torch.Tensor, codebook: torch.Tensor | None = None,
@@ -46,14 +47,22 @@ class SparseMatrix:
         parts = [self.indptr, self.cols, self.values, self.codes, self.codebook]
         return sum(p.nbytes for p in parts if p is not None)
 
-    def matvec(self, x: np.ndarray, bias: np.ndarray, parallel: bool) -> np.ndarray:
-        """W @ x + bias for one float32 vector (the batch-1 fast path)."""
+    def matvec(self, x: np.ndarray, bias: np.ndarray) -> np.ndarray:
+        """W @ x + bias for one float32 vector (the batch-1 fast path); threads only for large layers."""
         out = np.empty(self.shape[0], dtype=np.float32)
-        if self.codes is None:
-            (kernels.csr_mv_parallel if parallel else kernels.csr_mv)(self.indptr, self.cols, self.values, x, bias, out)
+        threads = kernels.threads() if self.nnz >= kernels.PARALLEL_MIN_NNZ else 1
+        if threads > 1:
+            chunks = self._chunks.get(threads)
+            if chunks is None:
+                chunks = self._chunks[threads] = kernels.row_chunks(self.indptr, threads)
+            if self.codes is None:
+                kernels.csr_mv_parallel(self.indptr, self.cols, self.values, x, bias, out, chunks)
+            else:
+                kernels.csr_mv_coded_parallel(self.indptr, self.cols, self.codes, self.codebook, x, bias, out, chunks)
+        elif self.codes is None:
+            kernels.csr_mv(self.indptr, self.cols, self.values, x, bias, out)
         else:
-            (kernels.csr_mv_coded_parallel if parallel else kernels.csr_mv_coded)(
-                self.indptr, self.cols, self.codes, self.codebook, x, bias, out)
+            kernels.csr_mv_coded(self.indptr, self.cols, self.codes, self.codebook, x, bias, out)
         return out
 
     def matmul_t(self, xt: np.ndarray, parallel: bool) -> np.ndarray:
@@ -89,7 +98,6 @@ class SparseLinear(nn.Module):
         self.in_features, self.out_features = matrix.shape[1], matrix.shape[0]
         self.register_buffer("bias", None if bias is None else bias.detach().clone().float())
         self._bias = _NO_BIAS if bias is None else self.bias.numpy()
-        self.parallel = _use_threads(matrix)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
@@ -97,9 +105,9 @@ class SparseLinear(nn.Module):
             vector = x.detach().reshape(-1).numpy()
             if vector.dtype != np.float32 or not vector.flags.c_contiguous:
                 vector = np.ascontiguousarray(vector, dtype=np.float32)
-            return torch.from_numpy(self.matrix.matvec(vector, self._bias, self.parallel)).reshape(*lead, self.out_features)
+            return torch.from_numpy(self.matrix.matvec(vector, self._bias)).reshape(*lead, self.out_features)
         xt = np.ascontiguousarray(x.detach().reshape(-1, self.in_features).numpy().T, dtype=np.float32)
-        out = torch.from_numpy(self.matrix.matmul_t(xt, self.parallel).T)
+        out = torch.from_numpy(self.matrix.matmul_t(xt, _use_threads(self.matrix)).T)
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*lead, self.out_features)
@@ -120,7 +128,6 @@ class SparseConv2d(nn.Module):
         self.out_channels, self.kernel_size = conv.out_channels, conv.kernel_size
         self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
         self.register_buffer("bias", None if bias is None else bias.detach().clone().float())
-        self.parallel = _use_threads(matrix)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, _, height, width = x.shape
@@ -129,7 +136,7 @@ class SparseConv2d(nn.Module):
         h_out = (height + 2 * padding[0] - self.dilation[0] * (self.kernel_size[0] - 1) - 1) // self.stride[0] + 1
         w_out = (width + 2 * padding[1] - self.dilation[1] * (self.kernel_size[1] - 1) - 1) // self.stride[1] + 1
         xt = np.ascontiguousarray(cols.detach().permute(1, 0, 2).reshape(cols.shape[1], -1).numpy(), dtype=np.float32)
-        out = torch.from_numpy(self.matrix.matmul_t(xt, self.parallel))  # (out, B*L)
+        out = torch.from_numpy(self.matrix.matmul_t(xt, _use_threads(self.matrix)))  # (out, B*L)
         out = out.reshape(self.out_channels, batch, h_out * w_out).permute(1, 0, 2)
         if self.bias is not None:
             out = out + self.bias[None, :, None]

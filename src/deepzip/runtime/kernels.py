@@ -100,6 +100,8 @@ def _dot(indptr, cols, values, x, r):
     return (a0 + a1) + (a2 + a3)
 
 
+# The coded twin of _dot: kept separate on purpose, because a shared version would need a branch or
+# an extra indirection per weight inside the hottest loop of the runtime.
 @numba.njit(cache=True, nogil=True, inline="always")
 def _dot_coded(indptr, cols, codes, codebook, x, r):
     start, end = indptr[r], indptr[r + 1]

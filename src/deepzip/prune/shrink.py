@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from . import masks as mask_state
+from .targets import replace_module
 
 _CHAIN = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -33,11 +34,6 @@ def find_pairs(model: nn.Module) -> list[tuple[str, str]]:
         if out == inp or (isinstance(b, nn.Linear) and not isinstance(a, nn.Linear) and inp % out == 0):
             pairs.append((a_name, b_name))
     return pairs
-
-
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, attr, new)
 
 
 def _slice_producer(m: nn.Module, keep: torch.Tensor) -> nn.Module:
@@ -90,6 +86,6 @@ def shrink(model: nn.Module, pairs: Sequence[tuple[str, str]] | None = None) -> 
     for a_name, b_name, keep, units in plans:
         if len(keep) == units:
             continue
-        _replace(model, b_name, _slice_consumer(model.get_submodule(b_name), keep, units))
-        _replace(model, a_name, _slice_producer(model.get_submodule(a_name), keep))
+        replace_module(model, b_name, _slice_consumer(model.get_submodule(b_name), keep, units))
+        replace_module(model, a_name, _slice_producer(model.get_submodule(a_name), keep))
     return model

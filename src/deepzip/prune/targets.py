@@ -32,6 +32,12 @@ def split_name(name: str) -> tuple[str, str]:
     return module, param
 
 
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` where the submodule ``name`` ('features.0') is."""
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, new)
+
+
 def find_targets(model: nn.Module, extra: Iterable[str] = (), exclude: Iterable[str] = ()) -> dict[str, nn.Module]:
     """Map each prunable parameter's full name to the module that owns it, in model order.
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..prune.masks import get_masks
+from ..prune.targets import replace_module
 from ..quantize.sharing import codebooks
 from .layers import SparseConv2d, SparseLinear, SparseMatrix
 
@@ -68,47 +69,41 @@ def convert(model: nn.Module, example: torch.Tensor | None = None, mode: str = "
     masks, shared = get_masks(model), codebooks(model)
     candidates = [n for n, m in model.named_modules() if isinstance(m, CONVERTIBLE)
                   and (f"{n}.weight" in masks or f"{n}.weight" in shared)]
-    inputs = _layer_inputs(model, example, candidates) if example is not None and mode == "auto" else {}
     decisions = []
     for name in candidates:
         module = model.get_submodule(name)
         codebook, index = shared.get(f"{name}.weight", (None, None))
         sparse = build_sparse(module, codebook, index, masks.get(f"{name}.weight"))
-        density = sparse.matrix.nnz / max(np.prod(sparse.matrix.shape), 1)
-        dense = _plain(module)
-        decision = {"layer": name, "density": density, "sparse_bytes": sparse.matrix.nbytes(),
-                    "dense_bytes": dense.weight.numel() * 4}
-        if name in inputs:
-            decision["sparse_s"] = _median_time(sparse, inputs[name])
-            decision["dense_s"] = _median_time(dense, inputs[name])
-            use_sparse = decision["sparse_s"] < decision["dense_s"]
-        else:
-            use_sparse = mode == "sparse" or (mode == "auto" and density <= DENSITY_CUTOFF)
-        decision["kernel"] = "sparse" if use_sparse else "dense"
-        _replace(model, name, sparse if use_sparse else dense)
-        decisions.append(decision)
-    return model, decisions
+        decisions.append(_decision(name, sparse.matrix))
+        replace_module(model, name, sparse)
+    return _choose_kernels(model, decisions, example, mode), decisions
 
 
-def _plain(module: nn.Module) -> nn.Module:
-    """A plain dense copy of a (masked / weight-shared) layer, with its effective weights."""
-    plain = copy.deepcopy(module)
-    for key in [k for k in list(plain._buffers) + list(plain._parameters) if k.startswith("weight_")]:
-        plain._buffers.pop(key, None)
-        plain._parameters.pop(key, None)
-    plain._forward_pre_hooks.clear()
-    plain._forward_hooks.clear()
-    for attr in ("_deepzip_sharing_params", "_deepzip_sharing_handle", "_deepzip_mask_hooks"):
-        plain.__dict__.pop(attr, None)
-    weight = module.weight.detach().clone()
-    plain.__dict__.pop("weight", None)
-    plain.weight = nn.Parameter(weight, requires_grad=False)
-    return plain
+def _decision(name: str, matrix: SparseMatrix) -> dict:
+    rows, width = matrix.shape
+    return {"layer": name, "density": matrix.nnz / max(rows * width, 1), "sparse_bytes": matrix.nbytes(),
+            "dense_bytes": rows * width * 4}
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, attr, new)
+def _choose_kernels(model: nn.Module, decisions: list[dict], example: torch.Tensor | None, mode: str) -> nn.Module:
+    """Keep each sparse layer or swap in its dense twin: by timing on ``example`` (auto with an example),
+    by the density rule (auto without), or as ``mode`` says. Records the choice in ``decisions``."""
+    if mode != "sparse":
+        inputs = _layer_inputs(model, example, [d["layer"] for d in decisions]) \
+            if example is not None and mode == "auto" else None
+        for d in decisions:
+            sparse = model.get_submodule(d["layer"])
+            dense = _dense_from_sparse(sparse)
+            if inputs is not None:
+                d["sparse_s"], d["dense_s"] = _median_time(sparse, inputs[d["layer"]]), _median_time(dense, inputs[d["layer"]])
+                use_sparse = d["sparse_s"] < d["dense_s"]
+            else:
+                use_sparse = mode == "auto" and d["density"] <= DENSITY_CUTOFF
+            if not use_sparse:
+                replace_module(model, d["layer"], dense)
+    for d in decisions:
+        d["kernel"] = "sparse" if isinstance(model.get_submodule(d["layer"]), (SparseLinear, SparseConv2d)) else "dense"
+    return model
 
 
 def load(path: str | Path, example: torch.Tensor | None = None, mode: str = "auto") -> tuple[nn.Module, list[dict]]:
@@ -130,7 +125,7 @@ def load(path: str | Path, example: torch.Tensor | None = None, mode: str = "aut
     with torch.device("meta"):  # a skeleton: layer hyperparameters without weight memory
         model = build(description["model"], description.get("input_shape", (1, 28, 28)), description.get("num_classes", 10))
     model.eval()
-    dense_state, decisions, inputs = {}, [], None
+    dense_state, decisions = {}, []
     for record in header["tensors"]:
         module_name, _, param = record["name"].rpartition(".")
         module = model.get_submodule(module_name) if module_name else model
@@ -141,9 +136,7 @@ def load(path: str | Path, example: torch.Tensor | None = None, mode: str = "aut
         entries = decode_entries(record, sections)
         rows, width = record["shape"][0], int(np.prod(record["shape"][1:]))
         matrix = _matrix_from_entries(entries, rows, width)
-        decisions.append({"layer": module_name, "density": matrix.nnz / max(rows * width, 1),
-                          "sparse_bytes": matrix.nbytes(), "dense_bytes": rows * width * 4, "module": module,
-                          "matrix": matrix})
+        decisions.append({**_decision(module_name, matrix), "module": module, "matrix": matrix})
     for key, value in dense_state.items():  # biases and plain layers
         owner, _, attr = key.rpartition(".")
         target = model.get_submodule(owner) if owner else model
@@ -155,24 +148,8 @@ def load(path: str | Path, example: torch.Tensor | None = None, mode: str = "aut
         bias = dense_state.get(f"{d['layer']}.bias")
         module, matrix = d.pop("module"), d.pop("matrix")
         sparse = SparseLinear(matrix, bias) if isinstance(module, nn.Linear) else SparseConv2d(matrix, bias, module)
-        _replace(model, d["layer"], sparse)
-    # Calibration (or the density rule) decides which sparse layers fall back to dense.
-    if mode != "sparse":
-        if example is not None and mode == "auto":
-            inputs = _layer_inputs(model, example, [d["layer"] for d in decisions])
-        for d in decisions:
-            sparse = model.get_submodule(d["layer"])
-            dense = _dense_from_sparse(sparse)
-            if inputs is not None:
-                d["sparse_s"], d["dense_s"] = _median_time(sparse, inputs[d["layer"]]), _median_time(dense, inputs[d["layer"]])
-                use_sparse = d["sparse_s"] < d["dense_s"]
-            else:
-                use_sparse = mode == "auto" and d["density"] <= DENSITY_CUTOFF
-            if not use_sparse:
-                _replace(model, d["layer"], dense)
-    for d in decisions:
-        d["kernel"] = "sparse" if isinstance(model.get_submodule(d["layer"]), (SparseLinear, SparseConv2d)) else "dense"
-    return model, decisions
+        replace_module(model, d["layer"], sparse)
+    return _choose_kernels(model, decisions, example, mode), decisions
 
 
 def _matrix_from_entries(entries, rows: int, width: int) -> SparseMatrix:

@@ -61,3 +61,17 @@ def test_bad_config():
         P.PruneConfig(n=5, m=4)
     with pytest.raises(ValueError, match="bad layer spec item"):
         P.PruneConfig(quality="fc=big")
+
+
+def test_sensitivity_method_measures_curves_once_and_resumes_with_them(digits, dense, tmp_path):
+    model = copy.deepcopy(dense[0])
+    cfg = P.PruneConfig(method="sensitivity", sparsity=0.8, steps=2, retrain_epochs=1)
+    records = P.prune_and_retrain(model, digits, cfg, BASE, run_dir=tmp_path, progress=False)
+    assert records[-1]["sparsity"] == pytest.approx(0.8, abs=1e-3)
+    saved = (tmp_path / "sensitivity.json").read_text()
+    assert '"base_accuracy"' in saved and '"fc1.weight"' in saved
+    # The saved curves drive the rerun: same per-layer allocation, nothing measured again.
+    again = copy.deepcopy(dense[0])
+    rerun = P.prune_and_retrain(again, digits, cfg, BASE, run_dir=tmp_path, progress=False)
+    assert [l["nonzero"] for l in rerun[-1]["layers"]] == [l["nonzero"] for l in records[-1]["layers"]]
+    assert (tmp_path / "sensitivity.json").read_text() == saved

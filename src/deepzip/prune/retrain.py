@@ -120,19 +120,22 @@ def prune_and_retrain(model: nn.Module, data: DataSplits, cfg: PruneConfig, base
     """Prune ``model`` in place per ``cfg`` with retraining; returns one record per step."""
     run_dir = Path(run_dir) if run_dir is not None else None
     hooks = [L1Regularization(cfg.l1, cfg.retrain_lr)] if cfg.l1 > 0 else []
+    options = cfg.options()
+    if cfg.method == "sensitivity":
+        options.update(_sensitivity_options(model, data, run_dir, options.get("exclude", ()), progress))
     records = []
     if cfg.schedule == "gradual" and cfg.method not in ("threshold", "nm", "fraction"):
         retrain = cfg.retrain_config(base)
         per_epoch = -(-len(data.train) // retrain.batch_size)
         end = int(per_epoch * retrain.epochs * 0.75)  # prune over the first 3/4, then recover
         gradual = GradualPruning(cfg.sparsity, begin=0, end=end, every=max(1, end // cfg.steps),
-                                 method=cfg.method, options=cfg.options())
+                                 method=cfg.method, options=options)
         result = train(model, data, retrain, run_dir=run_dir and run_dir / "gradual", resume=True,
                        hooks=[gradual, *hooks], description=description, progress=progress)
         records.append({"step": 1, "target": cfg.sparsity, **_record(model, result)})
     else:
         for step, target in enumerate(_targets(cfg), start=1):
-            prune(model, target, cfg.method, **cfg.options())
+            prune(model, target, cfg.method, **options)
             retrain = cfg.retrain_config(base)
             pruned_only = _evaluate(model, data)
             result = train(model, data, retrain, run_dir=run_dir and run_dir / f"step_{step}", resume=True,
@@ -142,6 +145,29 @@ def prune_and_retrain(model: nn.Module, data: DataSplits, cfg: PruneConfig, base
     if run_dir is not None:
         atomic_write_text(run_dir / "steps.json", json.dumps(records, indent=2) + "\n")
     return records
+
+
+def _sensitivity_options(model: nn.Module, data: DataSplits, run_dir: Path | None, exclude,
+                         progress: bool) -> dict[str, Any]:
+    """Curves for sensitivity allocation, measured once on the validation split of the model as given.
+
+    Saved in the run directory so a resumed run allocates exactly as the interrupted one did.
+    """
+    from ..train import evaluate
+    from .sensitivity import sensitivity_curves
+
+    saved = run_dir / "sensitivity.json" if run_dir is not None else None
+    if saved is not None and saved.exists():
+        found = json.loads(saved.read_text())
+        return {"curves": {k: [tuple(p) for p in v] for k, v in found["curves"].items()},
+                "base_accuracy": found["base_accuracy"]}
+    val_acc = lambda m: evaluate(m, data.val)[1]  # noqa: E731  (allocation never sees the test set)
+    measured = {"curves": sensitivity_curves(model, val_acc, exclude=exclude, progress=progress),
+                "base_accuracy": val_acc(model)}
+    if saved is not None:
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(saved, json.dumps(measured, indent=2) + "\n")
+    return measured
 
 
 def _evaluate(model, data) -> float:

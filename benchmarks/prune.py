@@ -35,6 +35,7 @@ CANDIDATES = {
     "global, lr 5e-4": dataclasses.replace(BASE_CFG, retrain_lr=5e-4),
     "global, lr 1e-3": dataclasses.replace(BASE_CFG, retrain_lr=1e-3),
     "sensitivity, lr 1e-3": dataclasses.replace(BASE_CFG, retrain_lr=1e-3, method="sensitivity"),
+    "erk, lr 1e-3": dataclasses.replace(BASE_CFG, retrain_lr=1e-3, method="erk"),
     "global, lr 1e-3, L2 1e-4": dataclasses.replace(BASE_CFG, retrain_lr=1e-3, weight_decay=1e-4),
 }
 

@@ -125,3 +125,24 @@ def test_bad_configs():
         LotteryConfig(fc_rate=1.0)
     with pytest.raises(ValueError, match="use reset 'rewind'"):
         LotteryConfig(rewind_iteration=5)
+
+
+def test_dependencies_follow_the_winning_ticket_chain():
+    from deepzip.lottery.parallel import dependency
+
+    assert dependency((1, 0, "dense")) is None
+    assert dependency((1, 1, "random")) == (1, 0, "dense") and dependency((1, 3, "oneshot")) == (1, 0, "dense")
+    assert dependency((1, 3, "reinit")) == (1, 2, "imp") and dependency((1, 3, "imp")) == (1, 2, "imp")
+
+
+def test_parallel_run_equals_the_serial_run(experiment, digits, tmp_path):
+    parallel = Experiment(tmp_path / "parallel", TRAIN, experiment.cfg, digits, progress=False)
+    parallel.run(jobs=2)
+    serial = {(r["replicate"], r["level"], r["variant"]): r for r in steps(experiment.dir)}
+    found = {(r["replicate"], r["level"], r["variant"]): r for r in steps(parallel.dir)}
+    assert found.keys() == serial.keys() and len(found) == 18
+    for key, record in serial.items():  # same masks, same seeds, same batches: the same numbers
+        assert found[key]["test_acc"] == record["test_acc"], key
+        assert found[key]["early_stop_iteration"] == record["early_stop_iteration"], key
+    with pytest.raises(ValueError, match="jobs must be >= 1"):
+        parallel.run(jobs=0)

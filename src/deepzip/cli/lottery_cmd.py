@@ -22,6 +22,9 @@ def add_arguments(parser) -> None:
     run_parser.add_argument("--dataset", default="fashion-mnist", help="data set")
     add_config_arguments(run_parser, TrainConfig, prefix="train_", skip=("model", "dataset"))
     add_config_arguments(run_parser, LotteryConfig)
+    run_parser.add_argument("--jobs", type=int, default=1,
+                            help="worker processes: independent steps (controls, one-shot, replicates, the next "
+                                 "level) run side by side, one core each")
     add_common_arguments(run_parser)
     run_parser.set_defaults(lottery_run=run_experiment)
     status_parser = sub.add_parser("status", help="what an experiment directory has finished")
@@ -48,7 +51,7 @@ def run_experiment(args) -> int:
     directory = Path(args.runs_dir) / hash_configs("lottery", train=train_cfg, lottery=cfg)
     print(f"experiment directory: {directory}")
     experiment = _experiment(directory, train_cfg, cfg, args.data_dir, progress=not args.quiet)
-    experiment.run()
+    experiment.run(jobs=args.jobs)
     print(status(directory, list(experiment.steps())))
     return 0
 

@@ -107,13 +107,23 @@ class Experiment:
         return (self.step_dir(replicate, level, variant) / "summary.json").exists()
 
     # ------------------------------------------------------------------------------------ steps
-    def run(self) -> None:
+    def run(self, jobs: int = 1) -> None:
+        """Run every unfinished step; ``jobs`` > 1 runs independent steps in that many processes."""
+        if jobs < 1:
+            raise ValueError(f"jobs must be >= 1, got {jobs}")
         steps = list(self.steps())
         bar = tqdm(steps, desc="lottery", unit="run", disable=None if self.progress else True)
-        for replicate, level, variant in bar:
-            bar.set_postfix(replicate=replicate, level=level, variant=variant)
-            if not self.done(replicate, level, variant):
-                self.run_step(replicate, level, variant)
+        if jobs > 1:
+            from .parallel import run_parallel
+
+            bar.update(sum(self.done(*s) for s in steps))
+            run_parallel(self, steps, jobs, on_done=lambda step: (bar.set_postfix(replicate=step[0], level=step[1],
+                                                                                  variant=step[2]), bar.update(1)))
+        else:
+            for replicate, level, variant in bar:
+                bar.set_postfix(replicate=replicate, level=level, variant=variant)
+                if not self.done(replicate, level, variant):
+                    self.run_step(replicate, level, variant)
         bar.close()
 
     def _dense(self, replicate: int) -> nn.Module:

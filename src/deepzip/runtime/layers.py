@@ -26,6 +26,7 @@ class SparseMatrix:
         if (self.values is None) == (self.codes is None):
             raise ValueError("give either values or codes (with a codebook)")
         self._chunks: dict[int, np.ndarray] = {}
+        self.nnz = int(self.indptr[-1])  # read on every call: a plain attribute, not a property
 
     @classmethod
     def from_dense(cls, weight: torch.Tensor, codebook: torch.Tensor | None = None,
@@ -39,19 +40,15 @@ class SparseMatrix:
         codes = index.reshape(-1).numpy()[positions].astype(np.uint8 if k <= 256 else np.uint16)
         return cls(w.shape, indptr, cols, codes=codes, codebook=codebook.detach().numpy())
 
-    @property
-    def nnz(self) -> int:
-        return int(self.indptr[-1])
-
     def nbytes(self) -> int:
         parts = [self.indptr, self.cols, self.values, self.codes, self.codebook]
         return sum(p.nbytes for p in parts if p is not None)
 
-    def matvec(self, x: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    def matvec(self, x: np.ndarray, bias: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """W @ x + bias for one float32 vector (the batch-1 fast path); threads only for large layers."""
-        out = np.empty(self.shape[0], dtype=np.float32)
-        threads = kernels.threads() if self.nnz >= kernels.PARALLEL_MIN_NNZ else 1
-        if threads > 1:
+        out = np.empty(self.shape[0], dtype=np.float32) if out is None else out
+        if self.nnz >= kernels.PARALLEL_MIN_NNZ and kernels.threads() > 1:
+            threads = kernels.threads()
             chunks = self._chunks.get(threads)
             if chunks is None:
                 chunks = self._chunks[threads] = kernels.row_chunks(self.indptr, threads)
@@ -100,11 +97,15 @@ class SparseLinear(nn.Module):
         self._bias = _NO_BIAS if bias is None else self.bias.numpy()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Batch 1 is latency-bound: a small layer's whole product takes a few microseconds, so this
+        # path does no reshapes or copies in Python, and the bias is added inside the kernel.
+        if x.dim() == 2 and x.shape[0] == 1 and x.dtype == torch.float32 and x.is_contiguous():
+            out = np.empty((1, self.out_features), dtype=np.float32)
+            self.matrix.matvec((x.detach() if x.requires_grad else x).numpy()[0], self._bias, out[0])
+            return torch.from_numpy(out)
         lead = x.shape[:-1]
-        if x.numel() == self.in_features:  # batch 1: no transpose, bias fused into the kernel
-            vector = x.detach().reshape(-1).numpy()
-            if vector.dtype != np.float32 or not vector.flags.c_contiguous:
-                vector = np.ascontiguousarray(vector, dtype=np.float32)
+        if x.numel() == self.in_features:
+            vector = np.ascontiguousarray(x.detach().reshape(-1).numpy(), dtype=np.float32)
             return torch.from_numpy(self.matrix.matvec(vector, self._bias)).reshape(*lead, self.out_features)
         xt = np.ascontiguousarray(x.detach().reshape(-1, self.in_features).numpy().T, dtype=np.float32)
         out = torch.from_numpy(self.matrix.matmul_t(xt, _use_threads(self.matrix)).T)

@@ -23,13 +23,13 @@ import torch.nn.functional as F
 from _common import RESULTS, table, write_results
 from deepzip import runtime
 from deepzip.encode import load as load_dz
-from deepzip.prune import get_masks, remove
+from deepzip.prune import apply_masks, get_masks, remove
 from deepzip.quantize import codebooks, finalize
 from deepzip.runtime import SparseLinear, SparseMatrix
 from deepzip.runtime.timing import compare_models, interleaved
 
 ALEXNET = [("fc6 9216x4096", (4096, 9216), 0.09), ("fc7 4096x4096", (4096, 4096), 0.09), ("fc8 4096x1000", (1000, 4096), 0.25)]
-METHODS = ("dense", "torch CSR", "scipy CSR", "deepzip", "deepzip codes")
+METHODS = ("dense", "torch CSR", "scipy CSR", "deepzip", "deepzip codes", "deepzip auto")
 
 
 def set_threads(n: int) -> None:
@@ -59,7 +59,17 @@ def linear_contenders(w: torch.Tensor, codebook=None, index=None, mask=None):
         "deepzip": lambda x: values(x),
         "deepzip codes": lambda x: coded(x),
     }
-    return fns, memory, {name: coded_w if name == "deepzip codes" else w for name in fns}
+    return fns, memory, {name: coded_w if name == "deepzip codes" else w for name in (*fns, "deepzip auto")}
+
+
+def calibrated(w: torch.Tensor, x: torch.Tensor):
+    """deepzip as a user gets it: runtime.convert of the pruned layer, calibrated on ``x`` (sparse or dense)."""
+    model = torch.nn.Sequential(torch.nn.Linear(w.shape[1], w.shape[0], bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(w)
+    apply_masks(model, {"0.weight": w != 0})
+    fast, decisions = runtime.convert(model, example=x)
+    return fast, decisions[0]["kernel"]
 
 
 def measure(fns: dict, x: torch.Tensor, repeats: int) -> dict[str, float]:
@@ -73,6 +83,7 @@ def layer_rows(label, fns, memory, weights, in_features, repeats, results):
         set_threads(threads)
         for batch in (1, 32):
             x = torch.randn(batch, in_features)
+            fns["deepzip auto"], kernel = calibrated(weights["deepzip"], x)
             with torch.no_grad():
                 for name, fn in fns.items():  # every contender computes the same product
                     out = torch.as_tensor(np.asarray(fn(x))).float()
@@ -80,7 +91,8 @@ def layer_rows(label, fns, memory, weights, in_features, repeats, results):
                     if not torch.allclose(out, reference, rtol=1e-4, atol=1e-3):
                         raise AssertionError(f"{label}: {name} differs from dense by {(out - reference).abs().max():.2e}")
             ratios = measure(fns, x, repeats)
-            results.append({"layer": label, "threads": threads, "batch": batch, **ratios, "memory": memory})
+            results.append({"layer": label, "threads": threads, "batch": batch, **ratios, "memory": memory,
+                            "auto_kernel": kernel})
 
 
 def main() -> None:
@@ -121,12 +133,14 @@ def main() -> None:
     md = ["# Sparse inference vs dense (batch 1 and 32)\n",
           "Speedup over dense `F.linear` (higher is better), median of interleaved calls in one process. "
           "`deepzip codes`: uint8 codebook indices + uint16 columns (weight sharing); AlexNet rows use a random "
-          "5-bit codebook on the same pattern.\n"]
+          "5-bit codebook on the same pattern. `deepzip auto`: what `runtime.convert(model, example=x)` gives a "
+          "user, the faster of deepzip's sparse kernel and dense as timed by its calibration on that input (the "
+          "kernel it chose in brackets).\n"]
     md.append(table(["layer", "threads", "batch", "dense us"] + list(METHODS[1:]),
-                    [[r["layer"], r["threads"], r["batch"], f"{r['dense_us']:.0f}"] + [f"{r[m]:.2f}x" for m in METHODS[1:]]
-                     for r in rows]))
+                    [[r["layer"], r["threads"], r["batch"], f"{r['dense_us']:.0f}"] + [f"{r[m]:.2f}x" for m in METHODS[1:-1]]
+                     + [f"{r['deepzip auto']:.2f}x ({r['auto_kernel']})"] for r in rows]))
     md += ["", "## Memory of each representation (bytes)\n",
-           table(["layer"] + list(METHODS), [[r["layer"]] + [f"{r['memory'][m]:,}" for m in METHODS]
+           table(["layer"] + list(METHODS[:-1]), [[r["layer"]] + [f"{r['memory'][m]:,}" for m in METHODS[:-1]]
                                              for r in rows if r["threads"] == 1 and r["batch"] == 1])]
     if whole:
         md += ["", "## Whole compressed models, batch 1 (runtime.load with per-layer calibration vs dense)\n",

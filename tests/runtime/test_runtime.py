@@ -114,3 +114,23 @@ def test_runtime_load_needs_a_registry_model(tmp_path):
         runtime.load(tmp_path / "x.dz")
     with pytest.raises(ValueError, match="mode must be auto, sparse or dense"):
         runtime.convert(layer, mode="fast")
+
+
+def test_batch1_fast_path_and_its_fallbacks_agree_with_dense():
+    w = sparse_weight((40, 64), 0.2)
+    bias = torch.randn(40)
+    layer = SparseLinear(SparseMatrix.from_dense(w), bias)
+    reference = lambda x: F.linear(x.float(), w, bias)  # noqa: E731
+    x = torch.randn(1, 64)
+    out = layer(x)
+    assert out.shape == (1, 40) and out.dtype == torch.float32
+    close(out, reference(x))
+    close(layer(x.clone().requires_grad_()), reference(x))  # detached, not an error
+    close(layer(x.double()), reference(x))  # other dtypes are converted
+    wide = torch.randn(1, 128)
+    close(layer(wide[:, ::2]), reference(wide[:, ::2]))  # a strided view is copied, not misread
+    close(layer(x[0]), reference(x)[0])  # a plain vector
+    # each call gets its own output: an earlier result is not overwritten by the next call
+    first = layer(x)
+    layer(torch.randn(1, 64))
+    close(first, reference(x))

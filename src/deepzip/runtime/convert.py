@@ -1,7 +1,9 @@
 """Turn a pruned / weight-shared model into a fast inference model, from a module or straight from a .dz.
 
-Per layer the faster of {deepzip's sparse kernel, dense} is kept, measured at batch 1 on the layer's
-real input shape (calibration), so a converted model is never slower than dense layer by layer.
+Per layer the faster of {deepzip's sparse kernel, dense} is kept, timed on the input the layer really
+sees when a sample batch runs through the model (calibration: pass a batch of 1 for real-time, batch-1
+inference, or a batch of the size you will serve), so a converted model is not slower than dense layer
+by layer at that batch size.
 Without a sample input, a layer goes sparse when at most `DENSITY_CUTOFF` of its weights are kept.
 """
 
@@ -38,13 +40,13 @@ def _median_time(fn, x, repeats: int = 30) -> float:
 
 
 def _layer_inputs(model: nn.Module, example: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
-    """The batch-1 input each named layer sees when ``example`` runs through the model."""
+    """The input each named layer sees when ``example`` runs through the model (at the example's batch size)."""
     seen: dict[str, torch.Tensor] = {}
     handles = [model.get_submodule(n).register_forward_pre_hook(
-        lambda m, args, n=n: seen.setdefault(n, args[0][:1].detach().clone())) for n in names]
+        lambda m, args, n=n: seen.setdefault(n, args[0].detach().clone())) for n in names]
     try:
         with torch.no_grad():
-            model(example[:1])
+            model(example)
     finally:
         for h in handles:
             h.remove()
@@ -60,6 +62,8 @@ def build_sparse(module: nn.Module, codebook=None, index=None, mask=None) -> nn.
 
 def convert(model: nn.Module, example: torch.Tensor | None = None, mode: str = "auto") -> tuple[nn.Module, list[dict]]:
     """(inference model, per-layer decisions). ``mode``: auto (calibrate / density rule), sparse, or dense.
+
+    ``example``: a sample input batch for calibration, at the batch size the model will serve.
 
     The input model is not changed. Linear and Conv2d layers with a mask or a codebook are candidates.
     """

@@ -26,10 +26,10 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
 @numba.njit(cache=True, nogil=True)
 def _row(indptr, cols, values, xt, out, r):
     c, v = cols[indptr[r]:indptr[r + 1]], values[indptr[r]:indptr[r + 1]]
+    dst = out[r]
     for j in range(len(c)):
         w = v[j]
         src = xt[c[j]]
-        dst = out[r]
         for b in range(len(src)):
             dst[b] += w * src[b]
 
@@ -37,10 +37,10 @@ def _row(indptr, cols, values, xt, out, r):
 @numba.njit(cache=True, nogil=True)
 def _row_coded(indptr, cols, codes, codebook, xt, out, r):
     c, k = cols[indptr[r]:indptr[r + 1]], codes[indptr[r]:indptr[r + 1]]
+    dst = out[r]
     for j in range(len(c)):
         w = codebook[k[j]]
         src = xt[c[j]]
-        dst = out[r]
         for b in range(len(src)):
             dst[b] += w * src[b]
 

@@ -8,7 +8,7 @@ A. LeNet-300-100, 3 replicates, 15 levels (100% -> 3.5% of weights), layer-wise 
    one-shot pruning to each level's sparsity. The paper's optimizer (Adam 1.2e-3, batch 60, constant
    lr) for 15 epochs (13,755 iterations, evaluated every 250): long enough for the dense network to
    overfit, so the early-stop iteration (minimum validation loss) falls inside the run.
-B. LeNet-5, 3 replicates, 6 levels, 3 epochs a run (batch 128): rewinding to init (k=0) vs rewinding to
+B. LeNet-5, 2 replicates, 5 levels, 3 epochs a run (batch 128): rewinding to init (k=0) vs rewinding to
    iteration k=500 vs learning-rate rewinding (Renda et al. 2020), winning tickets only.
 Targets: winning tickets match or beat dense down to ~10% remaining and stop early sooner over part of
 that range; random reinit clearly worse at 10% and below.
@@ -32,11 +32,11 @@ from deepzip.lottery import Experiment, LotteryConfig, aggregate, plot_experimen
 from deepzip.train import TrainConfig
 
 LENET300 = TrainConfig(model="lenet300_100", batch_size=60, epochs=15, eval_every=250)
-LENET5 = TrainConfig(model="lenet5", batch_size=128, epochs=3, eval_every=100)
+LENET5 = TrainConfig(model="lenet5", batch_size=128, epochs=3, eval_every=150)
 STUDY_A = LotteryConfig(levels=15, replicates=3, oneshot=True)
-STUDY_B = {"rewind to init (k=0)": LotteryConfig(levels=6, replicates=3, controls=""),
-           "rewind to k=500": LotteryConfig(levels=6, replicates=3, controls="", reset="rewind", rewind_iteration=500),
-           "lr rewinding (k=0)": LotteryConfig(levels=6, replicates=3, controls="", reset="lr_rewind")}
+STUDY_B = {"rewind to init (k=0)": LotteryConfig(levels=5, replicates=2, controls=""),
+           "rewind to k=500": LotteryConfig(levels=5, replicates=2, controls="", reset="rewind", rewind_iteration=500),
+           "lr rewinding (k=0)": LotteryConfig(levels=5, replicates=2, controls="", reset="lr_rewind")}
 QUICK = {"a": (TrainConfig(model="lenet300_100", dataset="digits", val_size=300, batch_size=32, epochs=2, eval_every=10),
                LotteryConfig(levels=3, fc_rate=0.5, output_rate=0.25, replicates=2, oneshot=True)),
          "b": (TrainConfig(model="lenet300_100", dataset="digits", val_size=300, batch_size=32, epochs=2, eval_every=10),

@@ -43,8 +43,11 @@ def distinct_candidates(model) -> dict[str, dict[str, int]]:
         key = tuple(sorted((k, v) for k, v in bits.items() if k in present))
         if key not in seen:
             seen.add(key)
-            out[label] = {k: v for k, v in bits.items() if k in present}
+            name = ", ".join(f"{k} {v}" for k, v in key)  # labelled by the kinds the model has
+            out[f"paper: {name}" if label.startswith("paper") else name] = dict(key)
     return out
+
+
 FINETUNE = Q.QuantizeConfig(finetune_epochs=2)
 
 

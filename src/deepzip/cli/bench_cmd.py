@@ -27,12 +27,13 @@ def run(args) -> int:
     description = getattr(dense, "_deepzip_description", {})
     example = torch.randn(1, *description.get("input_shape", (1, 28, 28)))
     fast, decisions = load_runtime(args.file, example=example, mode=args.mode)
-    print(f"{'layer':<12}{'density':>9}{'kernel':>8}{'sparse us':>11}{'dense us':>10}{'bytes':>10}{'dense bytes':>13}")
+    # layer alone: sparse / dense us; model: the whole model's us with this layer sparse / dense
+    print(f"{'layer':<12}{'density':>9}{'kernel':>8}{'sparse us':>11}{'dense us':>10}{'model sparse':>14}"
+          f"{'model dense':>13}{'bytes':>10}{'dense bytes':>13}")
+    us = lambda d, key: f"{d[key] * 1e6:.1f}" if key in d else "-"  # noqa: E731
     for d in decisions:
-        sparse_us = f"{d['sparse_s'] * 1e6:.1f}" if "sparse_s" in d else "-"
-        dense_us = f"{d['dense_s'] * 1e6:.1f}" if "dense_s" in d else "-"
-        print(f"{d['layer']:<12}{d['density']:>9.2%}{d['kernel']:>8}{sparse_us:>11}{dense_us:>10}"
-              f"{d['sparse_bytes']:>10,}{d['dense_bytes']:>13,}")
+        print(f"{d['layer']:<12}{d['density']:>9.2%}{d['kernel']:>8}{us(d, 'sparse_s'):>11}{us(d, 'dense_s'):>10}"
+              f"{us(d, 'model_sparse_s'):>14}{us(d, 'model_dense_s'):>13}{d['sparse_bytes']:>10,}{d['dense_bytes']:>13,}")
     whole = compare_models(fast, dense, example, args.repeats)
     with torch.inference_mode():
         error = (fast(example) - dense(example)).abs().max().item()

@@ -1,6 +1,6 @@
 """Lottery tickets on Fashion-MNIST (issue 8): IMP vs controls on LeNet-300-100, rewinding on LeNet-5.
 
-    python benchmarks/lottery.py --jobs 2   # ~1.3 h on 2 cores; resumable: rerun after a kill to continue
+    python benchmarks/lottery.py --jobs 2   # ~1.7 h on 2 cores (~55 s a run here); resumable after a kill
     python benchmarks/lottery.py --quick    # a tiny version of both studies (seconds), for the tests
 
 A. LeNet-300-100, 3 replicates, 15 levels (100% -> 3.5% of weights), layer-wise rates 20% fc / 10%

@@ -46,6 +46,8 @@ def _experiment(directory: Path, train_cfg: TrainConfig, cfg: LotteryConfig, dat
 
 
 def run_experiment(args) -> int:
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     train_cfg = from_args(TrainConfig, args, "train_", model=args.model, dataset=args.dataset)
     cfg = from_args(LotteryConfig, args)
     directory = Path(args.runs_dir) / hash_configs("lottery", train=train_cfg, lottery=cfg)

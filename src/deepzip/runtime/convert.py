@@ -33,15 +33,20 @@ SPARSE_MARGIN = 0.99
 CALIBRATION_CALLS = 60
 
 
-def _calibrate(sparse: nn.Module, dense: nn.Module, x: torch.Tensor) -> tuple[float, float]:
-    """(sparse, dense) median seconds of the layer alone on ``x``, timed alternately."""
-    times = interleaved({"sparse": lambda: sparse(x), "dense": lambda: dense(x)}, repeats=CALIBRATION_CALLS, warmup=5)
+def _time_both(run_sparse, run_dense) -> tuple[float, float]:
+    """(sparse, dense) median seconds, the two calls timed alternately so machine noise hits both alike."""
+    times = interleaved({"sparse": run_sparse, "dense": run_dense}, repeats=CALIBRATION_CALLS, warmup=5)
     return times["sparse"], times["dense"]
+
+
+def _calibrate(sparse: nn.Module, dense: nn.Module, x: torch.Tensor) -> tuple[float, float]:
+    """(sparse, dense) median seconds of the layer alone on ``x``."""
+    return _time_both(lambda: sparse(x), lambda: dense(x))
 
 
 def _calibrate_in_model(model: nn.Module, name: str, sparse: nn.Module, dense: nn.Module,
                         example: torch.Tensor) -> tuple[float, float]:
-    """(sparse, dense) median seconds of the whole model with layer ``name`` either way, timed alternately.
+    """(sparse, dense) median seconds of the whole model with layer ``name`` either way.
 
     In the whole model the other layers evict this layer's weights from the caches between calls, as
     in real use; a layer timed alone keeps them warm and can look faster (or slower) than it is.
@@ -52,8 +57,7 @@ def _calibrate_in_model(model: nn.Module, name: str, sparse: nn.Module, dense: n
             model(example)
         return call
 
-    times = interleaved({"sparse": run_with(sparse), "dense": run_with(dense)}, repeats=CALIBRATION_CALLS, warmup=5)
-    return times["sparse"], times["dense"]
+    return _time_both(run_with(sparse), run_with(dense))
 
 
 def _layer_inputs(model: nn.Module, example: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:

@@ -47,8 +47,8 @@ class SparseMatrix:
     def matvec(self, x: np.ndarray, bias: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """W @ x + bias for one float32 vector (the batch-1 fast path); threads only for large layers."""
         out = np.empty(self.shape[0], dtype=np.float32) if out is None else out
-        if self.nnz >= kernels.PARALLEL_MIN_NNZ and kernels.threads() > 1:
-            threads = kernels.threads()
+        threads = kernels.threads() if self.nnz >= kernels.PARALLEL_MIN_NNZ else 1
+        if threads > 1:
             chunks = self._chunks.get(threads)
             if chunks is None:
                 chunks = self._chunks[threads] = kernels.row_chunks(self.indptr, threads)

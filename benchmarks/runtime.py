@@ -15,7 +15,6 @@ import argparse
 import copy
 
 import _common  # noqa: F401  (sys.path)
-import numba
 import numpy as np
 import scipy.sparse
 import torch
@@ -34,8 +33,7 @@ METHODS = ("dense", "torch CSR", "scipy CSR", "deepzip", "deepzip codes", "deepz
 
 
 def set_threads(n: int) -> None:
-    torch.set_num_threads(n)
-    numba.set_num_threads(n)
+    torch.set_num_threads(n)  # deepzip's kernels follow torch's count (runtime/threads.py)
 
 
 def linear_contenders(w: torch.Tensor, codebook=None, index=None, mask=None):
@@ -101,9 +99,13 @@ def layer_rows(label, fns, memory, weights, in_features, repeats, results):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--only", default="", help="measure only the AlexNet layers or LeNet models whose name contains this "
+                        "(e.g. 'fc7', 'lenet5'); the results are then printed, not written")
     args = parser.parse_args()
     rows: list[dict] = []
     for label, shape, density in ALEXNET:
+        if args.only not in f"AlexNet {label}":
+            continue
         g = torch.Generator().manual_seed(0)
         w = torch.randn(shape, generator=g) * (torch.rand(shape, generator=g) < density)
         fns, memory, weights = linear_contenders(w)
@@ -111,6 +113,8 @@ def main() -> None:
         print(rows[-4:], flush=True)
     whole = {}
     for name in ("lenet300_100", "lenet5"):
+        if args.only and args.only not in name:
+            continue
         path = RESULTS / f"{name}.dz"
         if not path.exists():
             print(f"skipping {name}: run benchmarks/compress.py first to make {path}")
@@ -150,7 +154,10 @@ def main() -> None:
                table(["model", "deepzip us", "dense us", "speedup", "kernels"],
                      [[k, f"{v['deepzip'] * 1e6:.0f}", f"{v['dense'] * 1e6:.0f}", f"{v['speedup']:.2f}x",
                        ", ".join(f"{a}: {b}" for a, b in v["kernels"].items())] for k, v in whole.items()])]
-    write_results("runtime", {"layers": rows, "whole_models": whole}, "\n".join(md))
+    if args.only:  # a partial run must not overwrite the committed results
+        print("\n".join(md))
+    else:
+        write_results("runtime", {"layers": rows, "whole_models": whole}, "\n".join(md))
 
 
 if __name__ == "__main__":

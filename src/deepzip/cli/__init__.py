@@ -40,10 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads < 1:
             print(f"deepzip: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
             return 2
-        import numba
-
-        torch.set_num_threads(args.threads)
-        numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+        torch.set_num_threads(args.threads)  # deepzip's sparse kernels follow torch's thread count
     try:
         return args.run(args) or 0
     except (DeepzipError, ValueError, TypeError) as exc:

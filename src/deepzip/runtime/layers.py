@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import kernels
+from .threads import kernel_threads
 
 
 class SparseMatrix:
@@ -47,7 +48,7 @@ class SparseMatrix:
     def matvec(self, x: np.ndarray, bias: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """W @ x + bias for one float32 vector (the batch-1 fast path); threads only for large layers."""
         out = np.empty(self.shape[0], dtype=np.float32) if out is None else out
-        threads = kernels.threads() if self.nnz >= kernels.PARALLEL_MIN_NNZ else 1
+        threads = kernel_threads() if self.nnz >= kernels.PARALLEL_MIN_NNZ else 1
         if threads > 1:
             chunks = self._chunks.get(threads)
             if chunks is None:
@@ -85,7 +86,7 @@ _NO_BIAS = np.zeros(0, dtype=np.float32)
 
 
 def _use_threads(matrix: SparseMatrix) -> bool:
-    return kernels.threads() > 1 and matrix.nnz >= kernels.PARALLEL_MIN_NNZ
+    return matrix.nnz >= kernels.PARALLEL_MIN_NNZ and kernel_threads() > 1
 
 
 class SparseLinear(nn.Module):

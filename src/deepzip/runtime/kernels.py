@@ -17,51 +17,60 @@ import numpy as np
 # Every kernel slices a row's entries out first and indexes the slices from 0: numba then knows the
 # index is not negative and drops its wraparound check from the hot loop (about 1.9x faster at batch 1
 # on a 4096x4096 layer at 9% than indexing the whole arrays from the row's start).
+#
+# Batch > 1: a row of the output is summed in `acc`, a buffer of the kernel's own that LLVM knows aliases
+# nothing, so the batch loop vectorizes without run-time overlap checks (~17% faster at batch 32 than
+# summing into the output row in place). One buffer per block of rows, so the parallel kernels give each
+# thread its own.
 @numba.njit(cache=True, nogil=True)
-def _row(indptr, cols, values, xt, out, r):
-    c, v = cols[indptr[r]:indptr[r + 1]], values[indptr[r]:indptr[r + 1]]
-    dst = out[r]
-    for j in range(len(c)):
-        w = v[j]
-        src = xt[c[j]]
-        for b in range(len(src)):
-            dst[b] += w * src[b]
+def _mm_rows(indptr, cols, values, xt, out, r0, r1):
+    acc = np.empty(xt.shape[1], dtype=np.float32)
+    for r in range(r0, r1):
+        c, v = cols[indptr[r]:indptr[r + 1]], values[indptr[r]:indptr[r + 1]]
+        acc[:] = 0
+        for j in range(len(c)):
+            w = v[j]
+            src = xt[c[j]]
+            for b in range(len(acc)):
+                acc[b] += w * src[b]
+        out[r, :] = acc
 
 
 @numba.njit(cache=True, nogil=True)
-def _row_coded(indptr, cols, codes, codebook, xt, out, r):
-    c, k = cols[indptr[r]:indptr[r + 1]], codes[indptr[r]:indptr[r + 1]]
-    dst = out[r]
-    for j in range(len(c)):
-        w = codebook[k[j]]
-        src = xt[c[j]]
-        for b in range(len(src)):
-            dst[b] += w * src[b]
+def _mm_rows_coded(indptr, cols, codes, codebook, xt, out, r0, r1):
+    acc = np.empty(xt.shape[1], dtype=np.float32)
+    for r in range(r0, r1):
+        c, k = cols[indptr[r]:indptr[r + 1]], codes[indptr[r]:indptr[r + 1]]
+        acc[:] = 0
+        for j in range(len(c)):
+            w = codebook[k[j]]
+            src = xt[c[j]]
+            for b in range(len(acc)):
+                acc[b] += w * src[b]
+        out[r, :] = acc
 
 
 @numba.njit(cache=True, nogil=True)
 def csr_mm(indptr, cols, values, xt, out):
-    """out (rows, batch) += W @ xt, one thread."""
-    for r in range(len(indptr) - 1):
-        _row(indptr, cols, values, xt, out, r)
-
-
-@numba.njit(cache=True, nogil=True, parallel=True)
-def csr_mm_parallel(indptr, cols, values, xt, out):
-    for r in numba.prange(len(indptr) - 1):
-        _row(indptr, cols, values, xt, out, r)
+    """out (rows, batch) = W @ xt, one thread."""
+    _mm_rows(indptr, cols, values, xt, out, 0, len(indptr) - 1)
 
 
 @numba.njit(cache=True, nogil=True)
 def csr_mm_coded(indptr, cols, codes, codebook, xt, out):
-    for r in range(len(indptr) - 1):
-        _row_coded(indptr, cols, codes, codebook, xt, out, r)
+    _mm_rows_coded(indptr, cols, codes, codebook, xt, out, 0, len(indptr) - 1)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def csr_mm_coded_parallel(indptr, cols, codes, codebook, xt, out):
-    for r in numba.prange(len(indptr) - 1):
-        _row_coded(indptr, cols, codes, codebook, xt, out, r)
+def csr_mm_parallel(indptr, cols, values, xt, out, chunks):
+    for t in numba.prange(len(chunks) - 1):
+        _mm_rows(indptr, cols, values, xt, out, chunks[t], chunks[t + 1])
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def csr_mm_coded_parallel(indptr, cols, codes, codebook, xt, out, chunks):
+    for t in numba.prange(len(chunks) - 1):
+        _mm_rows_coded(indptr, cols, codes, codebook, xt, out, chunks[t], chunks[t + 1])
 
 
 # The batch-1 dot products allow reassociation (and nothing else of fastmath): LLVM then vectorizes the

@@ -45,14 +45,21 @@ class SparseMatrix:
         parts = [self.indptr, self.cols, self.values, self.codes, self.codebook]
         return sum(p.nbytes for p in parts if p is not None)
 
+    def _chunks_for(self, threads: int) -> np.ndarray:
+        chunks = self._chunks.get(threads)
+        if chunks is None:
+            chunks = self._chunks[threads] = kernels.row_chunks(self.indptr, threads)
+        return chunks
+
+    def _threads(self) -> int:
+        return kernel_threads() if self.nnz >= kernels.PARALLEL_MIN_NNZ else 1
+
     def matvec(self, x: np.ndarray, bias: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """W @ x + bias for one float32 vector (the batch-1 fast path); threads only for large layers."""
         out = np.empty(self.shape[0], dtype=np.float32) if out is None else out
-        threads = kernel_threads() if self.nnz >= kernels.PARALLEL_MIN_NNZ else 1
+        threads = self._threads()
         if threads > 1:
-            chunks = self._chunks.get(threads)
-            if chunks is None:
-                chunks = self._chunks[threads] = kernels.row_chunks(self.indptr, threads)
+            chunks = self._chunks_for(threads)
             if self.codes is None:
                 kernels.csr_mv_parallel(self.indptr, self.cols, self.values, x, bias, out, chunks)
             else:
@@ -63,14 +70,20 @@ class SparseMatrix:
             kernels.csr_mv_coded(self.indptr, self.cols, self.codes, self.codebook, x, bias, out)
         return out
 
-    def matmul_t(self, xt: np.ndarray, parallel: bool) -> np.ndarray:
+    def matmul_t(self, xt: np.ndarray) -> np.ndarray:
         """W @ xt for xt of shape (in, batch), float32 C-contiguous."""
-        out = np.zeros((self.shape[0], xt.shape[1]), dtype=np.float32)
-        if self.codes is None:
-            (kernels.csr_mm_parallel if parallel else kernels.csr_mm)(self.indptr, self.cols, self.values, xt, out)
+        out = np.empty((self.shape[0], xt.shape[1]), dtype=np.float32)
+        threads = self._threads()
+        if threads > 1:
+            chunks = self._chunks_for(threads)
+            if self.codes is None:
+                kernels.csr_mm_parallel(self.indptr, self.cols, self.values, xt, out, chunks)
+            else:
+                kernels.csr_mm_coded_parallel(self.indptr, self.cols, self.codes, self.codebook, xt, out, chunks)
+        elif self.codes is None:
+            kernels.csr_mm(self.indptr, self.cols, self.values, xt, out)
         else:
-            (kernels.csr_mm_coded_parallel if parallel else kernels.csr_mm_coded)(
-                self.indptr, self.cols, self.codes, self.codebook, xt, out)
+            kernels.csr_mm_coded(self.indptr, self.cols, self.codes, self.codebook, xt, out)
         return out
 
     def to_dense(self) -> torch.Tensor:
@@ -83,10 +96,6 @@ class SparseMatrix:
 
 
 _NO_BIAS = np.zeros(0, dtype=np.float32)
-
-
-def _use_threads(matrix: SparseMatrix) -> bool:
-    return matrix.nnz >= kernels.PARALLEL_MIN_NNZ and kernel_threads() > 1
 
 
 class SparseLinear(nn.Module):
@@ -109,7 +118,7 @@ class SparseLinear(nn.Module):
             vector = np.ascontiguousarray(x.detach().reshape(-1).numpy(), dtype=np.float32)
             return torch.from_numpy(self.matrix.matvec(vector, self._bias)).reshape(*lead, self.out_features)
         xt = np.ascontiguousarray(x.detach().reshape(-1, self.in_features).numpy().T, dtype=np.float32)
-        out = torch.from_numpy(self.matrix.matmul_t(xt, _use_threads(self.matrix)).T)
+        out = torch.from_numpy(self.matrix.matmul_t(xt).T)
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*lead, self.out_features)
@@ -138,7 +147,7 @@ class SparseConv2d(nn.Module):
         h_out = (height + 2 * padding[0] - self.dilation[0] * (self.kernel_size[0] - 1) - 1) // self.stride[0] + 1
         w_out = (width + 2 * padding[1] - self.dilation[1] * (self.kernel_size[1] - 1) - 1) // self.stride[1] + 1
         xt = np.ascontiguousarray(cols.detach().permute(1, 0, 2).reshape(cols.shape[1], -1).numpy(), dtype=np.float32)
-        out = torch.from_numpy(self.matrix.matmul_t(xt, _use_threads(self.matrix)))  # (out, B*L)
+        out = torch.from_numpy(self.matrix.matmul_t(xt))  # (out, B*L)
         out = out.reshape(self.out_channels, batch, h_out * w_out).permute(1, 0, 2)
         if self.bias is not None:
             out = out + self.bias[None, :, None]

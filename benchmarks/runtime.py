@@ -26,7 +26,7 @@ from deepzip.encode import load as load_dz
 from deepzip.prune import apply_masks, get_masks, remove
 from deepzip.quantize import codebooks, finalize
 from deepzip.runtime import SparseLinear, SparseMatrix
-from deepzip.runtime.timing import compare_models, interleaved
+from deepzip.runtime.timing import interleaved
 
 ALEXNET = [("fc6 9216x4096", (4096, 9216), 0.09), ("fc7 4096x4096", (4096, 4096), 0.09), ("fc8 4096x1000", (1000, 4096), 0.25)]
 METHODS = ("dense", "torch CSR", "scipy CSR", "deepzip", "deepzip codes", "deepzip auto")
@@ -58,7 +58,7 @@ def linear_contenders(w: torch.Tensor, codebook=None, index=None, mask=None):
         "deepzip": lambda x: values(x),
         "deepzip codes": lambda x: coded(x),
     }
-    return fns, memory, {name: coded_w if name == "deepzip codes" else w for name in (*fns, "deepzip auto", "dense module")}
+    return fns, memory, {name: coded_w if name == "deepzip codes" else w for name in (*fns, "deepzip auto", "dense module", "dense module again")}
 
 
 def calibrated(w: torch.Tensor, x: torch.Tensor):
@@ -84,6 +84,7 @@ def layer_rows(label, fns, memory, weights, in_features, repeats, results):
         for batch in (1, 32):
             x = torch.randn(batch, in_features)
             fns["deepzip auto"], kernel, fns["dense module"] = calibrated(weights["deepzip"], x)
+            fns["dense module again"] = copy.deepcopy(fns["dense module"])  # the noise floor of the auto column
             with torch.no_grad():
                 for name, fn in fns.items():  # every contender computes the same product
                     out = torch.as_tensor(np.asarray(fn(x))).float()
@@ -91,7 +92,8 @@ def layer_rows(label, fns, memory, weights, in_features, repeats, results):
                     if not torch.allclose(out, reference, rtol=1e-4, atol=1e-3):
                         raise AssertionError(f"{label}: {name} differs from dense by {(out - reference).abs().max():.2e}")
             ratios = measure(fns, x, repeats)
-            ratios["deepzip auto"] /= ratios.pop("dense module")  # auto against the dense module it replaces
+            ratios["deepzip auto"] /= ratios["dense module"]  # auto against the dense module it replaces
+            ratios["noise"] = ratios.pop("dense module again") / ratios.pop("dense module")
             results.append({"layer": label, "threads": threads, "batch": batch, **ratios, "memory": memory,
                             "auto_kernel": kernel})
 
@@ -134,7 +136,10 @@ def main() -> None:
             example = torch.randn(1, 1, 28, 28)
             fast, decisions = runtime.load(path, example=example)
             dense = remove(finalize(load_dz(path))).eval()
-            timing = compare_models(fast, dense, example, repeats=args.repeats * 2)
+            again = copy.deepcopy(dense)  # the dense model against itself: the noise floor
+            timing = interleaved({"deepzip": lambda: fast(example), "dense": lambda: dense(example),
+                                  "again": lambda: again(example)}, args.repeats * 2)
+            timing |= {"speedup": timing["dense"] / timing["deepzip"], "noise": timing["dense"] / timing.pop("again")}
             whole[f"{name}, {threads} thread(s)"] = {**timing, "kernels": {d["layer"]: d["kernel"] for d in decisions},
                                                      "bytes": sum(d["sparse_bytes"] if d["kernel"] == "sparse" else d["dense_bytes"] for d in decisions)}
     md = ["# Sparse inference vs dense (batch 1 and 32)\n",
@@ -142,17 +147,18 @@ def main() -> None:
           "`deepzip codes`: uint8 codebook indices + uint16 columns (weight sharing); AlexNet rows use a random "
           "5-bit codebook on the same pattern. `deepzip auto`: what `runtime.convert(model, example=x)` gives a "
           "user, deepzip's sparse kernel or dense as its calibration on that input chose (in brackets), as a speedup "
-          "over the same `nn.Linear` module left dense (module-call overhead on both sides).\n"]
-    md.append(table(["layer", "threads", "batch", "dense us"] + list(METHODS[1:]),
+          "over the same `nn.Linear` module left dense (module-call overhead on both sides). `noise`: that dense module "
+          "against a copy of itself, timed the same way: how far from 1.00x a ratio strays by chance.\n"]
+    md.append(table(["layer", "threads", "batch", "dense us"] + list(METHODS[1:]) + ["noise"],
                     [[r["layer"], r["threads"], r["batch"], f"{r['dense_us']:.0f}"] + [f"{r[m]:.2f}x" for m in METHODS[1:-1]]
-                     + [f"{r['deepzip auto']:.2f}x ({r['auto_kernel']})"] for r in rows]))
+                     + [f"{r['deepzip auto']:.2f}x ({r['auto_kernel']})", f"{r['noise']:.2f}x"] for r in rows]))
     md += ["", "## Memory of each representation (bytes)\n",
            table(["layer"] + list(METHODS[:-1]), [[r["layer"]] + [f"{r['memory'][m]:,}" for m in METHODS[:-1]]
                                              for r in rows if r["threads"] == 1 and r["batch"] == 1])]
     if whole:
         md += ["", "## Whole compressed models, batch 1 (runtime.load with per-layer calibration vs dense)\n",
-               table(["model", "deepzip us", "dense us", "speedup", "kernels"],
-                     [[k, f"{v['deepzip'] * 1e6:.0f}", f"{v['dense'] * 1e6:.0f}", f"{v['speedup']:.2f}x",
+               table(["model", "deepzip us", "dense us", "speedup", "noise", "kernels"],
+                     [[k, f"{v['deepzip'] * 1e6:.0f}", f"{v['dense'] * 1e6:.0f}", f"{v['speedup']:.2f}x", f"{v['noise']:.2f}x",
                        ", ".join(f"{a}: {b}" for a, b in v["kernels"].items())] for k, v in whole.items()])]
     if args.only:  # a partial run must not overwrite the committed results
         print("\n".join(md))

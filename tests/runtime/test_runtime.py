@@ -1,3 +1,5 @@
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -134,3 +136,23 @@ def test_batch1_fast_path_and_its_fallbacks_agree_with_dense():
     first = layer(x)
     layer(torch.randn(1, 64))
     close(first, reference(x))
+
+
+@pytest.mark.parametrize("rounds, kernel", [
+    ([(1.0, 2.0)] * 3, "sparse"),                       # sparse clearly faster in every round
+    ([(1.0, 2.0), (1.0, 2.0), (2.1, 2.0)], "dense"),    # one round lost: not kept
+    ([(0.995, 1.0)] * 3, "dense"),                      # faster, but inside the 1% margin
+])
+def test_calibration_keeps_sparse_only_if_it_wins_every_round(monkeypatch, rounds, kernel):
+    convert_module = importlib.import_module("deepzip.runtime.convert")  # the module, not the function
+
+    def scripted(model, name, sparse, dense, example):
+        return rounds
+
+    monkeypatch.setattr(convert_module, "_calibrate_in_model", scripted)
+    model = nn.Sequential(nn.Linear(8, 4))
+    deepzip.prune(model, sparsity=0.5)
+    fast, decisions = runtime.convert(model, example=torch.randn(1, 8))
+    assert decisions[0]["kernel"] == kernel
+    assert decisions[0]["model_sparse_s"] == np.median([s for s, _ in rounds])
+    assert isinstance(fast[0], SparseLinear if kernel == "sparse" else nn.Linear)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from .prefetch import prefetch
+
 
 # Every kernel slices a row's entries out first and indexes the slices from 0: numba then knows the
 # index is not negative and drops its wraparound check from the hot loop (about 1.9x faster at batch 1
@@ -98,10 +100,26 @@ def _dot_coded(indptr, cols, codes, codebook, x, r):
     return acc
 
 
+# How far ahead of the row being summed the batch-1 kernels ask for weights (and columns): ~3 rows of
+# a 4096-wide layer at 9%. On a 4096x4096 layer with cold caches: 256 -> 0.59 ms, 1024 -> 0.54,
+# 4096 -> 0.61, none -> 0.82.
+PREFETCH_AHEAD = 1024
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _prefetch_ahead(data, start, stop):
+    """Hint the cache lines of ``data[start + AHEAD : stop + AHEAD]``, one hint per 64-byte line."""
+    step = max(64 // data.itemsize, 1)
+    for p in range(start + PREFETCH_AHEAD, min(stop + PREFETCH_AHEAD, len(data)), step):
+        prefetch(data, p)
+
+
 @numba.njit(cache=True, nogil=True)
 def _mv_rows(indptr, cols, values, x, bias, out, r0, r1):
     has_bias = len(bias) > 0
     for r in range(r0, r1):
+        _prefetch_ahead(values, indptr[r], indptr[r + 1])
+        _prefetch_ahead(cols, indptr[r], indptr[r + 1])
         acc = _dot(indptr, cols, values, x, r)
         out[r] = acc + bias[r] if has_bias else acc
 
@@ -110,6 +128,8 @@ def _mv_rows(indptr, cols, values, x, bias, out, r0, r1):
 def _mv_rows_coded(indptr, cols, codes, codebook, x, bias, out, r0, r1):
     has_bias = len(bias) > 0
     for r in range(r0, r1):
+        _prefetch_ahead(codes, indptr[r], indptr[r + 1])
+        _prefetch_ahead(cols, indptr[r], indptr[r + 1])
         acc = _dot_coded(indptr, cols, codes, codebook, x, r)
         out[r] = acc + bias[r] if has_bias else acc
 

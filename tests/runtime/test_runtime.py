@@ -73,11 +73,32 @@ def test_parallel_kernel_equals_single_thread():
     values = w.numpy().reshape(-1)[positions]
     x = np.random.default_rng(0).standard_normal(400).astype(np.float32)
     one, two = np.empty(500, np.float32), np.empty(500, np.float32)
-    kernels.csr_mv(indptr, cols, values, x, np.zeros(0, np.float32), one)
+    kernels.csr_mv(indptr, cols, values, x, np.zeros(0, np.float32), one, 0)
     chunks = kernels.row_chunks(indptr, 3)
     assert chunks[0] == 0 and chunks[-1] == 500 and (np.diff(chunks) >= 0).all()
-    kernels.csr_mv_parallel(indptr, cols, values, x, np.zeros(0, np.float32), two, chunks)
+    kernels.csr_mv_parallel(indptr, cols, values, x, np.zeros(0, np.float32), two, 0, chunks)
     assert np.array_equal(one, two)  # each row is summed in the same order by one thread
+
+
+@pytest.mark.parametrize("ahead", [1, 64, kernels.PREFETCH_AHEAD, 10**6])
+def test_prefetching_changes_no_result(ahead):
+    from deepzip.runtime import prefetch
+
+    assert prefetch.prefetch is prefetch._hint  # the intrinsic compiles here: hints are really issued
+    w = sparse_weight((300, 700), 0.1)
+    codebook, index = torch.linspace(-1, 1, 16), torch.randint(0, 16, w.shape)
+    for matrix in (SparseMatrix.from_dense(w), SparseMatrix.from_dense(w, codebook, index, w != 0)):
+        x = np.random.default_rng(0).standard_normal(700).astype(np.float32)
+        bias = np.arange(300, dtype=np.float32)
+        expected = matrix.matvec(x, bias)
+        matrix.prefetch_ahead = ahead  # hints up to and past the end of the arrays
+        assert np.array_equal(matrix.matvec(x, bias), expected)
+
+
+def test_only_large_layers_prefetch():
+    small = SparseMatrix.from_dense(sparse_weight((300, 784), 0.07))
+    large = SparseMatrix.from_dense(sparse_weight((1000, 2000), 0.1))
+    assert small.prefetch_ahead == 0 and large.prefetch_ahead == kernels.PREFETCH_AHEAD
 
 
 def pruned_quantized(name):

@@ -100,63 +100,73 @@ def _dot_coded(indptr, cols, codes, codebook, x, r):
     return acc
 
 
-# How far ahead of the row being summed the batch-1 kernels ask for weights (and columns): ~3 rows of
-# a 4096-wide layer at 9%. On a 4096x4096 layer with cold caches: 256 -> 0.59 ms, 1024 -> 0.54,
-# 4096 -> 0.61, none -> 0.82.
+# How far ahead of the row being summed the batch-1 kernels hint weights and columns into the cache
+# (~3 rows of a 4096-wide layer at 9%). 4096x4096 at 9%, caches flushed: none 0.82 ms, 256 ahead 0.59,
+# 1024 0.54, 4096 0.61. Small layers stay in L2 between calls and pass ``ahead=0`` (the hints would
+# cost ~9% there for nothing); `SparseMatrix` decides by the layer's bytes.
 PREFETCH_AHEAD = 1024
+PREFETCH_MIN_BYTES = 1 << 20  # weights (or codes) + columns
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _prefetch_ahead(data, start, stop):
-    """Hint the cache lines of ``data[start + AHEAD : stop + AHEAD]``, one hint per 64-byte line."""
+def _hint_up_to(data, start, stop):
+    """Hint ``data[start:stop]``, one hint per 64-byte line; returns where the next hint starts."""
     step = max(64 // data.itemsize, 1)
-    for p in range(start + PREFETCH_AHEAD, min(stop + PREFETCH_AHEAD, len(data)), step):
-        prefetch(data, p)
+    while start < stop:
+        prefetch(data, start)
+        start += step
+    return start
 
 
 @numba.njit(cache=True, nogil=True)
-def _mv_rows(indptr, cols, values, x, bias, out, r0, r1):
+def _mv_rows(indptr, cols, values, x, bias, out, r0, r1, ahead):
     has_bias = len(bias) > 0
+    next_value = next_col = indptr[r0] + ahead  # the streams are hinted up to these positions
     for r in range(r0, r1):
-        _prefetch_ahead(values, indptr[r], indptr[r + 1])
-        _prefetch_ahead(cols, indptr[r], indptr[r + 1])
+        if ahead > 0:
+            stop = min(indptr[r + 1] + ahead, len(values))
+            next_value = _hint_up_to(values, next_value, stop)
+            next_col = _hint_up_to(cols, next_col, stop)
         acc = _dot(indptr, cols, values, x, r)
         out[r] = acc + bias[r] if has_bias else acc
 
 
 @numba.njit(cache=True, nogil=True)
-def _mv_rows_coded(indptr, cols, codes, codebook, x, bias, out, r0, r1):
+def _mv_rows_coded(indptr, cols, codes, codebook, x, bias, out, r0, r1, ahead):
     has_bias = len(bias) > 0
+    next_code = next_col = indptr[r0] + ahead
     for r in range(r0, r1):
-        _prefetch_ahead(codes, indptr[r], indptr[r + 1])
-        _prefetch_ahead(cols, indptr[r], indptr[r + 1])
+        if ahead > 0:
+            stop = min(indptr[r + 1] + ahead, len(codes))
+            next_code = _hint_up_to(codes, next_code, stop)
+            next_col = _hint_up_to(cols, next_col, stop)
         acc = _dot_coded(indptr, cols, codes, codebook, x, r)
         out[r] = acc + bias[r] if has_bias else acc
 
 
 @numba.njit(cache=True, nogil=True)
-def csr_mv(indptr, cols, values, x, bias, out):
-    """out = W @ x + bias for one input vector (``bias`` may be empty)."""
-    _mv_rows(indptr, cols, values, x, bias, out, 0, len(indptr) - 1)
+def csr_mv(indptr, cols, values, x, bias, out, ahead):
+    """out = W @ x + bias for one input vector (``bias`` may be empty); ``ahead``: prefetch distance or 0."""
+    _mv_rows(indptr, cols, values, x, bias, out, 0, len(indptr) - 1, ahead)
 
 
 @numba.njit(cache=True, nogil=True)
-def csr_mv_coded(indptr, cols, codes, codebook, x, bias, out):
-    _mv_rows_coded(indptr, cols, codes, codebook, x, bias, out, 0, len(indptr) - 1)
+def csr_mv_coded(indptr, cols, codes, codebook, x, bias, out, ahead):
+    _mv_rows_coded(indptr, cols, codes, codebook, x, bias, out, 0, len(indptr) - 1, ahead)
 
 
 # Parallel versions: each thread runs the serial row kernel over a block of rows holding an equal
 # share of the nonzeros (``chunks`` from `row_chunks`), so every thread gets the same optimized loop.
 @numba.njit(cache=True, nogil=True, parallel=True)
-def csr_mv_parallel(indptr, cols, values, x, bias, out, chunks):
+def csr_mv_parallel(indptr, cols, values, x, bias, out, ahead, chunks):
     for t in numba.prange(len(chunks) - 1):
-        _mv_rows(indptr, cols, values, x, bias, out, chunks[t], chunks[t + 1])
+        _mv_rows(indptr, cols, values, x, bias, out, chunks[t], chunks[t + 1], ahead)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def csr_mv_coded_parallel(indptr, cols, codes, codebook, x, bias, out, chunks):
+def csr_mv_coded_parallel(indptr, cols, codes, codebook, x, bias, out, ahead, chunks):
     for t in numba.prange(len(chunks) - 1):
-        _mv_rows_coded(indptr, cols, codes, codebook, x, bias, out, chunks[t], chunks[t + 1])
+        _mv_rows_coded(indptr, cols, codes, codebook, x, bias, out, chunks[t], chunks[t + 1], ahead)
 
 
 def row_chunks(indptr: np.ndarray, parts: int) -> np.ndarray:

@@ -28,6 +28,8 @@ class SparseMatrix:
             raise ValueError("give either values or codes (with a codebook)")
         self._chunks: dict[int, np.ndarray] = {}
         self.nnz = int(self.indptr[-1])  # read on every call: a plain attribute, not a property
+        streamed = self.cols.nbytes + (self.values if self.codes is None else self.codes).nbytes
+        self.prefetch_ahead = kernels.PREFETCH_AHEAD if streamed >= kernels.PREFETCH_MIN_BYTES else 0
 
     @classmethod
     def from_dense(cls, weight: torch.Tensor, codebook: torch.Tensor | None = None,
@@ -61,13 +63,14 @@ class SparseMatrix:
         if threads > 1:
             chunks = self._chunks_for(threads)
             if self.codes is None:
-                kernels.csr_mv_parallel(self.indptr, self.cols, self.values, x, bias, out, chunks)
+                kernels.csr_mv_parallel(self.indptr, self.cols, self.values, x, bias, out, self.prefetch_ahead, chunks)
             else:
-                kernels.csr_mv_coded_parallel(self.indptr, self.cols, self.codes, self.codebook, x, bias, out, chunks)
+                kernels.csr_mv_coded_parallel(self.indptr, self.cols, self.codes, self.codebook, x, bias, out,
+                                              self.prefetch_ahead, chunks)
         elif self.codes is None:
-            kernels.csr_mv(self.indptr, self.cols, self.values, x, bias, out)
+            kernels.csr_mv(self.indptr, self.cols, self.values, x, bias, out, self.prefetch_ahead)
         else:
-            kernels.csr_mv_coded(self.indptr, self.cols, self.codes, self.codebook, x, bias, out)
+            kernels.csr_mv_coded(self.indptr, self.cols, self.codes, self.codebook, x, bias, out, self.prefetch_ahead)
         return out
 
     def matmul_t(self, xt: np.ndarray) -> np.ndarray:

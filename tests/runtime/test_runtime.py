@@ -167,7 +167,7 @@ def test_batch1_fast_path_and_its_fallbacks_agree_with_dense():
 def test_calibration_keeps_sparse_only_if_it_wins_every_round(monkeypatch, rounds, kernel):
     convert_module = importlib.import_module("deepzip.runtime.convert")  # the module, not the function
 
-    def scripted(model, name, sparse, dense, example):
+    def scripted(model, sparse, dense, example):
         return rounds
 
     monkeypatch.setattr(convert_module, "_calibrate_in_model", scripted)
@@ -177,3 +177,19 @@ def test_calibration_keeps_sparse_only_if_it_wins_every_round(monkeypatch, round
     assert decisions[0]["kernel"] == kernel
     assert decisions[0]["model_sparse_s"] == np.median([s for s, _ in rounds])
     assert isinstance(fast[0], SparseLinear if kernel == "sparse" else nn.Linear)
+
+
+def test_calibration_falls_back_to_dense_if_the_chosen_model_is_not_faster(monkeypatch):
+    convert_module = importlib.import_module("deepzip.runtime.convert")
+
+    def scripted(model, sparse, dense, example):  # each layer wins alone, the two together do not
+        return [(1.0, 2.0)] * 3 if len(sparse) == 1 else [(2.0, 2.0)] * 3
+
+    monkeypatch.setattr(convert_module, "_calibrate_in_model", scripted)
+    model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 4))
+    deepzip.prune(model, sparsity=0.5)
+    x = torch.randn(1, 8)
+    fast, decisions = runtime.convert(model, example=x)
+    assert [d["kernel"] for d in decisions] == ["dense", "dense"]
+    assert all(d["whole_model_s"] == [2.0, 2.0] for d in decisions)
+    close(fast(x), model(x))

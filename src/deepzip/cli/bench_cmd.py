@@ -34,6 +34,9 @@ def run(args) -> int:
     for d in decisions:
         print(f"{d['layer']:<12}{d['density']:>9.2%}{d['kernel']:>8}{us(d, 'sparse_s'):>11}{us(d, 'dense_s'):>10}"
               f"{us(d, 'model_sparse_s'):>14}{us(d, 'model_dense_s'):>13}{d['sparse_bytes']:>10,}{d['dense_bytes']:>13,}")
+    reverted = [d["layer"] for d in decisions if "whole_model_s" in d and d["kernel"] == "dense"]
+    if reverted:
+        print(f"({', '.join(reverted)} won alone, but together did not make the whole model faster: kept dense)")
     whole = compare_models(fast, dense, example, args.repeats)
     with torch.inference_mode():
         error = (fast(example) - dense(example)).abs().max().item()

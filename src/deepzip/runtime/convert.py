@@ -3,8 +3,9 @@
 Per layer the faster of {deepzip's sparse kernel, dense} is kept (calibration on a sample batch: a
 batch of 1 for real-time inference, or a batch of the size you will serve). Layers are decided in model
 order by timing the whole model with the layer sparse and with it dense, alternately, so the other
-layers' traffic through the caches is counted; sparse must win by 1% in every one of 3 rounds. The
-layer's own times (alone, on the input it sees in the model) are recorded too.
+layers' traffic through the caches is counted; sparse must win by 1% in every one of 3 rounds. Then the
+chosen model must beat the all-dense one the same way, or every layer goes back to dense. The layer's
+own times (alone, on the input it sees in the model) are recorded too.
 Without a sample input, a layer goes sparse when at most `DENSITY_CUTOFF` of its weights are kept.
 """
 
@@ -47,20 +48,25 @@ def _calibrate(sparse: nn.Module, dense: nn.Module, x: torch.Tensor) -> tuple[fl
     return _time_both(lambda: sparse(x), lambda: dense(x), CALIBRATION_ROUNDS * CALIBRATION_CALLS)
 
 
-def _calibrate_in_model(model: nn.Module, name: str, sparse: nn.Module, dense: nn.Module,
+def _calibrate_in_model(model: nn.Module, sparse: dict[str, nn.Module], dense: dict[str, nn.Module],
                         example: torch.Tensor) -> list[tuple[float, float]]:
-    """(sparse, dense) median seconds of the whole model with layer ``name`` either way, per round.
+    """(sparse, dense) median seconds of the whole model with the named layers sparse or dense, per round.
 
     In the whole model the other layers evict this layer's weights from the caches between calls, as
     in real use; a layer timed alone keeps them warm and can look faster (or slower) than it is.
     """
-    def run_with(layer):
+    def run_with(layers):
         def call():
-            replace_module(model, name, layer)
+            for name, layer in layers.items():
+                replace_module(model, name, layer)
             model(example)
         return call
 
     return [_time_both(run_with(sparse), run_with(dense)) for _ in range(CALIBRATION_ROUNDS)]
+
+
+def _sparse_wins(rounds: list[tuple[float, float]]) -> bool:
+    return all(s < SPARSE_MARGIN * t for s, t in rounds)
 
 
 def _layer_inputs(model: nn.Module, example: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
@@ -119,22 +125,41 @@ def _choose_kernels(model: nn.Module, decisions: list[dict], example: torch.Tens
     if mode != "sparse":
         inputs = _layer_inputs(model, example, [d["layer"] for d in decisions]) \
             if example is not None and mode == "auto" else None
+        kept: dict[str, tuple[nn.Module, nn.Module]] = {}
         for d in decisions:
             sparse = model.get_submodule(d["layer"])
             dense = _dense_from_sparse(sparse)
             if inputs is not None:  # layer by layer in model order, each choice kept for the next
                 d["sparse_s"], d["dense_s"] = _calibrate(sparse, dense, inputs[d["layer"]])
-                rounds = _calibrate_in_model(model, d["layer"], sparse, dense, example)
+                rounds = _calibrate_in_model(model, {d["layer"]: sparse}, {d["layer"]: dense}, example)
                 d["model_sparse_s"], d["model_dense_s"] = (float(np.median(times)) for times in zip(*rounds))
-                use_sparse = all(s < SPARSE_MARGIN * t for s, t in rounds)
+                use_sparse = _sparse_wins(rounds)
                 replace_module(model, d["layer"], sparse)
             else:
                 use_sparse = mode == "auto" and d["density"] <= DENSITY_CUTOFF
-            if not use_sparse:
+            if use_sparse:
+                kept[d["layer"]] = (sparse, dense)
+            else:
                 replace_module(model, d["layer"], dense)
+        if inputs is not None and kept:
+            _check_whole_model(model, kept, decisions, example)
     for d in decisions:
         d["kernel"] = "sparse" if isinstance(model.get_submodule(d["layer"]), (SparseLinear, SparseConv2d)) else "dense"
     return model
+
+
+def _check_whole_model(model: nn.Module, kept: dict[str, tuple[nn.Module, nn.Module]], decisions: list[dict],
+                       example: torch.Tensor) -> None:
+    """The promise is a model never slower than dense: each layer won alone, so now the chosen model must
+    win against the all-dense one the same way, or every layer goes back to dense (small gains from
+    several layers can be eaten by their fixed call costs, or were luck)."""
+    rounds = _calibrate_in_model(model, {n: s for n, (s, _) in kept.items()}, {n: t for n, (_, t) in kept.items()}, example)
+    times = [float(np.median(t)) for t in zip(*rounds)]
+    wins = _sparse_wins(rounds)
+    for d in decisions:
+        if d["layer"] in kept:
+            d["whole_model_s"] = times  # (chosen, all dense)
+            replace_module(model, d["layer"], kept[d["layer"]][0 if wins else 1])
 
 
 def load(path: str | Path, example: torch.Tensor | None = None, mode: str = "auto") -> tuple[nn.Module, list[dict]]:

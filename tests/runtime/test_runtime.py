@@ -93,6 +93,14 @@ def test_prefetching_changes_no_result(ahead):
         expected = matrix.matvec(x, bias)
         matrix.prefetch_ahead = ahead  # hints up to and past the end of the arrays
         assert np.array_equal(matrix.matvec(x, bias), expected)
+        two = np.empty(300, np.float32)
+        if matrix.codes is None:  # each thread hints ahead within and past its own block of rows
+            kernels.csr_mv_parallel(matrix.indptr, matrix.cols, matrix.values, x, bias, two, ahead,
+                                    kernels.row_chunks(matrix.indptr, 3))
+        else:
+            kernels.csr_mv_coded_parallel(matrix.indptr, matrix.cols, matrix.codes, matrix.codebook, x, bias, two,
+                                          ahead, kernels.row_chunks(matrix.indptr, 3))
+        assert np.array_equal(two, expected)
 
 
 def test_only_large_layers_prefetch():

@@ -26,7 +26,7 @@ from deepzip.encode import load as load_dz
 from deepzip.prune import apply_masks, get_masks, remove
 from deepzip.quantize import codebooks, finalize
 from deepzip.runtime import SparseLinear, SparseMatrix
-from deepzip.runtime.timing import interleaved
+from deepzip.runtime.timing import compare_models, interleaved
 
 ALEXNET = [("fc6 9216x4096", (4096, 9216), 0.09), ("fc7 4096x4096", (4096, 4096), 0.09), ("fc8 4096x1000", (1000, 4096), 0.25)]
 METHODS = ("dense", "torch CSR", "scipy CSR", "deepzip", "deepzip codes", "deepzip auto")
@@ -136,10 +136,7 @@ def main() -> None:
             example = torch.randn(1, 1, 28, 28)
             fast, decisions = runtime.load(path, example=example)
             dense = remove(finalize(load_dz(path))).eval()
-            again = copy.deepcopy(dense)  # the dense model against itself: the noise floor
-            timing = interleaved({"deepzip": lambda: fast(example), "dense": lambda: dense(example),
-                                  "again": lambda: again(example)}, args.repeats * 2)
-            timing |= {"speedup": timing["dense"] / timing["deepzip"], "noise": timing["dense"] / timing.pop("again")}
+            timing = compare_models(fast, dense, example, args.repeats * 2, control=copy.deepcopy(dense))
             whole[f"{name}, {threads} thread(s)"] = {**timing, "kernels": {d["layer"]: d["kernel"] for d in decisions},
                                                      "bytes": sum(d["sparse_bytes"] if d["kernel"] == "sparse" else d["dense_bytes"] for d in decisions)}
     md = ["# Sparse inference vs dense (batch 1 and 32)\n",

@@ -1,3 +1,4 @@
+import copy
 import importlib
 
 import numpy as np
@@ -201,3 +202,14 @@ def test_calibration_falls_back_to_dense_if_the_chosen_model_is_not_faster(monke
     assert [d["kernel"] for d in decisions] == ["dense", "dense"]
     assert all(d["whole_model_s"] == [2.0, 2.0] for d in decisions)
     close(fast(x), model(x))
+
+
+def test_compare_models_reports_the_noise_floor_with_a_control():
+    from deepzip.runtime.timing import compare_models
+
+    model = nn.Sequential(nn.Linear(8, 4)).eval()
+    x = torch.randn(1, 8)
+    plain = compare_models(model, model, x, repeats=20)
+    assert set(plain) == {"deepzip", "dense", "speedup"}
+    timed = compare_models(model, model, x, repeats=20, control=copy.deepcopy(model))
+    assert set(timed) == {"deepzip", "dense", "speedup", "noise"} and timed["noise"] > 0

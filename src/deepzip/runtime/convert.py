@@ -69,6 +69,11 @@ def _sparse_wins(rounds: list[tuple[float, float]]) -> bool:
     return all(s < SPARSE_MARGIN * t for s, t in rounds)
 
 
+def _medians(rounds: list[tuple[float, float]]) -> list[float]:
+    """[sparse, dense] median seconds over the rounds."""
+    return [float(np.median(times)) for times in zip(*rounds)]
+
+
 def _layer_inputs(model: nn.Module, example: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
     """The input each named layer sees when ``example`` runs through the model (at the example's batch size)."""
     seen: dict[str, torch.Tensor] = {}
@@ -132,7 +137,7 @@ def _choose_kernels(model: nn.Module, decisions: list[dict], example: torch.Tens
             if inputs is not None:  # layer by layer in model order, each choice kept for the next
                 d["sparse_s"], d["dense_s"] = _calibrate(sparse, dense, inputs[d["layer"]])
                 rounds = _calibrate_in_model(model, {d["layer"]: sparse}, {d["layer"]: dense}, example)
-                d["model_sparse_s"], d["model_dense_s"] = (float(np.median(times)) for times in zip(*rounds))
+                d["model_sparse_s"], d["model_dense_s"] = _medians(rounds)
                 use_sparse = _sparse_wins(rounds)
                 replace_module(model, d["layer"], sparse)
             else:
@@ -154,11 +159,10 @@ def _check_whole_model(model: nn.Module, kept: dict[str, tuple[nn.Module, nn.Mod
     win against the all-dense one the same way, or every layer goes back to dense (small gains from
     several layers can be eaten by their fixed call costs, or were luck)."""
     rounds = _calibrate_in_model(model, {n: s for n, (s, _) in kept.items()}, {n: t for n, (_, t) in kept.items()}, example)
-    times = [float(np.median(t)) for t in zip(*rounds)]
     wins = _sparse_wins(rounds)
     for d in decisions:
         if d["layer"] in kept:
-            d["whole_model_s"] = times  # (chosen, all dense)
+            d["whole_model_s"] = _medians(rounds)  # [chosen, all dense]
             replace_module(model, d["layer"], kept[d["layer"]][0 if wins else 1])
 
 

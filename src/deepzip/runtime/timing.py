@@ -46,6 +46,14 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 200, warmup
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def compare_models(fast: nn.Module, dense: nn.Module, example: torch.Tensor, repeats: int = 200) -> dict[str, float]:
-    result = interleaved({"deepzip": lambda: fast(example), "dense": lambda: dense(example)}, repeats)
+def compare_models(fast: nn.Module, dense: nn.Module, example: torch.Tensor, repeats: int = 200,
+                   control: nn.Module | None = None) -> dict[str, float]:
+    """Median seconds of each model and the speedup; with ``control`` (a copy of ``dense``) timed alongside,
+    also ``noise``: dense against its copy, how far from 1.00x a ratio strays by chance."""
+    fns = {"deepzip": lambda: fast(example), "dense": lambda: dense(example)}
+    if control is not None:
+        fns["control"] = lambda: control(example)
+    result = interleaved(fns, repeats)
+    if control is not None:
+        result["noise"] = result["dense"] / result.pop("control")
     return {**result, "speedup": result["dense"] / result["deepzip"]}

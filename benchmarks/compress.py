@@ -23,9 +23,10 @@ from prune import pruned_model
 from deepzip import quantize as Q
 from deepzip.config import hashname
 from deepzip.prune import prunable_weights
-from deepzip.encode import decode_bytes, encode_model, format_streams, format_table, load, save
+from deepzip.api import load
+from deepzip.encode import decode_bytes, encode_model, format_streams, format_table, save
 from deepzip.runtime.timing import median_seconds
-from deepzip.train import BASELINES, evaluate, train
+from deepzip.train import BASELINES, QuantizeConfig, evaluate, train
 
 TARGETS = {"lenet300_100": 40.0, "lenet5": 39.0}
 # The paper's bits, then fewer (benchmarks/quantize.py finds conv at 3-4 bits and fc at 3-4 bits lossless
@@ -48,7 +49,7 @@ def distinct_candidates(model) -> dict[str, dict[str, int]]:
     return out
 
 
-FINETUNE = Q.QuantizeConfig(finetune_epochs=2)
+FINETUNE = QuantizeConfig(finetune_epochs=2)
 
 
 def main() -> None:

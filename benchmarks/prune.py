@@ -24,13 +24,13 @@ from deepzip import data, models
 from deepzip import prune as P
 from deepzip.config import hashname
 from deepzip.report.plots import sensitivity_plot
-from deepzip.train import BASELINES, evaluate
+from deepzip.train import BASELINES, PruneConfig, evaluate, prune_and_retrain
 
 SPARSITY = 0.92
 STEPS, EPOCHS = 4, 5  # 20 retraining epochs in all: the dense baseline's budget
 # Retraining settings tried for every model; the one with the best final *validation* accuracy is the
 # benchmark's pruned model (never chosen by test accuracy). Same pruning budget for each.
-BASE_CFG = P.PruneConfig(sparsity=SPARSITY, steps=STEPS, retrain_epochs=EPOCHS)
+BASE_CFG = PruneConfig(sparsity=SPARSITY, steps=STEPS, retrain_epochs=EPOCHS)
 CANDIDATES = {
     "global, lr 5e-4": dataclasses.replace(BASE_CFG, retrain_lr=5e-4),
     "global, lr 1e-3": dataclasses.replace(BASE_CFG, retrain_lr=1e-3),
@@ -44,10 +44,10 @@ CANDIDATES = {
 }
 
 
-def run(name: str, dense, splits, cfg: P.PruneConfig):
+def run(name: str, dense, splits, cfg: PruneConfig):
     model = copy.deepcopy(dense)
     run_dir = RUNS / hashname(cfg, f"prune_{name}")
-    records = P.prune_and_retrain(model, splits, cfg, BASELINES[name], run_dir=run_dir)
+    records = prune_and_retrain(model, splits, cfg, BASELINES[name], run_dir=run_dir)
     return model, records[-1]
 
 

@@ -24,13 +24,13 @@ from deepzip import quantize as Q
 from deepzip.config import hashname
 from deepzip.prune import prunable_weights
 from deepzip.report.plots import accuracy_vs_bits, codebook_histograms
-from deepzip.train import BASELINES, evaluate, train
+from deepzip.train import BASELINES, QuantizeConfig, evaluate, train
 
-FINETUNE = Q.QuantizeConfig(finetune_epochs=1)  # the sweep's fine-tuning budget: one epoch per point
+FINETUNE = QuantizeConfig(finetune_epochs=1)  # the sweep's fine-tuning budget: one epoch per point
 LOSSLESS = 0.001  # "no loss": within 0.1 point of the pruned model
 
 
-def quantized(model, bits, method="kmeans", init="linear", finetune: Q.QuantizeConfig | None = None,
+def quantized(model, bits, method="kmeans", init="linear", finetune: QuantizeConfig | None = None,
               splits=None, name="", tag=""):
     """A copy of ``model`` quantized with ``bits`` (and fine-tuned); returns (copy, test accuracy).
 
@@ -39,7 +39,8 @@ def quantized(model, bits, method="kmeans", init="linear", finetune: Q.QuantizeC
     trial = copy.deepcopy(model)
     _, kinds = prunable_weights(trial)
     keep_fp32 = [n for n, kind in kinds.items() if isinstance(bits, dict) and kind not in bits and n not in bits]
-    Q.quantize(trial, bits, init, method=method, exclude=keep_fp32)
+    options = {"init": init} if method == "kmeans" else {}
+    Q.quantize(trial, bits, method, exclude=keep_fp32, **options)
     if finetune is None:
         return trial, evaluate(trial, splits.test)[1]
     run_dir = RUNS / f"{hashname(finetune, 'quantize_' + name)}_{tag}"
@@ -106,7 +107,7 @@ def main() -> None:
             entry.setdefault("lowest_lossless_bits", {})[kind] = lossless
 
         # The paper's setting: 8-bit conv, 5-bit fc, linear init, fine-tuned (2 epochs).
-        paper_cfg = Q.QuantizeConfig(finetune_epochs=2)
+        paper_cfg = QuantizeConfig(finetune_epochs=2)
         paper_model, _ = quantized(model, paper_cfg.bits_spec(), splits=splits)
         paper_before = evaluate(paper_model, splits.test)[1]
         codebooks_before = {n: cb.detach().clone() for n, (cb, _) in Q.codebooks(paper_model).items()}

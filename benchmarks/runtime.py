@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from _common import RESULTS, table, write_results
-from deepzip import runtime
-from deepzip.encode import load as load_dz
+import deepzip
+from deepzip import models, runtime
 from deepzip.prune import apply_masks, get_masks, remove
 from deepzip.quantize import codebooks, finalize
 from deepzip.runtime import SparseLinear, SparseMatrix
@@ -68,8 +68,8 @@ def calibrated(w: torch.Tensor, x: torch.Tensor):
         model[0].weight.copy_(w)
     plain = copy.deepcopy(model)  # the same module left dense: module-call overhead on both sides
     apply_masks(model, {"0.weight": w != 0})
-    fast, decisions = runtime.convert(model, example=x)
-    return fast, decisions[0]["kernel"], plain
+    fast = runtime.convert(model, example=x)
+    return fast, runtime.decisions(fast)[0]["kernel"], plain
 
 
 def measure(fns: dict, x: torch.Tensor, repeats: int) -> dict[str, float]:
@@ -121,7 +121,7 @@ def main() -> None:
         if not path.exists():
             print(f"skipping {name}: run benchmarks/compress.py first to make {path}")
             continue
-        model = load_dz(path)
+        model = deepzip.load(path)
         masks, shared = get_masks(model), codebooks(model)
         for layer, (codebook, index) in shared.items():
             module = model.get_submodule(layer.rsplit(".", 1)[0])
@@ -134,8 +134,9 @@ def main() -> None:
         for threads in (1, 2):
             set_threads(threads)
             example = torch.randn(1, 1, 28, 28)
-            fast, decisions = runtime.load(path, example=example)
-            dense = remove(finalize(load_dz(path))).eval()
+            fast = runtime.load(path, models.from_description, example=example)
+            decisions = runtime.decisions(fast)
+            dense = remove(finalize(deepzip.load(path))).eval()
             timing = compare_models(fast, dense, example, args.repeats * 2, control=copy.deepcopy(dense))
             whole[f"{name}, {threads} thread(s)"] = {**timing, "kernels": {d["layer"]: d["kernel"] for d in decisions},
                                                      "bytes": sum(d["sparse_bytes"] if d["kernel"] == "sparse" else d["dense_bytes"] for d in decisions)}

@@ -4,9 +4,7 @@ import pytest
 import deepzip
 from deepzip import prune as P
 from deepzip.pipeline import compress, inspect
-from deepzip.prune import PruneConfig
-from deepzip.quantize import QuantizeConfig
-from deepzip.train import TrainConfig
+from deepzip.train import PruneConfig, QuantizeConfig, TrainConfig
 
 TRAIN = TrainConfig(dataset="digits", val_size=300, epochs=3, batch_size=32)
 PRUNE = PruneConfig(sparsity=0.9, steps=2, retrain_epochs=3)

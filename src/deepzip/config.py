@@ -101,3 +101,24 @@ def hash_configs(prefix: str, **configs: Any) -> str:
     """``<prefix>_<hash>`` over several configs' non-default fields (for multi-stage runs)."""
     payload = json.dumps({k: {"type": type(v).__name__, **non_defaults(v)} for k, v in configs.items()}, sort_keys=True)
     return f"{prefix}_{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
+
+
+def parse_spec(text: str) -> float | dict[str, float] | None:
+    """A per-layer CLI value: '0.9' -> 0.9; 'fc=0.92,conv=0.66' -> {'fc': 0.92, 'conv': 0.66}; '' -> None."""
+    text = text.strip()
+    if not text:
+        return None
+    if "=" not in text:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"bad layer spec {text!r}; expected a number or name=number,... "
+                             f"e.g. fc=0.92,conv=0.66") from None
+    spec = {}
+    for item in text.split(","):
+        key, _, value = item.partition("=")
+        try:
+            spec[key.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"bad layer spec item {item!r}; expected name=number, e.g. fc=0.92,conv=0.66") from None
+    return spec

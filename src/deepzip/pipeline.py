@@ -12,15 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from . import data as datasets
+from .api import load
 from .checkpoint import atomic_write_text, load_model_file, save_model
-from .config import hash_configs, non_defaults
-from .encode import format_streams, format_table, load, save
-from .encode.api import read
+from .config import hash_configs, hashname, non_defaults
+from .encode import build_report, decode_records, format_streams, format_table, open_file, save
 from .models import build, count_parameters
-from .prune import PruneConfig, prune_and_retrain
-from .quantize import QuantizeConfig, quantize
-from .quantize.sharing import load_state_dict
-from .train import TrainConfig, evaluate, train
+from .quantize import load_state_dict, quantize
+from .train import PruneConfig, QuantizeConfig, TrainConfig, evaluate, prune_and_retrain, train
 
 
 def _stage(path: Path, model, compute):
@@ -40,8 +38,6 @@ def compress(train_cfg: TrainConfig, prune_cfg: PruneConfig, quant_cfg: Quantize
     runs_dir = Path(runs_dir)
     splits = datasets.load(train_cfg.dataset, data_dir=data_dir, val_size=train_cfg.val_size)
     dense = build(train_cfg.model, splits.input_shape, splits.num_classes, seed=train_cfg.seed)
-    from .config import hashname
-
     train(dense, splits, train_cfg, run_dir=runs_dir / hashname(train_cfg, "train"), resume=True,
           description=dense._deepzip_description, progress=progress)
     run_dir = runs_dir / hash_configs("compress", train=train_cfg, prune=prune_cfg, quantize=quant_cfg) \
@@ -54,8 +50,7 @@ def compress(train_cfg: TrainConfig, prune_cfg: PruneConfig, quant_cfg: Quantize
     pruned = _stage(run_dir / "pruned.safetensors", copy.deepcopy(dense), do_prune)
 
     def do_quantize(model):
-        quantize(model, quant_cfg.bits_spec(), quant_cfg.init, exclude=quant_cfg.excluded(), seed=quant_cfg.seed,
-                 method=quant_cfg.method)
+        quantize(model, quant_cfg.method_config())
         if quant_cfg.finetune_epochs:
             train(model, splits, quant_cfg.finetune_config(train_cfg), run_dir=run_dir / "finetune", resume=True,
                   progress=progress)
@@ -88,11 +83,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 def inspect(path: str | Path) -> dict[str, Any]:
     """The per-layer report of a .dz file, from the file alone (no data, no model code)."""
-    from .encode import container
-    from .encode.report import build_report
-
-    header, _ = read(path)  # full validation first
-    raw = Path(path).read_bytes()
-    _, sections = container.unpack(raw)
-    return {**build_report(header, sections, len(raw)), "model": (header.get("model") or {}).get("model", "?"),
+    header, sections, size = open_file(path)
+    decode_records(header, sections, str(path))  # every stream decoded: a damaged file fails here
+    return {**build_report(header, sections, size), "model": (header.get("model") or {}).get("model", "?"),
             "metadata": header.get("metadata", {})}

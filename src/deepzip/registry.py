@@ -1,8 +1,9 @@
-"""One registry style for every pluggable part (models, pruning criteria, allocators, ...)."""
+"""Registries: `Registry` (name -> object, e.g. models) and `METHODS`, the one table of method configs."""
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+import dataclasses
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -37,3 +38,71 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._items)
+
+
+class MethodRegistry:
+    """Every method of deepzip as a frozen config class, looked up by family and name, dispatched by type.
+
+    A family is a kind of operation ('prune', 'quantize', ...). Its configs are registered with
+    `register` (the name users type) and their implementations with `implements` (keyed by the config's
+    type, torchao's ``quantize_(model, Config)`` shape). `build` turns a name and keyword options into a
+    config, refusing options the config does not have with the list of those it has.
+    """
+
+    def __init__(self) -> None:
+        self._configs: dict[str, dict[str, type]] = {}
+        self._handlers: dict[type, Callable] = {}
+
+    def register(self, family: str, name: str) -> Callable[[type], type]:
+        def decorator(cls: type) -> type:
+            names = self._configs.setdefault(family, {})
+            if name in names:
+                raise ValueError(f"{family} method {name!r} is already registered")
+            names[name] = cls
+            cls.method = name
+            return cls
+
+        return decorator
+
+    def implements(self, cls: type) -> Callable[[Callable], Callable]:
+        def decorator(fn: Callable) -> Callable:
+            self._handlers[cls] = fn
+            return fn
+
+        return decorator
+
+    def names(self, family: str) -> list[str]:
+        return list(self._configs.get(family, {}))
+
+    def config_class(self, family: str, name: str) -> type:
+        names = self._configs.get(family, {})
+        if not isinstance(name, str) or name not in names:
+            raise ValueError(f"unknown {family} method {name!r}; allowed: {', '.join(names)}")
+        return names[name]
+
+    def build(self, family: str, name: str, **options: Any) -> Any:
+        """The config of method ``name`` with ``options``; a misspelled or inapplicable option is a TypeError."""
+        cls = self.config_class(family, name)
+        allowed = [f.name for f in dataclasses.fields(cls)]
+        unknown = [key for key in options if key not in allowed]
+        if unknown:
+            raise TypeError(f"{family} method {name!r} takes no option {', '.join(map(repr, unknown))}; "
+                            f"its options: {', '.join(allowed) or '(none)'}")
+        return cls(**options)
+
+    def handler(self, config: Any) -> Callable:
+        """The implementation registered for ``type(config)`` (or its nearest registered base)."""
+        for cls in type(config).__mro__:
+            if cls in self._handlers:
+                return self._handlers[cls]
+        raise TypeError(f"{type(config).__name__} is not a registered deepzip method config")
+
+    def family_of(self, config: Any) -> str | None:
+        for family, names in self._configs.items():
+            if type(config) in names.values():
+                return family
+        return None
+
+
+METHODS = MethodRegistry()
+"""The one registry of method configs: pruning, quantization and every method added later."""

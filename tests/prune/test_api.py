@@ -43,7 +43,7 @@ def test_bad_inputs_name_the_allowed_values():
     model = models.build("lenet300_100", seed=0)
     with pytest.raises(ValueError, match="cannot exclude unknown layer.*fc9.*prunable: fc1.weight"):
         P.prune(model, 0.5, exclude=["fc9"])
-    with pytest.raises(ValueError, match="unknown pruning method 'magic'; allowed: global"):
+    with pytest.raises(ValueError, match="unknown prune method 'magic'; allowed: global"):
         P.prune(model, 0.5, "magic")
     with pytest.raises(ValueError, match="nothing to prune"):
         P.prune(nn.Sequential(nn.ReLU()), 0.5)

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+import deepzip
 from deepzip import models
 from deepzip import prune as P
 
@@ -35,7 +36,7 @@ def test_masks_in_state_dict_load_into_fresh_model_and_remove():
     assert {k for k in state if k.endswith("_mask")} == {"conv1.weight_mask", "conv2.weight_mask",
                                                          "fc1.weight_mask", "fc2.weight_mask"}
     fresh = models.build("lenet5", seed=1)
-    P.load_state_dict(fresh, state)
+    deepzip.load_state_dict(fresh, state)
     assert torch.equal(fresh.fc1.weight, model.fc1.weight) and P.sparsity_report(fresh)["sparsity"] == pytest.approx(0.9, abs=1e-5)
     P.remove(fresh)
     assert not P.is_pruned(fresh) and "fc1.weight_mask" not in fresh.state_dict()

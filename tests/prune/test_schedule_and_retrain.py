@@ -5,7 +5,7 @@ import torch
 
 from deepzip import models
 from deepzip import prune as P
-from deepzip.train import TrainConfig, train
+from deepzip.train import L1Regularization, PruneConfig, TrainConfig, prune_and_retrain, train
 
 BASE = TrainConfig(dataset="digits", batch_size=32, epochs=5, val_size=300)
 
@@ -28,13 +28,13 @@ def dense(digits):
 @pytest.mark.parametrize("schedule", ["oneshot", "iterative", "gradual"])
 def test_prune_and_retrain_reaches_target_and_keeps_accuracy(digits, dense, schedule, tmp_path):
     model = copy.deepcopy(dense[0])
-    cfg = P.PruneConfig(sparsity=0.9, schedule=schedule, retrain_epochs=3)
-    records = P.prune_and_retrain(model, digits, cfg, BASE, run_dir=tmp_path, progress=False)
+    cfg = PruneConfig(sparsity=0.9, schedule=schedule, retrain_epochs=3)
+    records = prune_and_retrain(model, digits, cfg, BASE, run_dir=tmp_path, progress=False)
     assert records[-1]["sparsity"] == pytest.approx(0.9, abs=1e-3)
     assert records[-1]["test_acc"] >= dense[1] - 0.05
     # Rerun: every step is finished, so nothing is retrained and the same model comes back.
     again = copy.deepcopy(dense[0])
-    assert P.prune_and_retrain(again, digits, cfg, BASE, run_dir=tmp_path, progress=False)[-1]["test_acc"] == records[-1]["test_acc"]
+    assert prune_and_retrain(again, digits, cfg, BASE, run_dir=tmp_path, progress=False)[-1]["test_acc"] == records[-1]["test_acc"]
     assert torch.equal(again.fc1.weight, model.fc1.weight)
 
 
@@ -42,7 +42,7 @@ def test_l1_proximal_step_shrinks_toward_zero():
     model = torch.nn.Sequential(torch.nn.Linear(2, 1, bias=False))
     with torch.no_grad():
         model[0].weight.copy_(torch.tensor([[0.5, -0.001]]))
-    P.L1Regularization(strength=0.1, lr=0.1)(model, None, 1)
+    L1Regularization(strength=0.1, lr=0.1)(model, None, 1)
     assert model[0].weight.tolist() == [[pytest.approx(0.49), 0.0]]
 
 
@@ -56,22 +56,32 @@ def test_sensitivity_curves_leave_model_unchanged(digits, dense):
 
 def test_bad_config():
     with pytest.raises(ValueError, match=r"sparsity must be in \[0, 1\)"):
-        P.PruneConfig(sparsity=1.2)
-    with pytest.raises(ValueError, match="N:M needs 0 < N <= M, got 5:4"):
-        P.PruneConfig(n=5, m=4)
+        PruneConfig(sparsity=1.2)
+    with pytest.raises(ValueError, match="N:M needs N <= M, got 5:4"):
+        PruneConfig(method="nm", n=5, m=4)
+    with pytest.raises(ValueError, match="prune option n=5 does not apply to method 'global'; its options: "
+                                         "exclude, round_to, sparsity"):
+        PruneConfig(n=5)
+    with pytest.raises(ValueError, match="prune option sparsity=0.5 does not apply to method 'nm'"):
+        PruneConfig(method="nm", sparsity=0.5)
+    with pytest.raises(ValueError, match="retrain_lr must be a finite number > 0, got inf"):
+        PruneConfig(retrain_lr=float("inf"))
+    assert PruneConfig(method="random", layer_sparsity="fc=0.5").method_config() == P.RandomPruning(
+        layer_sparsity={"fc": 0.5})
+    assert PruneConfig(method="structured").method_config().exclude is None  # keeps the output layer
     with pytest.raises(ValueError, match="bad layer spec item"):
-        P.PruneConfig(quality="fc=big")
+        PruneConfig(quality="fc=big")
 
 
 def test_sensitivity_method_measures_curves_once_and_resumes_with_them(digits, dense, tmp_path):
     model = copy.deepcopy(dense[0])
-    cfg = P.PruneConfig(method="sensitivity", sparsity=0.8, steps=2, retrain_epochs=1)
-    records = P.prune_and_retrain(model, digits, cfg, BASE, run_dir=tmp_path, progress=False)
+    cfg = PruneConfig(method="sensitivity", sparsity=0.8, steps=2, retrain_epochs=1)
+    records = prune_and_retrain(model, digits, cfg, BASE, run_dir=tmp_path, progress=False)
     assert records[-1]["sparsity"] == pytest.approx(0.8, abs=1e-3)
     saved = (tmp_path / "sensitivity.json").read_text()
     assert '"base_accuracy"' in saved and '"fc1.weight"' in saved
     # The saved curves drive the rerun: same per-layer allocation, nothing measured again.
     again = copy.deepcopy(dense[0])
-    rerun = P.prune_and_retrain(again, digits, cfg, BASE, run_dir=tmp_path, progress=False)
+    rerun = prune_and_retrain(again, digits, cfg, BASE, run_dir=tmp_path, progress=False)
     assert [l["nonzero"] for l in rerun[-1]["layers"]] == [l["nonzero"] for l in records[-1]["layers"]]
     assert (tmp_path / "sensitivity.json").read_text() == saved

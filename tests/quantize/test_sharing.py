@@ -39,8 +39,13 @@ def test_paper_bits_and_per_kind_bits():
     model = models.build("lenet5", seed=0)
     assert Q.resolve_bits(model, None) == {"conv1.weight": 8, "conv2.weight": 8, "fc1.weight": 5, "fc2.weight": 5}
     assert Q.resolve_bits(model, {"conv": 4, "fc": 3, "fc2": 6})["fc2.weight"] == 6
-    with pytest.raises(ValueError, match="bits must be an integer in 1..16"):
+    with pytest.raises(ValueError, match="bits of conv1.weight must be an integer in 1..16, got 17"):
         Q.resolve_bits(model, 17)
+    with pytest.raises(ValueError, match=r"bits\['fc1'\] must be an integer in 1..16, got 2.7"):
+        Q.quantize(model, {"fc1": 2.7})
+    with pytest.raises(TypeError, match="quantize method 'uniform' takes no option 'init'; its options: bits, exclude, extra"):
+        Q.quantize(model, 4, "uniform", init="density")
+    assert not Q.shared_layers(model)
     with pytest.raises(ValueError, match="bits: unknown layer"):
         Q.resolve_bits(model, {"fc9": 3})
 

@@ -9,6 +9,8 @@ from torch import nn
 
 import deepzip
 from deepzip import models, runtime
+from deepzip import prune as P
+from deepzip.runtime.convert import SPARSE_MARGIN
 from deepzip.runtime import SparseConv2d, SparseLinear, SparseMatrix, kernels
 
 
@@ -123,29 +125,71 @@ def test_convert_and_load_match_the_model(name, mode, tmp_path):
     model = pruned_quantized(name)
     x = torch.randn(1, 1, 28, 28)
     expected = model(x)
-    fast, decisions = runtime.convert(model, example=x, mode=mode)
-    close(fast(x), expected)
     deepzip.save(model, tmp_path / "m.dz")
-    loaded, decisions = runtime.load(tmp_path / "m.dz", example=x, mode=mode)
+    fast = runtime.convert(copy.deepcopy(model), example=x, mode=mode)
+    close(fast(x), expected)
+    loaded = runtime.load(tmp_path / "m.dz", models.from_description, example=x, mode=mode)
     close(loaded(x), expected)
     batch = torch.randn(4, 1, 28, 28)
     close(loaded(batch), model(batch))
-    kinds = {d["kernel"] for d in decisions}
-    assert kinds == ({"sparse"} if mode == "sparse" else {"dense"} if mode == "dense" else kinds)
+    for made in (fast, loaded):
+        decisions = runtime.decisions(made)
+        assert [d["layer"] for d in decisions] == [n[: -len(".weight")] for n in P.get_masks(model)]
+        for d in decisions:  # what the model runs is what the decisions say
+            layer = made.get_submodule(d["layer"])
+            assert isinstance(layer, (SparseLinear, SparseConv2d)) == (d["kernel"] == "sparse")
+            if mode != "auto":
+                assert d["kernel"] == mode
+            else:  # calibrated: sparse only where it won every round by the margin, in this very model
+                assert "model_sparse_s" in d and "model_dense_s" in d
+                if d["kernel"] == "sparse":
+                    assert d["model_sparse_s"] < SPARSE_MARGIN * d["model_dense_s"]
+                    assert d["whole_model_s"][0] < SPARSE_MARGIN * d["whole_model_s"][1]
     if mode == "sparse":  # straight from the file: no dense fp32 weight in any sparse layer
         for module in loaded.modules():
             if isinstance(module, (SparseLinear, SparseConv2d)):
                 assert not hasattr(module, "weight") and module.matrix.codes.dtype == np.uint8
 
 
-def test_runtime_load_needs_a_registry_model(tmp_path):
+def test_auto_without_an_example_follows_the_density_rule():
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    deepzip.prune(model, method="fraction", layer_sparsity={"0": 0.9, "2": 0.5})
+    runtime.convert(model)
+    assert [(d["layer"], round(d["density"], 2), d["kernel"]) for d in runtime.decisions(model)] == [
+        ("0", 0.1, "sparse"), ("2", 0.5, "dense")]
+    assert isinstance(model[0], SparseLinear) and isinstance(model[2], nn.Linear) and not model.training
+
+
+def test_runtime_load_needs_a_model_or_builder(tmp_path):
     layer = nn.Sequential(nn.Linear(4, 3))
     deepzip.prune(layer, sparsity=0.5)
     deepzip.save(layer, tmp_path / "x.dz")
+    with pytest.raises(TypeError, match="pass model="):
+        runtime.load(tmp_path / "x.dz", None)
     with pytest.raises(ValueError, match="records no registry model"):
-        runtime.load(tmp_path / "x.dz")
+        runtime.load(tmp_path / "x.dz", models.from_description)
+    fresh = runtime.load(tmp_path / "x.dz", nn.Sequential(nn.Linear(4, 3)), mode="sparse")
+    close(fresh(torch.ones(1, 4)), layer(torch.ones(1, 4)))
     with pytest.raises(ValueError, match="mode must be auto, sparse or dense"):
         runtime.convert(layer, mode="fast")
+    with pytest.raises(ValueError, match="not made by deepzip.runtime"):
+        runtime.decisions(layer)
+
+
+def test_a_failed_convert_leaves_the_model_as_it_was(monkeypatch):
+    convert_module = importlib.import_module("deepzip.runtime.convert")
+    model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 4)).train()
+    deepzip.prune(model, sparsity=0.5)
+    before = copy.deepcopy(model.state_dict())
+
+    def broken(*args):
+        raise RuntimeError("timer broke")
+
+    monkeypatch.setattr(convert_module, "_calibrate_in_model", broken)
+    with pytest.raises(RuntimeError, match="timer broke"):
+        runtime.convert(model, example=torch.randn(1, 8))
+    assert all(type(m) in (nn.Linear, nn.ReLU) for m in model) and model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and set(before) == set(model.state_dict())
 
 
 def test_batch1_fast_path_and_its_fallbacks_agree_with_dense():
@@ -182,7 +226,8 @@ def test_calibration_keeps_sparse_only_if_it_wins_every_round(monkeypatch, round
     monkeypatch.setattr(convert_module, "_calibrate_in_model", scripted)
     model = nn.Sequential(nn.Linear(8, 4))
     deepzip.prune(model, sparsity=0.5)
-    fast, decisions = runtime.convert(model, example=torch.randn(1, 8))
+    fast = runtime.convert(model, example=torch.randn(1, 8))
+    decisions = runtime.decisions(fast)
     assert decisions[0]["kernel"] == kernel
     assert decisions[0]["model_sparse_s"] == np.median([s for s, _ in rounds])
     assert isinstance(fast[0], SparseLinear if kernel == "sparse" else nn.Linear)
@@ -198,10 +243,12 @@ def test_calibration_falls_back_to_dense_if_the_chosen_model_is_not_faster(monke
     model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 4))
     deepzip.prune(model, sparsity=0.5)
     x = torch.randn(1, 8)
-    fast, decisions = runtime.convert(model, example=x)
-    assert [d["kernel"] for d in decisions] == ["dense", "dense"]
+    expected = model(x)
+    fast = runtime.convert(model, example=x)
+    decisions = runtime.decisions(fast)
+    assert fast is model and [d["kernel"] for d in decisions] == ["dense", "dense"]
     assert all(d["whole_model_s"] == [2.0, 2.0] for d in decisions)
-    close(fast(x), model(x))
+    close(fast(x), expected)
 
 
 def test_compare_models_reports_the_noise_floor_with_a_control():

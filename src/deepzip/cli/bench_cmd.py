@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
-from ..encode import load as load_dz
+from ..api import load
 from ..prune import remove
 from ..quantize import finalize
-from ..runtime import load as load_runtime
+from ..runtime import convert, decisions as runtime_decisions
 from ..runtime.timing import compare_models
 
 HELP = "batch-1 latency of the sparse runtime vs dense for a .dz file, per layer and whole model"
@@ -23,10 +25,12 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     if args.repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {args.repeats}")
-    dense = remove(finalize(load_dz(args.file))).eval()
-    description = getattr(dense, "_deepzip_description", {})
+    compressed = load(args.file)  # the file is parsed once; the runtime is built from its masks and codebooks
+    description = getattr(compressed, "_deepzip_description", {})
     example = torch.randn(1, *description.get("input_shape", (1, 28, 28)))
-    fast, decisions = load_runtime(args.file, example=example, mode=args.mode)
+    fast = convert(copy.deepcopy(compressed), example=example, mode=args.mode)
+    dense = remove(finalize(compressed)).eval()
+    decisions = runtime_decisions(fast)
     # layer alone: sparse / dense us; model: the whole model's us with this layer sparse / dense
     print(f"{'layer':<12}{'density':>9}{'kernel':>8}{'sparse us':>11}{'dense us':>10}{'model sparse':>14}"
           f"{'model dense':>13}{'bytes':>10}{'dense bytes':>13}")

@@ -6,7 +6,11 @@ import argparse
 from pathlib import Path
 
 from .. import data, models
-from ..config import hashname
+from ..checkpoint import load_model_file
+from ..config import from_dict, hashname
+from ..errors import DeepzipError
+from ..quantize import load_state_dict
+from ..train import TrainConfig
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,12 +37,6 @@ def run_dir(args, cfg, prefix: str) -> Path:
 
 def load_checkpoint(path) -> tuple:
     """(model, description, train config) from a deepzip model file of a registry model."""
-    from ..checkpoint import load_model_file
-    from ..config import from_dict
-    from ..errors import DeepzipError
-    from ..quantize import load_state_dict
-    from ..train import TrainConfig
-
     if not Path(path).is_file():
         raise DeepzipError(f"checkpoint {path} does not exist (train one with 'deepzip train')")
     state, description = load_model_file(path)

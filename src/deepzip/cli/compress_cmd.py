@@ -9,11 +9,12 @@ from pathlib import Path
 from .. import data
 from ..checkpoint import save_model
 from ..config import add_arguments as add_config_arguments, from_args
-from ..encode import format_table, load
+from ..api import load
+from ..encode import format_table
 from ..pipeline import compress, format_report, inspect
-from ..prune import PruneConfig, remove
-from ..quantize import QuantizeConfig, finalize
-from ..train import BASELINES, TrainConfig, evaluate
+from ..prune import remove
+from ..quantize import finalize
+from ..train import BASELINES, PruneConfig, QuantizeConfig, TrainConfig, evaluate
 from .common import add_common_arguments
 
 HELP = "the whole pipeline from the dense baseline: prune + retrain, quantize + fine-tune, encode, decode, report"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import argparse
 from pathlib import Path
 
@@ -59,8 +61,6 @@ def run_experiment(args) -> int:
 
 
 def _load_configs(directory: Path) -> tuple[TrainConfig, LotteryConfig]:
-    import json
-
     config = directory / "config.json"
     if not config.exists():
         raise ValueError(f"{directory} is not a lottery experiment directory (no config.json)")

@@ -8,10 +8,10 @@ from pathlib import Path
 from .. import data
 from ..checkpoint import atomic_write_text, save_model
 from ..config import add_arguments as add_config_arguments, from_args, hashname
-from ..prune import PruneConfig, format_report, prune_and_retrain, sensitivity_curves, sparsity_report
+from ..prune import format_report, sensitivity_curves, sparsity_report
 from ..prune.sensitivity import DEFAULT_SPARSITIES
 from ..report.plots import sensitivity_plot
-from ..train import evaluate
+from ..train import PruneConfig, evaluate, prune_and_retrain
 from .common import add_common_arguments, load_checkpoint
 
 HELP = "prune a trained checkpoint with retraining (one-shot, iterative or gradual)"

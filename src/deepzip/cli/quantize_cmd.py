@@ -9,9 +9,9 @@ from .. import data
 from ..checkpoint import atomic_write_text, save_model
 from ..config import add_arguments as add_config_arguments, from_args, hashname
 from ..prune import prunable_weights
-from ..quantize import QuantizeConfig, codebooks, layer_bits, quantize
+from ..quantize import codebooks, layer_bits, quantize
 from ..report.plots import codebook_histograms
-from ..train import evaluate, train
+from ..train import QuantizeConfig, evaluate, train
 from .common import add_common_arguments, load_checkpoint
 
 HELP = "quantize a checkpoint by k-means weight sharing, fine-tune the centroids, plot the codebooks"
@@ -30,7 +30,7 @@ def run(args) -> int:
     run_dir = Path(args.runs_dir) / hashname(cfg, f"quantize_{Path(args.checkpoint).resolve().parent.name}")
     before_acc = evaluate(model, splits.test)[1]
     original = {n: w.detach().clone().numpy() for n, w in prunable_weights(model)[0].items()}
-    quantize(model, cfg.bits_spec(), cfg.init, exclude=cfg.excluded(), seed=cfg.seed, method=cfg.method)
+    quantize(model, cfg.method_config())
     before = {n: cb.detach().clone() for n, (cb, _) in codebooks(model).items()}
     quantized_acc = evaluate(model, splits.test)[1]
     final_acc = quantized_acc

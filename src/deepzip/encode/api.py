@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Union
 
 import torch
 from torch import nn
@@ -13,7 +13,7 @@ from .. import __version__
 from ..checkpoint import atomic_write
 from ..errors import FormatError
 from ..prune.masks import MASK_SUFFIX
-from ..quantize.sharing import CODEBOOK, INDEX
+from ..quantize.sharing import CODEBOOK, INDEX, load_state_dict
 from . import container, records
 from .report import build_report
 
@@ -63,8 +63,11 @@ def save(model: nn.Module, path: str | os.PathLike, float_dtype: str = "f32", co
     return report
 
 
-def read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(header, state_dict) of a .dz file; every problem is a FormatError."""
+def open_file(path: str | os.PathLike) -> tuple[dict[str, Any], list[bytes], int]:
+    """(header, sections, file size) of a .dz file, framing and header checked; every problem is a FormatError.
+
+    Each operation on a file parses it once, here; records are decoded from the sections it returns.
+    """
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -73,37 +76,63 @@ def read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tenso
         data = path.read_bytes()
     except OSError as exc:
         raise FormatError(f"{path}: cannot read ({exc.strerror})") from None
-    return decode_bytes(data, str(path))
+    header, sections = _named(str(path), container.unpack, data)
+    return header, sections, len(data)
 
 
-def decode_bytes(data: bytes, name: str = "<bytes>") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    try:
-        header, sections = container.unpack(data)
+def decode_records(header: dict[str, Any], sections: list[bytes], name: str = "<bytes>") -> dict[str, torch.Tensor]:
+    """The state_dict the header's records describe, decoded from ``sections``."""
+    def decode() -> dict[str, torch.Tensor]:
         state: dict[str, torch.Tensor] = {}
         for record in header["tensors"]:
             state.update(records.read_record(record, sections))
+        return state
+
+    return _named(name, decode)
+
+
+def _named(name: str, fn, *args):
+    """``fn(*args)``, with the file's name in front of any FormatError's message."""
+    try:
+        return fn(*args)
     except FormatError as exc:
         raise type(exc)(f"{name}: {exc}") from None
-    return header, state
 
 
-def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
-    """Fill ``model`` (a fresh instance of the saved architecture) from a .dz file, bit-exact.
+def read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(header, state_dict) of a .dz file; every problem is a FormatError."""
+    header, sections, _ = open_file(path)
+    return header, decode_records(header, sections, str(path))
 
-    Without ``model``, a registry model is rebuilt from the description stored in the file.
+
+def decode_bytes(data: bytes, name: str = "<bytes>") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    header, sections = _named(name, container.unpack, data)
+    return header, decode_records(header, sections, name)
+
+
+ModelOrBuilder = Union[nn.Module, Callable[[dict], nn.Module]]
+
+
+def model_for(header: dict[str, Any], model: ModelOrBuilder | None, path: Any) -> nn.Module:
+    """``model`` itself, or what the builder ``model(description)`` makes of the file's model description."""
+    if isinstance(model, nn.Module):
+        return model
+    if model is None:
+        raise TypeError(f"{path}: pass model= (a fresh instance of the saved architecture, or a builder such as "
+                        f"deepzip.models.from_description); deepzip.load(path) rebuilds deepzip's registry models")
+    if not callable(model):
+        raise TypeError(f"model must be an nn.Module or a builder function, got {type(model).__name__}")
+    return model(header.get("model"))
+
+
+def load(path: str | os.PathLike, model: ModelOrBuilder | None) -> nn.Module:
+    """Fill ``model`` (a fresh instance of the saved architecture, or a builder called with the file's
+    model description) from a .dz file, bit-exact, and return it.
+
     Pruning masks and codebooks come back as explicit state, ready for more training or `finalize`.
     """
-    from ..quantize.sharing import load_state_dict
-
     header, state = read(path)
-    if model is None:
-        description = header.get("model")
-        if not description or "model" not in description:
-            raise ValueError(f"{path} records no registry model; pass model= (a fresh instance of its architecture)")
-        from ..models import build
-
-        model = build(description["model"], description.get("input_shape", (1, 28, 28)),
-                      description.get("num_classes", 10))
+    model = model_for(header, model, path)
     try:
         load_state_dict(model, state)
     except (RuntimeError, ValueError) as exc:  # a shape / key mismatch between file and model

@@ -9,6 +9,7 @@ Every step is a finished train run (summary.json) or is (re)done; a killed run r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -24,8 +25,10 @@ from ..data import DataSplits
 from ..models import build
 from ..prune import apply_masks, compute_masks, enforce, prunable_weights
 from ..prune.masks import MASK_SUFFIX
-from ..train import TrainConfig, train
+from ..quantize import load_state_dict
+from ..train import TrainConfig, lr_factor, train
 from .config import LotteryConfig
+from .parallel import run_parallel
 
 
 def level_sparsities(model: nn.Module, cfg: LotteryConfig, level: int) -> dict[str, float]:
@@ -76,8 +79,6 @@ class Experiment:
         return build(self.train_cfg.model, self.data.input_shape, self.data.num_classes, seed=seed)
 
     def _train(self, model, run_dir: Path, seed: int, start: int = 0, cfg: TrainConfig | None = None, hooks=()):
-        import dataclasses
-
         cfg = dataclasses.replace(cfg or self.train_cfg, seed=seed)
         return train(model, self.data, cfg, run_dir=run_dir, resume=True, hooks=hooks, progress=False,
                      start_iteration=start)
@@ -114,8 +115,6 @@ class Experiment:
         steps = list(self.steps())
         bar = tqdm(steps, desc="lottery", unit="run", disable=None if self.progress else True)
         if jobs > 1:
-            from .parallel import run_parallel
-
             bar.update(sum(self.done(*s) for s in steps))
             run_parallel(self, steps, jobs, on_done=lambda step: (bar.set_postfix(replicate=step[0], level=step[1],
                                                                                   variant=step[2]), bar.update(1)))
@@ -149,8 +148,6 @@ class Experiment:
         directory = self.step_dir(replicate, level, variant)
         model = self._model(self.cfg.seed + replicate)
         state, _ = load_model_file(directory / "model.safetensors")
-        from ..quantize.sharing import load_state_dict
-
         load_state_dict(model, state)
         return model
 
@@ -195,8 +192,6 @@ class Experiment:
 
     def _reset(self, replicate: int, level: int, variant: str, seed: int):
         """(model with the variant's starting weights, start iteration, train config)."""
-        import dataclasses
-
         dense_dir = self.step_dir(replicate, 0, "dense")
         k = self.cfg.rewind_iteration
         model = self._model(seed)
@@ -212,7 +207,5 @@ class Experiment:
         model.load_state_dict(weights, strict=False)
         if self.cfg.reset == "lr_rewind":
             return model, k, None
-        from ..train.loop import lr_factor
-
         final_lr = self.train_cfg.lr * lr_factor(self.train_cfg, self.total, self.total, self.per_epoch)
         return model, k, dataclasses.replace(self.train_cfg, lr=max(final_lr, 1e-6), lr_schedule="constant")

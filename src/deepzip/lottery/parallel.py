@@ -10,16 +10,16 @@ parallel run resumes exactly like a serial one.
 from __future__ import annotations
 
 import multiprocessing
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from typing import TYPE_CHECKING
+import queue
+import traceback
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: the experiment module imports this one
     from .experiment import Experiment
 
 Step = tuple[int, int, str]
-_EXPERIMENT: "Experiment | None" = None  # set in the parent before the workers fork; they inherit it
 
 
 def dependency(step: Step) -> Step | None:
@@ -38,34 +38,65 @@ def _priority(step: Step) -> tuple:
     return (variant not in ("dense", "imp"), level, replicate)
 
 
-def _run_in_worker(step: Step) -> Step:
+def _worker(experiment: "Experiment", tasks, results) -> None:
+    """A forked worker: runs the steps it is sent until it gets None (the experiment, with its data set,
+    is inherited from the parent's memory, never pickled)."""
     torch.set_num_threads(1)  # one core per worker: the workers are the parallelism
-    _EXPERIMENT.run_step(*step)
-    return step
+    for step in iter(tasks.get, None):
+        try:
+            experiment.run_step(*step)
+            results.put((step, None))
+        except BaseException:  # noqa: BLE001  (reported to the parent, which stops the experiment)
+            results.put((step, traceback.format_exc()))
+            return
 
 
-def run_parallel(experiment: "Experiment", steps: list[Step], jobs: int, on_done=lambda step: None) -> None:
+def run_parallel(experiment: "Experiment", steps: list[Step], jobs: int,
+                 on_done: Callable[[Step], object] = lambda step: None) -> None:
     """Run the unfinished ``steps`` with ``jobs`` worker processes; ``on_done(step)`` after each."""
-    global _EXPERIMENT
-    _EXPERIMENT = experiment
     finished = {s for s in steps if experiment.done(*s)}
     pending = sorted((s for s in steps if s not in finished), key=_priority)
     # fork: workers share the parent's data set in memory instead of each unpickling a copy.
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
-        running = {}
+    context = multiprocessing.get_context("fork")
+    tasks, results = context.Queue(), context.Queue()
+    workers = [context.Process(target=_worker, args=(experiment, tasks, results), daemon=True)
+               for _ in range(min(jobs, max(len(pending), 1)))]
+    for worker in workers:
+        worker.start()
+    try:
+        running: set[Step] = set()
         while pending or running:
             for step in list(pending):
-                if len(running) >= jobs:
+                if len(running) >= len(workers):
                     break
                 needed = dependency(step)
                 if needed is None or needed in finished:
-                    running[pool.submit(_run_in_worker, step)] = step
+                    tasks.put(step)
+                    running.add(step)
                     pending.remove(step)
             if not running:
                 raise RuntimeError(f"steps {pending[:3]} wait on steps that are neither done nor scheduled")
-            completed, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in completed:
-                step = running.pop(future)
-                future.result()  # a worker's error stops the experiment here, with its traceback
-                finished.add(step)
-                on_done(step)
+            step, error = _next_result(results, workers)
+            running.discard(step)
+            if error is not None:
+                raise RuntimeError(f"step {step} failed in a worker process:\n{error}")
+            finished.add(step)
+            on_done(step)
+    finally:
+        for worker in workers:
+            tasks.put(None)
+        for worker in workers:
+            worker.join(timeout=5)
+            if worker.is_alive():
+                worker.terminate()
+
+
+def _next_result(results, workers) -> tuple[Step, str | None]:
+    """The next finished step; a worker that died without reporting (killed, out of memory) is an error."""
+    while True:
+        try:
+            return results.get(timeout=1.0)
+        except queue.Empty:
+            dead = [w for w in workers if not w.is_alive()]
+            if dead:
+                raise RuntimeError(f"a worker process died (exit code {dead[0].exitcode}); rerun to resume") from None

@@ -5,13 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from ..report.plots import save_figure  # noqa: E402
-from .results import aggregate, steps  # noqa: E402
+from ..report.plots import save_figure, subplots
+from .results import aggregate, steps
 
 LABELS = {"imp": "winning ticket (IMP)", "reinit": "random reinit", "random": "random pruning",
           "oneshot": "one-shot pruning"}
@@ -33,7 +28,7 @@ def _series(agg, variant: str, metric: str):
 
 
 def _vs_remaining(agg, variants, metric: str, ylabel: str, title: str, scale: float = 1.0):
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = subplots(figsize=(6.4, 4.2))
     for variant in variants:
         if variant not in agg:
             continue
@@ -82,7 +77,7 @@ def _curves(records: list[dict[str, Any]], levels_shown: int):
     if len(chosen) > levels_shown:
         step = (len(chosen) - 1) / (levels_shown - 1)
         chosen = [chosen[round(i * step)] for i in range(levels_shown)]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = subplots(figsize=(6.4, 4.2))
     for r in chosen:
         xs, ys = zip(*r["curve"])
         ax.plot(xs, [100 * y for y in ys], label=f"{r['remaining']:.1f}% remaining")

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from . import masks as mask_state
-from .criteria import check_sparsity
-from .methods import METHODS
+from .configs import PruneMethod, prune_config
+from .methods import compute
 from .targets import find_targets, layer_kind, split_name
 
 
@@ -20,36 +20,53 @@ def prunable_weights(model: nn.Module, extra: Iterable[str] = (), exclude: Itera
     return weights, {n: layer_kind(m) for n, m in targets.items()}
 
 
-def compute_masks(model: nn.Module, sparsity: float | None = None, method: str = "global",
-                  extra: Iterable[str] = (), exclude: Iterable[str] | None = None, **options: Any) -> dict[str, torch.Tensor]:
-    """The masks ``method`` gives for ``model``, tightened by the masks it already has (pruned stays pruned)."""
-    fn = METHODS.get(method)
-    if sparsity is not None:
-        check_sparsity(sparsity)
-    elif method not in ("threshold", "nm", "fraction", "random"):
-        raise ValueError(f"method {method!r} needs a target sparsity")
+def resolve(config: PruneMethod | float | None = None, method: str | None = None, **options: Any) -> PruneMethod:
+    """The pruning config a call names: a config as is, or ``method`` (default global) built from options,
+    with a number in place of the config meaning ``sparsity``."""
+    if isinstance(config, PruneMethod):
+        if method is not None or options:
+            raise TypeError("give a pruning config alone, with its options inside it "
+                            f"(got also {', '.join(['method'] * (method is not None) + list(options))})")
+        return config
+    if config is not None:
+        if "sparsity" in options:
+            raise TypeError("sparsity given twice (positionally and as a keyword)")
+        options["sparsity"] = config
+    return prune_config(method, **options)
+
+
+def _targets(model: nn.Module, cfg: PruneMethod) -> tuple[dict, dict]:
+    exclude = cfg.exclude
     if exclude is None:
         # Structured pruning cannot remove output units of the last layer: they are the model's outputs.
-        exclude = [list(find_targets(model, extra))[-1]] if method == "structured" else []
-    weights, kinds = prunable_weights(model, extra, exclude)
-    if method == "structured":
-        options["biases"] = {n: getattr(model.get_submodule(split_name(n)[0]), "bias", None) for n in weights}
-    masks = fn(weights, kinds, sparsity, **options)
+        exclude = [list(find_targets(model, cfg.extra))[-1]]
+    return prunable_weights(model, cfg.extra, exclude)
+
+
+def compute_masks(model: nn.Module, config: PruneMethod | float | None = None, method: str | None = None,
+                  **options: Any) -> dict[str, torch.Tensor]:
+    """The masks a pruning config gives for ``model``, tightened by the masks it already has (pruned
+    stays pruned). Nothing is changed. Arguments as for `prune`."""
+    cfg = resolve(config, method, **options)
+    weights, kinds = _targets(model, cfg)
+    biases = {n: getattr(model.get_submodule(split_name(n)[0]), "bias", None) for n in weights}
+    masks = compute(cfg, weights, kinds, biases)
     existing = mask_state.get_masks(model)
     return {n: m & existing[n] if n in existing else m for n, m in masks.items()}
 
 
-def prune(model: nn.Module, sparsity: float | None = 0.9, method: str = "global", **options: Any) -> nn.Module:
+def prune(model: nn.Module, config: PruneMethod | float | None = None, method: str | None = None,
+          **options: Any) -> nn.Module:
     """Prune ``model`` in place and return it.
 
-    ``method``: one of `METHODS` (global, uniform, erk, fraction, threshold, sensitivity, random, nm,
-    structured). Options: ``exclude`` (layer names), ``extra`` (other parameter names), ``scales``
-    (per-layer rate multipliers), ``quality`` (threshold), ``layer_sparsity`` (fraction), ``n``/``m``
-    (nm), ``norm`` (structured), ``round_to`` (kept counts a multiple of this), ``seed`` (random).
-    All masks are computed before any is applied: on error the model is unchanged.
+    ``config``: a pruning config (`GlobalMagnitude`, `ERK`, `NM`, ... in `deepzip.prune.configs`), or the
+    short forms: a target sparsity, and/or ``method`` by name (global by default: one magnitude
+    threshold over all layers) with that config's fields as keyword options, e.g.
+    ``prune(model, 0.9, "erk", exclude=["conv1"])``. An option the method does not have is a TypeError
+    that lists the ones it has. All masks are computed before any is applied: on error the model is
+    unchanged.
     """
-    masks = compute_masks(model, sparsity, method, **options)
-    mask_state.apply_masks(model, masks)
+    mask_state.apply_masks(model, compute_masks(model, config, method, **options))
     return model
 
 

@@ -1,14 +1,17 @@
 """Masks as explicit module state, like ``torch.nn.utils.prune`` but keeping ``weight`` a plain Parameter.
 
 For a pruned parameter ``weight`` the owning module carries a bool buffer ``weight_mask`` (so it is in
-``state_dict``). Pruned entries are zero in ``weight``, their gradients are zeroed by a tensor hook,
-and `mask_optimizer_state` zeroes their momentum; with zero weight, gradient and state, SGD
+``state_dict``). Pruned entries are zero in ``weight``, their gradients are zeroed by a tensor hook that
+a forward pre-hook (`MaskGradients`, kept in the module's own hook dict) installs on whichever Parameter
+object the module holds, and `mask_optimizer_state` zeroes their momentum; with zero weight, gradient and state, SGD
 (momentum, weight decay) and Adam/AdamW leave them exactly zero. `remove` makes pruning permanent.
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+import functools
+import weakref
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -16,7 +19,49 @@ from torch import nn
 from .targets import split_name
 
 MASK_SUFFIX = "_mask"
-_HOOKS = "_deepzip_mask_hooks"
+
+
+class MaskGradients:
+    """Masks the gradients of a module's pruned Parameters, so no optimizer step revives a pruned weight.
+
+    Installed as a forward pre-hook, i.e. in the module's own hook dict, which ``copy.deepcopy``, pickling,
+    ``.to(device)`` and wrappers such as DistributedDataParallel keep. Before each forward it makes sure
+    each masked Parameter *object* carries a gradient hook: a deep copy or a ``load_state_dict(assign=True)``
+    makes new Parameter objects, which get theirs at their first forward. The gradient hook reads the
+    mask buffer at call time, so in-place mask updates take effect at once.
+    """
+
+    def __init__(self) -> None:
+        self._hooked: dict[str, tuple[weakref.ref, Any]] = {}  # param name -> (that Parameter, its hook handle)
+
+    def __call__(self, module: nn.Module, _inputs: Any = None) -> None:
+        for buffer in module._buffers:
+            if not buffer.endswith(MASK_SUFFIX):
+                continue
+            name = buffer[: -len(MASK_SUFFIX)]
+            param = module._parameters.get(name)
+            hooked = self._hooked.get(name)
+            if param is None or (hooked is not None and hooked[0]() is param):
+                continue  # weight-shared (the codebook forward applies the mask), or already hooked
+            handle = param.register_hook(functools.partial(_masked_gradient, module, buffer))
+            self._hooked[name] = (weakref.ref(param), handle)
+
+    def release(self, name: str) -> None:
+        hooked = self._hooked.pop(name, None)
+        if hooked is not None:
+            hooked[1].remove()
+
+    def __getstate__(self) -> dict:
+        # A copy starts with no hooked Parameters: its own Parameters are new objects.
+        return {"_hooked": {}}
+
+
+def _masked_gradient(module: nn.Module, buffer: str, grad: torch.Tensor) -> torch.Tensor:
+    return grad.masked_fill(~module._buffers[buffer], 0.0)
+
+
+def _mask_hook(module: nn.Module) -> MaskGradients | None:
+    return next((h for h in module._forward_pre_hooks.values() if isinstance(h, MaskGradients)), None)
 
 
 def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -38,12 +83,11 @@ def _install(module: nn.Module, param_name: str, mask: torch.Tensor) -> None:
         module._buffers[buffer].copy_(mask)
     else:
         module.register_buffer(buffer, mask.clone())
-        if _is_shared(module, param_name):
-            return  # the codebook forward applies the mask; there is no weight gradient to mask
-        param = getattr(module, param_name)
-        # Look the buffer up at call time so later in-place mask updates take effect.
-        handle = param.register_hook(lambda grad: grad.masked_fill(~getattr(module, buffer), 0.0))
-        module.__dict__.setdefault(_HOOKS, {})[param_name] = handle
+    hook = _mask_hook(module)
+    if hook is None:
+        hook = MaskGradients()
+        module.register_forward_pre_hook(hook)
+    hook(module)
     with torch.no_grad():
         # masked_fill, not multiply: a pruned negative weight must become +0.0, not -0.0, so that
         # every stage (and the .dz decoder) agrees on its bits.
@@ -110,9 +154,14 @@ def remove(model: nn.Module) -> nn.Module:
     for name in list(get_masks(model)):
         module, param_name = _owner(model, name)
         del module._buffers[param_name + MASK_SUFFIX]
-        handle = module.__dict__.get(_HOOKS, {}).pop(param_name, None)
-        if handle is not None:
-            handle.remove()
+        hook = _mask_hook(module)
+        if hook is not None:
+            hook.release(param_name)
+    for module in model.modules():
+        if not any(b.endswith(MASK_SUFFIX) for b in module._buffers):
+            for key, hook in list(module._forward_pre_hooks.items()):
+                if isinstance(hook, MaskGradients):
+                    del module._forward_pre_hooks[key]
     return model
 
 
@@ -124,11 +173,7 @@ def _has_tensor(model: nn.Module, name: str) -> bool:
         return False
 
 
-def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True):
-    """Load a pruned model's ``state_dict`` into a fresh model: installs the masks it holds first."""
-    masks = {key[: -len(MASK_SUFFIX)]: value for key, value in state_dict.items()
-             if key.endswith(MASK_SUFFIX) and _has_tensor(model, key[: -len(MASK_SUFFIX)])}
-    apply_masks(model, masks)
-    result = model.load_state_dict(state_dict, strict=strict)
-    enforce(model)
-    return result
+def saved_masks(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The masks a saved ``state_dict`` holds for this model's tensors, keyed by the parameter they mask."""
+    return {key[: -len(MASK_SUFFIX)]: value for key, value in state_dict.items()
+            if key.endswith(MASK_SUFFIX) and _has_tensor(model, key[: -len(MASK_SUFFIX)])}

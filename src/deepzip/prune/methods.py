@@ -1,7 +1,8 @@
-"""Pruning methods: each maps a model's prunable weights to keep-masks. One registry: `METHODS`.
+"""Pruning implementations, one per config type in `configs` (dispatched through `METHODS`).
 
-Every method takes ``weights`` ({name: tensor}, model order), ``kinds`` ({name: 'fc' | 'conv' | ...})
-and keyword options, and returns ``{param name: bool mask}`` (structured pruning also masks biases).
+Each takes the config, the model's prunable ``weights`` ({name: tensor}, model order), their ``kinds``
+({name: 'fc' | 'conv' | ...}) and ``biases`` ({weight name: bias or None}), and returns
+``{param name: bool keep-mask}`` (structured pruning also masks biases). Pure: nothing is changed.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from typing import Any, Mapping
 
 import torch
 
-from ..registry import Registry
+from ..registry import METHODS
 from . import allocate, criteria
+from .configs import (ERK, NM, GlobalMagnitude, LayerFraction, RandomPruning, Sensitivity, StdThreshold,
+                      Structured, UniformMagnitude)
 from .targets import split_name
 
-METHODS: Registry = Registry("pruning method")
 Weights = Mapping[str, torch.Tensor]
+Masks = dict[str, torch.Tensor]
 
 
 def per_layer(spec: float | Mapping[str, float] | None, weights: Weights, kinds: Mapping[str, str],
@@ -38,103 +41,106 @@ def per_layer(spec: float | Mapping[str, float] | None, weights: Weights, kinds:
                 break
         else:
             if default is None:
-                raise ValueError(f"{what}: no value for layer {name}; give one by name or kind")
+                raise ValueError(f"{what}: no value for layer {name}; give one by name or kind "
+                                 f"(given: {', '.join(spec) or 'none'})")
             out[name] = default
     return out
 
 
-def masks_from_sparsities(weights: Weights, sparsities: Mapping[str, float], round_to: int = 1) -> dict[str, torch.Tensor]:
+def masks_from_sparsities(weights: Weights, sparsities: Mapping[str, float], round_to: int = 1) -> Masks:
     return {n: criteria.fraction_mask(w, sparsities[n], round_to) for n, w in weights.items()}
 
 
-@METHODS.register("global")
-def global_magnitude(weights: Weights, kinds, sparsity: float, round_to: int = 1, **_) -> dict[str, torch.Tensor]:
-    """One magnitude threshold across all layers: flatten, threshold once, slice back."""
+def compute(config: Any, weights: Weights, kinds: Mapping[str, str],
+            biases: Mapping[str, torch.Tensor | None]) -> Masks:
+    """The masks ``config`` gives for these weights (dispatch by the config's type)."""
+    return METHODS.handler(config)(config, weights, kinds, biases)
+
+
+@METHODS.implements(GlobalMagnitude)
+def _global(cfg: GlobalMagnitude, weights: Weights, kinds, biases) -> Masks:
     flat = torch.cat([w.detach().abs().reshape(-1) for w in weights.values()])
-    keep = criteria.topk_mask(flat, criteria.kept_count(flat.numel(), sparsity)).split(
+    keep = criteria.topk_mask(flat, criteria.kept_count(flat.numel(), cfg.sparsity)).split(
         [w.numel() for w in weights.values()])
     masks = {n: k.reshape(w.shape) for (n, w), k in zip(weights.items(), keep)}
-    if round_to > 1:  # re-cut each layer at its global share, rounded to the hardware multiple
+    if cfg.round_to > 1:  # re-cut each layer at its global share, rounded to the hardware multiple
         shares = {n: 1 - m.sum().item() / m.numel() for n, m in masks.items()}
-        masks = masks_from_sparsities(weights, shares, round_to)
+        masks = masks_from_sparsities(weights, shares, cfg.round_to)
     return masks
 
 
-@METHODS.register("uniform")
-def uniform(weights: Weights, kinds, sparsity: float, scales=None, round_to: int = 1, **_):
-    """Every layer at the same sparsity (rate scales: 0 excludes a layer, 0.5 prunes it at half rate)."""
-    scale = per_layer(scales, weights, kinds, "scales", default=1.0)
-    alloc = allocate.uniform({n: w.numel() for n, w in weights.items()}, sparsity, scale)
-    return masks_from_sparsities(weights, alloc, round_to)
+@METHODS.implements(UniformMagnitude)
+def _uniform(cfg: UniformMagnitude, weights: Weights, kinds, biases) -> Masks:
+    scale = per_layer(cfg.scales, weights, kinds, "scales", default=1.0)
+    alloc = allocate.uniform({n: w.numel() for n, w in weights.items()}, cfg.sparsity, scale)
+    return masks_from_sparsities(weights, alloc, cfg.round_to)
 
 
-@METHODS.register("erk")
-def erk(weights: Weights, kinds, sparsity: float, scales=None, round_to: int = 1, **_):
-    """Erdos-Renyi-Kernel allocation (Evci et al. 2020), magnitude within each layer."""
-    scale = per_layer(scales, weights, kinds, "scales", default=1.0)
-    alloc = allocate.erk({n: tuple(w.shape) for n, w in weights.items()}, sparsity, scale)
-    return masks_from_sparsities(weights, alloc, round_to)
+@METHODS.implements(ERK)
+def _erk(cfg: ERK, weights: Weights, kinds, biases) -> Masks:
+    scale = per_layer(cfg.scales, weights, kinds, "scales", default=1.0)
+    alloc = allocate.erk({n: tuple(w.shape) for n, w in weights.items()}, cfg.sparsity, scale)
+    return masks_from_sparsities(weights, alloc, cfg.round_to)
 
 
-@METHODS.register("fraction")
-def fraction(weights: Weights, kinds, sparsity=None, layer_sparsity=None, round_to: int = 1, **_):
-    """A fixed fraction per layer or per kind, e.g. {'fc': 0.92, 'conv': 0.66} (Han et al. 2015)."""
-    alloc = per_layer(layer_sparsity if layer_sparsity is not None else sparsity, weights, kinds, "layer_sparsity")
-    return masks_from_sparsities(weights, {n: criteria.check_sparsity(s, f"sparsity of {n}") for n, s in alloc.items()},
-                                 round_to)
+@METHODS.implements(LayerFraction)
+def _fraction(cfg: LayerFraction, weights: Weights, kinds, biases) -> Masks:
+    alloc = per_layer(cfg.layer_sparsity, weights, kinds, "layer_sparsity")
+    return masks_from_sparsities(weights, alloc, cfg.round_to)
 
 
-@METHODS.register("threshold")
-def threshold(weights: Weights, kinds, sparsity=None, quality=1.0, **_):
-    """Deep Compression's rule per layer: prune |w| < quality * std(w); quality per layer or kind."""
-    q = per_layer(quality, weights, kinds, "quality")
-    return {n: criteria.std_threshold_mask(w, q[n]) for n, w in weights.items()}
+@METHODS.implements(StdThreshold)
+def _threshold(cfg: StdThreshold, weights: Weights, kinds, biases) -> Masks:
+    quality = per_layer(cfg.quality, weights, kinds, "quality")
+    return {n: criteria.std_threshold_mask(w, quality[n]) for n, w in weights.items()}
 
 
-@METHODS.register("sensitivity")
-def sensitivity(weights: Weights, kinds, sparsity: float, curves=None, base_accuracy=None, round_to: int = 1, **_):
-    """Per-layer sparsities from measured sensitivity curves (see `deepzip.prune.sensitivity_curves`)."""
-    if curves is None or base_accuracy is None:
-        raise ValueError("method 'sensitivity' needs curves= and base_accuracy= (from sensitivity_curves)")
-    alloc = allocate.sensitivity({n: w.numel() for n, w in weights.items()}, curves, sparsity, base_accuracy)
-    return masks_from_sparsities(weights, alloc, round_to)
+@METHODS.implements(Sensitivity)
+def _sensitivity(cfg: Sensitivity, weights: Weights, kinds, biases) -> Masks:
+    missing = [n for n in weights if n not in cfg.curves]
+    if missing:
+        raise ValueError(f"sensitivity: no curve for {', '.join(missing)}; measure it with sensitivity_curves")
+    alloc = allocate.sensitivity({n: w.numel() for n, w in weights.items()}, cfg.curves, cfg.sparsity,
+                                 cfg.base_accuracy)
+    return masks_from_sparsities(weights, alloc, cfg.round_to)
 
 
-@METHODS.register("random")
-def random(weights: Weights, kinds, sparsity=None, per_layer_sparsity=None, allocation="uniform", seed: int = 0,
-           scales=None, **_):
-    """The control: random positions, per-layer sparsities from ``per_layer_sparsity`` or ``allocation``."""
-    if per_layer_sparsity is None:
-        if allocation not in ("uniform", "erk", "global"):
-            raise ValueError(f"allocation must be uniform, erk or global, got {allocation!r}")
-        reference = METHODS.get(allocation)(weights, kinds, sparsity, scales=scales)
-        per_layer_sparsity = {n: 1 - m.sum().item() / m.numel() for n, m in reference.items()}
-    alloc = per_layer(per_layer_sparsity, weights, kinds, "per_layer_sparsity")
-    generator = torch.Generator().manual_seed(seed)
+_ALLOCATIONS = {"uniform": UniformMagnitude, "erk": ERK, "global": GlobalMagnitude}
+
+
+@METHODS.implements(RandomPruning)
+def _random(cfg: RandomPruning, weights: Weights, kinds, biases) -> Masks:
+    if cfg.layer_sparsity is not None:
+        alloc = per_layer(cfg.layer_sparsity, weights, kinds, "layer_sparsity")
+    else:
+        reference_cfg = _ALLOCATIONS[cfg.allocation](sparsity=cfg.sparsity)
+        if cfg.scales is not None:
+            if cfg.allocation == "global":
+                raise ValueError("random pruning: scales apply to allocation uniform or erk, not global")
+            reference_cfg = _ALLOCATIONS[cfg.allocation](sparsity=cfg.sparsity, scales=cfg.scales)
+        reference = compute(reference_cfg, weights, kinds, biases)
+        alloc = {n: 1 - m.sum().item() / m.numel() for n, m in reference.items()}
+    generator = torch.Generator().manual_seed(cfg.seed)
     return {n: criteria.random_mask(w.shape, alloc[n], generator) for n, w in weights.items()}
 
 
-@METHODS.register("nm")
-def n_of_m(weights: Weights, kinds, sparsity=None, n: int = 2, m: int = 4, **_):
-    """N:M along the input dimension (2:4 is what sparse tensor cores run)."""
-    return {name: criteria.nm_mask(w, n, m) for name, w in weights.items()}
+@METHODS.implements(NM)
+def _n_of_m(cfg: NM, weights: Weights, kinds, biases) -> Masks:
+    return {name: criteria.nm_mask(w, cfg.n, cfg.m) for name, w in weights.items()}
 
 
-@METHODS.register("structured")
-def structured(weights: Weights, kinds, sparsity: float, norm: str = "l1", scales=None, round_to: int = 1,
-               biases: Mapping[str, torch.Tensor | None] | None = None, **_):
-    """Whole output units (neurons / filters) by L1 or L2 norm; their biases are masked too, so a pruned
-    unit outputs exactly zero and `shrink` can remove it without changing the model's outputs."""
+@METHODS.implements(Structured)
+def _structured(cfg: Structured, weights: Weights, kinds, biases) -> Masks:
     bad = [n for n in weights if kinds[n] not in ("fc", "conv")]
     if bad:
         raise ValueError(f"structured pruning works on Linear and Conv layers; exclude {', '.join(bad)}")
-    scale = per_layer(scales, weights, kinds, "scales", default=1.0)
-    alloc = allocate.uniform({n: w.shape[0] for n, w in weights.items()}, sparsity, scale)
-    masks: dict[str, Any] = {}
+    scale = per_layer(cfg.scales, weights, kinds, "scales", default=1.0)
+    alloc = allocate.uniform({n: w.shape[0] for n, w in weights.items()}, cfg.sparsity, scale)
+    masks: Masks = {}
     for name, w in weights.items():
-        units = criteria.structured_mask(w, alloc[name], norm, round_to)
+        units = criteria.structured_mask(w, alloc[name], cfg.norm, cfg.round_to)
         masks[name] = units.reshape(-1, *([1] * (w.dim() - 1))).expand_as(w).clone()
-        bias = (biases or {}).get(name)
-        if bias is not None:
-            masks[split_name(name)[0] + ".bias" if split_name(name)[0] else "bias"] = units.clone()
+        if biases.get(name) is not None:
+            module = split_name(name)[0]
+            masks[f"{module}.bias" if module else "bias"] = units.clone()
     return masks

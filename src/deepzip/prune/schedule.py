@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
 
 from torch import nn
 import torch
 
 from .api import compute_masks
+from .configs import GlobalMagnitude, PruneMethod
 from .criteria import check_sparsity
 from .masks import apply_masks, mask_optimizer_state
 
@@ -31,14 +32,14 @@ def polynomial_sparsity(step: int, final: float, begin: int, end: int, initial: 
 
 @dataclass
 class GradualPruning:
-    """A training hook: re-prune every ``every`` iterations from ``begin`` to ``end`` toward ``final``."""
+    """A training hook: re-prune every ``every`` iterations from ``begin`` to ``end`` toward ``final``,
+    with ``method`` (a pruning config with a ``sparsity`` target, e.g. `GlobalMagnitude`, `ERK`)."""
 
     final: float
     begin: int
     end: int
     every: int = 100
-    method: str = "global"
-    options: dict[str, Any] = field(default_factory=dict)
+    method: PruneMethod = field(default_factory=GlobalMagnitude)
     history: list[tuple[int, float]] = field(default_factory=list)
 
     def __post_init__(self):
@@ -46,12 +47,14 @@ class GradualPruning:
         polynomial_sparsity(0, self.final, self.begin, self.end)
         if self.every < 1:
             raise ValueError(f"every must be >= 1, got {self.every}")
+        if not isinstance(self.method, PruneMethod) or self.method.fixes_own_sparsity:
+            raise ValueError(f"gradual pruning needs a method with a sparsity target, got {self.method!r}")
 
     def __call__(self, model: nn.Module, optimizer: torch.optim.Optimizer, iteration: int) -> None:
         due = self.begin <= iteration <= self.end and (iteration - self.begin) % self.every == 0
         if not due and iteration != self.end:
             return
         target = polynomial_sparsity(iteration, self.final, self.begin, self.end)
-        apply_masks(model, compute_masks(model, target, self.method, **self.options))
+        apply_masks(model, compute_masks(model, dataclasses.replace(self.method, sparsity=target)))
         mask_optimizer_state(optimizer, model)
         self.history.append((iteration, target))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping, Sequence
+import copy
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -11,11 +12,10 @@ from tqdm.auto import tqdm
 from ..prune.api import prunable_weights
 from ..prune.masks import get_masks
 from ..prune.methods import per_layer
-from .kmeans import INITS, check_bits
-from .sharing import codebooks, finalize, shared_layers, share
-
-PAPER_BITS = {"conv": 8, "fc": 5, "embedding": 8, "other": 8}  # Han et al. 2016: 8-bit conv, 5-bit fc
-
+from ..prune.targets import split_name
+from ..registry import METHODS
+from .configs import PAPER_BITS, KMeans, QuantizeMethod, Uniform, check_bits_value, quantize_config
+from .sharing import cluster, codebooks, finalize, install, share, shared_layers
 
 def resolve_bits(model: nn.Module, bits: int | Mapping[str, int] | None, extra: Iterable[str] = (),
                  exclude: Iterable[str] = ()) -> dict[str, int]:
@@ -28,38 +28,57 @@ def resolve_bits(model: nn.Module, bits: int | Mapping[str, int] | None, extra: 
         bits = PAPER_BITS
     if isinstance(bits, Mapping):  # kinds absent from this model are fine to mention
         bits = {k: v for k, v in bits.items() if k not in PAPER_BITS or k in kinds.values()}
-    resolved = per_layer(bits, weights, kinds, "bits")
-    for name, b in resolved.items():
-        if b != int(b):
-            raise ValueError(f"bits must be an integer in 1..16, got {b} for {name}")
-        check_bits(int(b))
-    return {n: int(b) for n, b in resolved.items()}
+    return {n: check_bits_value(b, f"bits of {n}") for n, b in per_layer(bits, weights, kinds, "bits").items()}
 
 
-def quantize(model: nn.Module, bits: int | Mapping[str, int] | None = None, init: str = "linear",
-             extra: Iterable[str] = (), exclude: Iterable[str] = (), seed: int = 0, method: str = "kmeans") -> nn.Module:
-    """Weight-share ``model`` in place: each layer's surviving weights become a 2**bits codebook + index.
+def resolve(config: QuantizeMethod | int | Mapping[str, int] | None = None, method: str | None = None,
+            **options: Any) -> QuantizeMethod:
+    """The quantization config a call names: a config as is, or ``method`` (default kmeans) built from
+    options, with a number or dict in place of the config meaning ``bits``."""
+    if isinstance(config, QuantizeMethod):
+        if method is not None or options:
+            raise TypeError("give a quantization config alone, with its options inside it "
+                            f"(got also {', '.join(['method'] * (method is not None) + list(options))})")
+        return config
+    if config is not None:
+        if "bits" in options:
+            raise TypeError("bits given twice (positionally and as a keyword)")
+        options["bits"] = config
+    return quantize_config(method, **options)
 
-    ``bits``: int, dict per layer/kind, or None for the paper's 8-bit conv / 5-bit fc. ``init``: linear
-    (the paper's best), density, random, or optimal (exact DP). Pruned positions stay exactly zero and
-    are not a cluster. Biases stay fp32. ``method='uniform'`` is the baseline: evenly spaced levels
-    over [min, max], no clustering. Every argument is checked before any layer changes.
+
+def quantize(model: nn.Module, config: QuantizeMethod | int | Mapping[str, int] | None = None,
+             method: str | None = None, **options: Any) -> nn.Module:
+    """Weight-share ``model`` in place and return it: each layer's surviving weights become a 2**bits
+    codebook + index.
+
+    ``config``: a quantization config (`KMeans`, `Uniform` in `deepzip.quantize.configs`), or the short
+    forms: ``bits`` (int, dict per layer/kind, or None for the paper's 8-bit conv / 5-bit fc) and/or
+    ``method`` by name with that config's fields as keyword options, e.g. ``quantize(model, 4,
+    init="density")``. Pruned positions stay exactly zero and are not a cluster; biases stay fp32.
+    Every codebook is computed before any layer changes: on error the model is unchanged.
     """
-    if method not in ("kmeans", "uniform"):
-        raise ValueError(f"unknown method {method!r}; allowed: kmeans, uniform")
-    if init not in INITS:
-        raise ValueError(f"unknown init {init!r}; allowed: {', '.join(INITS)}")
+    cfg = resolve(config, method, **options)
     already = set(shared_layers(model))
-    resolved = resolve_bits(model, bits, extra, exclude)
-    for name, b in resolved.items():
+    resolved = resolve_bits(model, cfg.bits, cfg.extra, cfg.exclude)
+    for name in resolved:
         if name in already:
             raise ValueError(f"{name} is already weight-shared; call deepzip.quantize.finalize(model) first")
-    for name, b in resolved.items():
-        if method == "uniform":
-            share(model, name, b, "linear", seed, iters=0)
-        else:
-            share(model, name, b, init, seed)
+    shared = {name: METHODS.handler(cfg)(cfg, model, name, bits) for name, bits in resolved.items()}
+    for name, (codebook, index) in shared.items():
+        module_name, param = split_name(name)
+        install(model.get_submodule(module_name), param, codebook, index)
     return model
+
+
+@METHODS.implements(KMeans)
+def _kmeans(cfg: KMeans, model: nn.Module, name: str, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return cluster(model, name, bits, cfg.init, cfg.seed)
+
+
+@METHODS.implements(Uniform)
+def _uniform(cfg: Uniform, model: nn.Module, name: str, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return cluster(model, name, bits, "linear", iters=0)
 
 
 def layer_bits(model: nn.Module) -> dict[str, int]:
@@ -71,8 +90,6 @@ def layer_bits(model: nn.Module) -> dict[str, int]:
 def bits_sensitivity(model: nn.Module, metric: Callable[[nn.Module], float], candidates: Sequence[int] = range(1, 9),
                      init: str = "linear", exclude: Iterable[str] = (), progress: bool = True) -> dict[str, list]:
     """{layer: [(bits, metric)]}: each layer quantized alone (no fine-tuning); the model is left as it was."""
-    import copy
-
     weights, _ = prunable_weights(model, exclude=exclude)
     curves: dict[str, list] = {}
     bar = tqdm(total=len(weights) * len(candidates), desc="bit sensitivity", disable=None if progress else True, leave=False)

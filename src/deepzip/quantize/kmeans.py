@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ._dp import optimal_centroids
+
 INITS = ("linear", "density", "random", "optimal")
 MAX_ITERS = 100
 
@@ -64,8 +66,6 @@ def _lloyd(values: np.ndarray, centroids: np.ndarray, iters: int) -> np.ndarray:
 
 
 def _optimal(values: np.ndarray, k: int) -> np.ndarray:
-    from ._dp import optimal_centroids
-
     distinct, counts = np.unique(values, return_counts=True)
     if len(distinct) <= k:
         return distinct

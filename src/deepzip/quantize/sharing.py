@@ -9,37 +9,62 @@ pruned positions stay exactly zero. `finalize` turns the layer back into an ordi
 
 from __future__ import annotations
 
+import copy
 from typing import Mapping
 
 import torch
 from torch import nn
 
-from ..prune.masks import MASK_SUFFIX, get_masks
+from ..prune.masks import MASK_SUFFIX, apply_masks, enforce, get_masks, saved_masks
 from ..prune.targets import split_name
 from .kmeans import MAX_ITERS, kmeans_1d
 
 CODEBOOK, INDEX = "_codebook", "_index"
-_HOOK = "_deepzip_sharing_params"
-_HANDLE = "_deepzip_sharing_handle"
 
 
 def _effective(module: nn.Module, param: str) -> torch.Tensor:
     weight = getattr(module, param + CODEBOOK)[getattr(module, param + INDEX).long()]
     mask = getattr(module, param + MASK_SUFFIX, None)
     # where(), not multiply: pruned positions are +0.0 exactly (a negative centroid times 0 is -0.0)
-    return torch.where(mask, weight, torch.zeros((), dtype=weight.dtype)) if mask is not None else weight
+    return torch.where(mask, weight, torch.zeros((), dtype=weight.dtype, device=weight.device)) \
+        if mask is not None else weight
 
 
-def _refresh(module: nn.Module, _inputs=None) -> None:
-    for param in module.__dict__.get(_HOOK, {}):
-        setattr(module, param, _effective(module, param))
+class SharedWeights:
+    """The forward pre-hook of a weight-shared module: sets each shared ``module.<param>`` to
+    ``codebook[index]`` (pruned positions +0.0) before the forward, so autograd gives each centroid the
+    sum of its cluster's gradients. Kept in the module's own hook dict, so ``copy.deepcopy``, pickling,
+    ``.to(device)`` and wrappers keep it; it holds only parameter names."""
+
+    def __init__(self) -> None:
+        self.params: list[str] = []
+
+    def __call__(self, module: nn.Module, _inputs=None) -> None:
+        for param in self.params:
+            setattr(module, param, _effective(module, param))
 
 
-def _detach(module: nn.Module, _inputs=None, _output=None) -> None:
-    # After the forward the graph holds the effective weight; the attribute keeps a detached copy so
-    # the module stays deep-copyable and does not pin the graph.
-    for param in module.__dict__.get(_HOOK, {}):
-        setattr(module, param, getattr(module, param).detach())
+class DetachSharedWeights:
+    """The matching forward hook: after the forward the graph holds the effective weight; the attribute
+    keeps a detached copy so the module stays deep-copyable and does not pin the graph."""
+
+    def __init__(self, refresh: SharedWeights) -> None:
+        self.refresh = refresh
+
+    def __call__(self, module: nn.Module, _inputs=None, _output=None) -> None:
+        for param in self.refresh.params:
+            setattr(module, param, getattr(module, param).detach())
+
+
+def _sharing_hook(module: nn.Module) -> SharedWeights | None:
+    return next((h for h in module._forward_pre_hooks.values() if isinstance(h, SharedWeights)), None)
+
+
+def _refresh(module: nn.Module) -> None:
+    hook = _sharing_hook(module)
+    if hook is not None:
+        with torch.no_grad():
+            hook(module)
 
 
 def install(module: nn.Module, param: str, codebook: torch.Tensor, index: torch.Tensor) -> None:
@@ -47,14 +72,18 @@ def install(module: nn.Module, param: str, codebook: torch.Tensor, index: torch.
     original = getattr(module, param)
     if index.shape != original.shape:
         raise ValueError(f"index shape {tuple(index.shape)} does not match {param} {tuple(original.shape)}")
+    device = original.device
     if isinstance(original, nn.Parameter):
         del module._parameters[param]
-    module.register_parameter(param + CODEBOOK, nn.Parameter(codebook.detach().clone().float()))
-    module.register_buffer(param + INDEX, index.to(torch.int16 if len(codebook) <= 32767 else torch.int32))
-    hooks = module.__dict__.setdefault(_HOOK, {})
-    if not hooks:  # one pre-hook per module refreshes all of its shared parameters
-        module.__dict__[_HANDLE] = (module.register_forward_pre_hook(_refresh), module.register_forward_hook(_detach))
-    hooks[param] = True
+    module.register_parameter(param + CODEBOOK, nn.Parameter(codebook.detach().clone().float().to(device)))
+    module.register_buffer(param + INDEX, index.to(device=device, dtype=torch.int16 if len(codebook) <= 32767
+                                                   else torch.int32))
+    hook = _sharing_hook(module)
+    if hook is None:  # one pre-hook per module refreshes all of its shared parameters
+        hook = SharedWeights()
+        module.register_forward_pre_hook(hook)
+        module.register_forward_hook(DetachSharedWeights(hook))
+    hook.params.append(param)
     setattr(module, param, _effective(module, param).detach())
 
 
@@ -62,7 +91,8 @@ def shared_layers(model: nn.Module) -> dict[str, nn.Module]:
     """{parameter name: owning module} for every weight-shared parameter."""
     out = {}
     for module_name, module in model.named_modules():
-        for param in module.__dict__.get(_HOOK, {}):
+        hook = _sharing_hook(module)
+        for param in hook.params if hook is not None else ():
             out[f"{module_name}.{param}" if module_name else param] = module
     return out
 
@@ -73,54 +103,71 @@ def codebooks(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
             for name, m in shared_layers(model).items()}
 
 
-def share(model: nn.Module, name: str, bits: int, init: str = "linear", seed: int = 0, iters: int = MAX_ITERS) -> None:
-    """Cluster the surviving (unmasked) weights of parameter ``name`` into 2**bits shared values."""
-    module = model.get_submodule(split_name(name)[0])
-    param = split_name(name)[1]
-    weight = getattr(module, param).detach()
+def cluster(model: nn.Module, name: str, bits: int, init: str = "linear", seed: int = 0,
+            iters: int = MAX_ITERS) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codebook, index) clustering the surviving (unmasked) weights of parameter ``name`` into 2**bits
+    shared values; the model is not changed."""
+    module_name, param = split_name(name)
+    weight = getattr(model.get_submodule(module_name), param).detach()
     mask = get_masks(model).get(name)
-    alive = mask.reshape(-1) if mask is not None else torch.ones(weight.numel(), dtype=torch.bool)
-    codebook, alive_index = kmeans_1d(weight.reshape(-1)[alive].float(), 2 ** bits, init, iters=iters, seed=seed)
+    alive = mask.reshape(-1).cpu() if mask is not None else torch.ones(weight.numel(), dtype=torch.bool)
+    codebook, alive_index = kmeans_1d(weight.reshape(-1).cpu()[alive].float(), 2 ** bits, init, iters=iters, seed=seed)
     if len(codebook) == 0:  # an empty layer: one zero centroid keeps the state well-formed
         codebook = torch.zeros(1)
     index = torch.zeros(weight.numel(), dtype=torch.int64)
     index[alive] = alive_index
-    install(module, param, codebook, index.reshape(weight.shape))
+    return codebook, index.reshape(weight.shape)
+
+
+def share(model: nn.Module, name: str, bits: int, init: str = "linear", seed: int = 0, iters: int = MAX_ITERS) -> None:
+    """Weight-share parameter ``name`` in place (`cluster`, then `install`)."""
+    codebook, index = cluster(model, name, bits, init, seed, iters)
+    install(model.get_submodule(split_name(name)[0]), split_name(name)[1], codebook, index)
 
 
 def finalize(model: nn.Module) -> nn.Module:
-    """Make weight sharing permanent: every shared layer gets back a plain Parameter (its quantized values)."""
+    """Make weight sharing permanent in place: every shared layer gets back a plain Parameter (its
+    quantized values). Returns the model."""
     for name, module in shared_layers(model).items():
         param = split_name(name)[1]
         value = _effective(module, param).detach().clone()
         del module._parameters[param + CODEBOOK]
         del module._buffers[param + INDEX]
-        module.__dict__[_HOOK].pop(param)
+        hook = _sharing_hook(module)
+        hook.params.remove(param)
         delattr(module, param)
         module.register_parameter(param, nn.Parameter(value))
-        if not module.__dict__[_HOOK]:
-            for handle in module.__dict__.pop(_HANDLE):
-                handle.remove()
+        if not hook.params:
+            for hooks in (module._forward_pre_hooks, module._forward_hooks):
+                for key in [k for k, h in hooks.items() if isinstance(h, (SharedWeights, DetachSharedWeights))]:
+                    del hooks[key]
     return model
 
 
 def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True):
-    """Load a pruned and/or weight-shared ``state_dict`` into a fresh model of the same architecture."""
-    from ..prune.masks import load_state_dict as load_pruned
+    """Load a (pruned and/or weight-shared, or plain) ``state_dict`` into a model of the same architecture.
 
+    Masks and codebooks in the state are installed first. All or nothing: the load is tried on a copy
+    first, so a state that does not fit raises and leaves ``model`` as it was.
+    """
+    _load_compressed(copy.deepcopy(model), state_dict, strict)
+    return _load_compressed(model, state_dict, strict)
+
+
+def _load_compressed(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool):
     for key, codebook in state_dict.items():
         if key.endswith(CODEBOOK):
             name = key[: -len(CODEBOOK)]
-            module = model.get_submodule(split_name(name)[0])
-            index = state_dict[name + INDEX]
-            if not isinstance(getattr(module, split_name(name)[1] + CODEBOOK, None), nn.Parameter):
-                install(module, split_name(name)[1], codebook, index)
-    result = load_pruned(model, state_dict, strict=strict)
-    _refresh_all(model)
-    return result
-
-
-def _refresh_all(model: nn.Module) -> None:
+            module_name, param = split_name(name)
+            module = model.get_submodule(module_name)
+            index = state_dict.get(name + INDEX)
+            if index is None:
+                raise ValueError(f"{key} has no {name + INDEX} beside it")
+            if not isinstance(getattr(module, param + CODEBOOK, None), nn.Parameter):
+                install(module, param, codebook, index)
+    apply_masks(model, saved_masks(model, state_dict))
+    result = model.load_state_dict(state_dict, strict=strict)
+    enforce(model)
     for module in set(shared_layers(model).values()):
         _refresh(module)
-        _detach(module)
+    return result

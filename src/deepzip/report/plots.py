@@ -5,10 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure  # the object API: no pyplot, no global backend to set
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+
+def subplots(*args, figsize=(6, 4), dpi=100, **kwargs):
+    """(figure, axes) as ``pyplot.subplots`` gives them, without pyplot's global state."""
+    fig = Figure(figsize=figsize, dpi=dpi)
+    return fig, fig.subplots(*args, **kwargs)
 
 
 def save_figure(fig, path: str | Path, extra_formats: tuple[str, ...] = ()) -> Path:
@@ -19,13 +23,12 @@ def save_figure(fig, path: str | Path, extra_formats: tuple[str, ...] = ()) -> P
     fig.savefig(path)
     for suffix in extra_formats:
         fig.savefig(path.with_suffix(f".{suffix}"))
-    plt.close(fig)
     return path
 
 
 def sensitivity_plot(curves: Mapping[str, Sequence[tuple[float, float]]], path: str | Path, title: str = "") -> Path:
     """Accuracy vs sparsity with each layer pruned alone (Han et al. 2015, Figure 5)."""
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fig, ax = subplots(figsize=(6, 4), dpi=120)
     for name, curve in curves.items():
         xs, ys = zip(*curve)
         ax.plot([100 * x for x in xs], [100 * y for y in ys], marker="o", markersize=3, label=name)
@@ -42,9 +45,7 @@ def codebook_histograms(layers: Mapping[str, tuple], path: str | Path, title: st
 
     ``layers``: {name: (weights, codebook_before, codebook_after)}; ``codebook_after`` may be None.
     """
-    import numpy as np
-
-    fig, axes = plt.subplots(len(layers), 1, figsize=(7, 2.2 * len(layers)), dpi=110, squeeze=False)
+    fig, axes = subplots(len(layers), 1, figsize=(7, 2.2 * len(layers)), dpi=110, squeeze=False)
     for ax, (name, (weights, before, after)) in zip(axes[:, 0], layers.items()):
         w = np.asarray(weights, dtype=np.float64).reshape(-1)
         ax.hist(w[w != 0], bins=120, color="0.6")
@@ -65,7 +66,7 @@ def codebook_histograms(layers: Mapping[str, tuple], path: str | Path, title: st
 def accuracy_vs_bits(series: Mapping[str, Sequence[tuple[int, float]]], path: str | Path, title: str,
                      reference: float | None = None) -> Path:
     """Accuracy vs bits per weight, one line per method (Han et al. 2016, Figures 6 and 8)."""
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fig, ax = subplots(figsize=(6, 4), dpi=120)
     for label, points in series.items():
         xs, ys = zip(*points)
         ax.plot(xs, [100 * y for y in ys], marker="o", markersize=3, label=label,

@@ -11,16 +11,18 @@ Without a sample input, a layer goes sparse when at most `DENSITY_CUTOFF` of its
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..encode.api import ModelOrBuilder, decode_records, model_for, open_file
+from ..encode.records import decode_entries
 from ..prune.masks import get_masks
 from ..prune.targets import replace_module
 from ..quantize.sharing import codebooks
+from .kernels import column_dtype
 from .layers import SparseConv2d, SparseLinear, SparseMatrix
 from .timing import interleaved
 
@@ -95,27 +97,57 @@ def build_sparse(module: nn.Module, codebook=None, index=None, mask=None) -> nn.
     return SparseConv2d(matrix, module.bias, module)
 
 
-def convert(model: nn.Module, example: torch.Tensor | None = None, mode: str = "auto") -> tuple[nn.Module, list[dict]]:
-    """(inference model, per-layer decisions). ``mode``: auto (calibrate / density rule), sparse, or dense.
+DECISIONS = "_deepzip_runtime_decisions"
+
+
+def decisions(model: nn.Module) -> list[dict]:
+    """The per-layer choices `convert` or `load` made for ``model``: layer, density, sparse and dense bytes,
+    the kernel kept (sparse or dense) and, when calibrated, the timings behind it."""
+    found = model.__dict__.get(DECISIONS)
+    if found is None:
+        raise ValueError(f"{type(model).__name__} was not made by deepzip.runtime.convert or runtime.load")
+    return found
+
+
+def convert(model: nn.Module, example: torch.Tensor | None = None, mode: str = "auto") -> nn.Module:
+    """Turn ``model`` into an inference model in place and return it; `decisions(model)` tells per layer
+    what was chosen. ``mode``: auto (calibrate on ``example``, or the density rule without it), sparse, or dense.
 
     ``example``: a sample input batch for calibration, at the batch size the model will serve.
-
-    The input model is not changed. Linear and Conv2d layers with a mask or a codebook are candidates.
+    Linear and Conv2d layers with a mask or a codebook are candidates. The model is switched to eval
+    mode. If anything raises, the model is left as it was.
     """
-    if mode not in ("auto", "sparse", "dense"):
-        raise ValueError(f"mode must be auto, sparse or dense, got {mode!r}")
-    model = copy.deepcopy(model).eval()
+    _check_mode(mode)
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        raise ValueError("deepzip.runtime is a CPU inference runtime; convert a CPU copy: "
+                         "runtime.convert(copy.deepcopy(model).cpu(), example)")
     masks, shared = get_masks(model), codebooks(model)
     candidates = [n for n, m in model.named_modules() if isinstance(m, CONVERTIBLE)
                   and (f"{n}.weight" in masks or f"{n}.weight" in shared)]
-    decisions = []
-    for name in candidates:
-        module = model.get_submodule(name)
-        codebook, index = shared.get(f"{name}.weight", (None, None))
-        sparse = build_sparse(module, codebook, index, masks.get(f"{name}.weight"))
-        decisions.append(_decision(name, sparse.matrix))
-        replace_module(model, name, sparse)
-    return _choose_kernels(model, decisions, example, mode), decisions
+    originals = {name: model.get_submodule(name) for name in candidates}
+    was_training = model.training
+    try:
+        found = []
+        for name in candidates:
+            module = originals[name]
+            codebook, index = shared.get(f"{name}.weight", (None, None))
+            sparse = build_sparse(module, codebook, index, masks.get(f"{name}.weight"))
+            found.append(_decision(name, sparse.matrix))
+            replace_module(model, name, sparse)
+        model.eval()
+        _choose_kernels(model, found, example, mode)
+    except BaseException:
+        for name, module in originals.items():
+            replace_module(model, name, module)
+        model.train(was_training)
+        raise
+    model.__dict__[DECISIONS] = found
+    return model
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in ("auto", "sparse", "dense"):
+        raise ValueError(f"mode must be auto, sparse or dense, got {mode!r}")
 
 
 def _decision(name: str, matrix: SparseMatrix) -> dict:
@@ -166,37 +198,32 @@ def _check_whole_model(model: nn.Module, kept: dict[str, tuple[nn.Module, nn.Mod
             replace_module(model, d["layer"], kept[d["layer"]][0 if wins else 1])
 
 
-def load(path: str | Path, example: torch.Tensor | None = None, mode: str = "auto") -> tuple[nn.Module, list[dict]]:
-    """A runnable inference model straight from a .dz file of a registry model.
+def load(path: str | Path, model: ModelOrBuilder, example: torch.Tensor | None = None, mode: str = "auto") -> nn.Module:
+    """A runnable inference model straight from a .dz file; `decisions(model)` tells per layer what was chosen.
 
-    Sparse layers are built from the decoded positions and codes: no dense fp32 weight is made for
-    them (only, temporarily, when calibrating against dense with ``example``).
+    ``model``: an instance of the saved architecture (its weights are not used: build it under
+    ``torch.device("meta")`` to skip allocating them), or a builder called with the file's model
+    description (``deepzip.models.from_description`` for deepzip's registry models). Sparse layers are
+    built from the decoded positions and codes: no dense fp32 weight is made for them (only,
+    temporarily, when calibrating against dense with ``example``).
     """
-    from ..encode import container
-    from ..encode.api import read
-    from ..encode.records import decode_entries, read_record
-    from ..models import build
-
-    header, _ = read(path)  # full validation
-    _, sections = container.unpack(Path(path).read_bytes())
-    description = header.get("model") or {}
-    if "model" not in description:
-        raise ValueError(f"{path} records no registry model; use runtime.convert(deepzip.load(path, model=...))")
-    with torch.device("meta"):  # a skeleton: layer hyperparameters without weight memory
-        model = build(description["model"], description.get("input_shape", (1, 28, 28)), description.get("num_classes", 10))
+    _check_mode(mode)
+    header, sections, _ = open_file(path)
+    if not isinstance(model, nn.Module):
+        with torch.device("meta"):  # a skeleton: layer hyperparameters without weight memory
+            model = model_for(header, model, path)
     model.eval()
-    dense_state, decisions = {}, []
+    dense_state, found = {}, []
     for record in header["tensors"]:
         module_name, _, param = record["name"].rpartition(".")
         module = model.get_submodule(module_name) if module_name else model
         if record["encoding"] == "dense" or param != "weight" or not isinstance(module, CONVERTIBLE):
-            for key, value in read_record(record, sections).items():
-                dense_state[key] = value
+            dense_state.update(decode_records({"tensors": [record]}, sections, str(path)))
             continue
         entries = decode_entries(record, sections)
         rows, width = record["shape"][0], int(np.prod(record["shape"][1:]))
         matrix = _matrix_from_entries(entries, rows, width)
-        decisions.append({**_decision(module_name, matrix), "module": module, "matrix": matrix})
+        found.append({**_decision(module_name, matrix), "module": module, "matrix": matrix})
     for key, value in dense_state.items():  # biases and plain layers
         owner, _, attr = key.rpartition(".")
         target = model.get_submodule(owner) if owner else model
@@ -204,17 +231,17 @@ def load(path: str | Path, example: torch.Tensor | None = None, mode: str = "aut
             target._parameters[attr] = nn.Parameter(value, requires_grad=False)
         else:
             target._buffers[attr] = value
-    for d in decisions:
+    for d in found:
         bias = dense_state.get(f"{d['layer']}.bias")
         module, matrix = d.pop("module"), d.pop("matrix")
         sparse = SparseLinear(matrix, bias) if isinstance(module, nn.Linear) else SparseConv2d(matrix, bias, module)
         replace_module(model, d["layer"], sparse)
-    return _choose_kernels(model, decisions, example, mode), decisions
+    _choose_kernels(model, found, example, mode)
+    model.__dict__[DECISIONS] = found
+    return model
 
 
 def _matrix_from_entries(entries, rows: int, width: int) -> SparseMatrix:
-    from .kernels import column_dtype
-
     positions = entries.positions.astype(np.int64)
     row_of, cols = positions // max(width, 1), positions % max(width, 1)
     indptr = np.zeros(rows + 1, dtype=np.int32)

@@ -20,10 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..checkpoint import atomic_write_text, load_state, save_model, save_state
+from ..checkpoint import atomic_write_text, load_model_file, load_state, save_model, save_state
 from ..config import to_dict
 from ..data import DataSplits, Split
 from ..errors import DeepzipError
+from ..quantize.sharing import load_state_dict
 from .config import TrainConfig
 
 
@@ -143,8 +144,6 @@ def train(
     """
     run = _Run(run_dir, cfg, description)
     if run.done:
-        from ..checkpoint import load_model_file
-
         state, _ = load_model_file(run.path("model.safetensors"))
         _load_weights(model, state)
         return TrainResult(_read_metrics(run.path("metrics.jsonl"), upto=10**18))
@@ -215,10 +214,7 @@ def train(
 
 
 def _load_weights(model: nn.Module, state: dict) -> None:
-    # Pruned / weight-shared models carry masks and codebooks; install them before loading
-    # (lazy import: prune and quantize use train).
-    from ..quantize.sharing import load_state_dict
-
+    # Pruned / weight-shared models carry masks and codebooks; install them before loading.
     load_state_dict(model, state)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,36 +17,20 @@ import torch
 from torch import nn
 
 from ..checkpoint import atomic_write_text
-from ..config import check_choices, option
+from ..config import check_choices, option, parse_spec
 from ..data import DataSplits
-from ..train import TrainConfig, train
-from .api import prune, sparsity_report
-from .schedule import GradualPruning, iterative_sparsities
-
-
-def parse_spec(text: str) -> float | dict[str, float] | None:
-    """'0.9' -> 0.9; 'fc=0.92,conv=0.66' -> {'fc': 0.92, 'conv': 0.66}; '' -> None."""
-    text = text.strip()
-    if not text:
-        return None
-    if "=" not in text:
-        return float(text)
-    spec = {}
-    for item in text.split(","):
-        key, sep, value = item.partition("=")
-        try:
-            spec[key.strip()] = float(value)
-        except ValueError:
-            raise ValueError(f"bad layer spec item {item!r}; expected name=number, e.g. fc=0.92,conv=0.66") from None
-    return spec
+from ..prune import GradualPruning, iterative_sparsities, prunable_weights, prune, sensitivity_curves, sparsity_report
+from ..prune.configs import PruneMethod, RandomPruning, Structured, method_names as prune_method_names
+from ..registry import METHODS
+from .config import TrainConfig
+from .loop import evaluate, train
 
 
 @dataclass(frozen=True)
 class PruneConfig:
     """Pruning and retraining (Han et al. 2015: iterative magnitude pruning with L2 retraining)."""
 
-    method: str = option("global", "pruning method", ("global", "uniform", "erk", "fraction", "threshold",
-                                                      "sensitivity", "random", "nm", "structured"))
+    method: str = option("global", "pruning method (deepzip.prune.configs)", tuple(prune_method_names()))
     sparsity: float = option(0.92, "target fraction of weights removed, in [0, 1)")
     schedule: str = option("iterative", "when to prune", ("oneshot", "iterative", "gradual"))
     steps: int = option(3, "iterative: prune/retrain rounds; gradual: pruning events")
@@ -67,24 +52,42 @@ class PruneConfig:
         check_choices(self)
         if not 0 <= self.sparsity < 1:
             raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
-        if not 0 < self.n <= self.m:
-            raise ValueError(f"N:M needs 0 < N <= M, got {self.n}:{self.m}")
-        for name in ("steps", "round_to"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.retrain_epochs < 0 or self.weight_decay < 0 or self.l1 < 0 or self.retrain_lr <= 0:
-            raise ValueError("retrain_epochs, weight_decay and l1 must be >= 0 and retrain_lr > 0")
-        for name in ("quality", "layer_sparsity", "scales"):
-            parse_spec(getattr(self, name))
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        for name in ("retrain_epochs", "weight_decay", "l1"):
+            if not getattr(self, name) >= 0 or math.isinf(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if not 0 < self.retrain_lr < math.inf:
+            raise ValueError(f"retrain_lr must be a finite number > 0, got {self.retrain_lr}")
+        # Sensitivity curves are measured later; placeholders let the method's options be checked now.
+        self.method_config(curves={}, base_accuracy=0.0)
 
-    def options(self) -> dict[str, Any]:
-        """Keyword options for `deepzip.prune.prune`."""
-        opts: dict[str, Any] = {"round_to": self.round_to, "seed": self.seed, "n": self.n, "m": self.m,
-                                "norm": self.norm, "quality": parse_spec(self.quality),
-                                "layer_sparsity": parse_spec(self.layer_sparsity), "scales": parse_spec(self.scales)}
-        if self.exclude.strip():
-            opts["exclude"] = [e.strip() for e in self.exclude.split(",") if e.strip()]
-        return opts
+    def method_config(self, **measured: Any) -> PruneMethod:
+        """The pruning config these options name (`deepzip.prune.configs`), at the final sparsity.
+
+        An option that differs from its default but does not apply to the method is an error.
+        """
+        cls = METHODS.config_class("prune", self.method)
+        takes = {f.name for f in dataclasses.fields(cls)}
+        exclude = tuple(e.strip() for e in self.exclude.split(",") if e.strip())
+        layer_sparsity = parse_spec(self.layer_sparsity)
+        values = {"sparsity": self.sparsity, "quality": parse_spec(self.quality), "layer_sparsity": layer_sparsity,
+                  "scales": parse_spec(self.scales), "exclude": exclude, "n": self.n, "m": self.m,
+                  "norm": self.norm, "round_to": self.round_to, "seed": self.seed}
+        if cls is RandomPruning and layer_sparsity is not None:
+            values["sparsity"] = None  # random pruning takes exactly one of the two
+        if cls is Structured and not exclude:
+            values["exclude"] = None  # its default: keep the output layer
+        options = {}
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name, value in values.items():
+            if name in takes:
+                options[name] = value
+            elif getattr(self, name) != defaults[name]:
+                raise ValueError(f"prune option {name}={getattr(self, name)!r} does not apply to method "
+                                 f"{self.method!r}; its options: {', '.join(sorted(takes & set(values)))}")
+        options.update({k: v for k, v in measured.items() if k in takes})
+        return METHODS.build("prune", self.method, **options)
 
     def retrain_config(self, base: TrainConfig, epochs: int | None = None) -> TrainConfig:
         return dataclasses.replace(base, epochs=epochs or self.retrain_epochs, lr=self.retrain_lr,
@@ -99,19 +102,17 @@ class L1Regularization:
     lr: float
 
     def __call__(self, model: nn.Module, optimizer, iteration: int) -> None:
-        from .api import prunable_weights
-
         with torch.no_grad():
             for w in prunable_weights(model)[0].values():
                 w.copy_(w.sign() * (w.abs() - self.lr * self.strength).clamp_min(0))
 
 
-def _targets(cfg: PruneConfig) -> list[float | None]:
-    if cfg.method in ("threshold", "nm", "fraction"):
-        return [None]  # these fix the sparsity themselves: one pruning step
-    if cfg.schedule == "iterative":
-        return iterative_sparsities(cfg.sparsity, cfg.steps)
-    return [cfg.sparsity]
+def _targets(cfg: PruneConfig, method: PruneMethod) -> list[PruneMethod]:
+    """The pruning config of each step: one step for methods that fix their own sparsity."""
+    if method.fixes_own_sparsity:
+        return [method]
+    targets = iterative_sparsities(cfg.sparsity, cfg.steps) if cfg.schedule == "iterative" else [cfg.sparsity]
+    return [dataclasses.replace(method, sparsity=target) for target in targets]
 
 
 def prune_and_retrain(model: nn.Module, data: DataSplits, cfg: PruneConfig, base: TrainConfig,
@@ -120,28 +121,29 @@ def prune_and_retrain(model: nn.Module, data: DataSplits, cfg: PruneConfig, base
     """Prune ``model`` in place per ``cfg`` with retraining; returns one record per step."""
     run_dir = Path(run_dir) if run_dir is not None else None
     hooks = [L1Regularization(cfg.l1, cfg.retrain_lr)] if cfg.l1 > 0 else []
-    options = cfg.options()
+    measured = {}
     if cfg.method == "sensitivity":
-        options.update(_sensitivity_options(model, data, run_dir, options.get("exclude", ()), progress))
+        exclude = cfg.method_config(curves={}, base_accuracy=0.0).exclude
+        measured = _sensitivity_options(model, data, run_dir, exclude, progress)
+    method = cfg.method_config(**measured)
     records = []
-    if cfg.schedule == "gradual" and cfg.method not in ("threshold", "nm", "fraction"):
+    if cfg.schedule == "gradual" and not method.fixes_own_sparsity:
         retrain = cfg.retrain_config(base)
         per_epoch = -(-len(data.train) // retrain.batch_size)
         end = int(per_epoch * retrain.epochs * 0.75)  # prune over the first 3/4, then recover
-        gradual = GradualPruning(cfg.sparsity, begin=0, end=end, every=max(1, end // cfg.steps),
-                                 method=cfg.method, options=options)
+        gradual = GradualPruning(cfg.sparsity, begin=0, end=end, every=max(1, end // cfg.steps), method=method)
         result = train(model, data, retrain, run_dir=run_dir and run_dir / "gradual", resume=True,
                        hooks=[gradual, *hooks], description=description, progress=progress)
         records.append({"step": 1, "target": cfg.sparsity, **_record(model, result)})
     else:
-        for step, target in enumerate(_targets(cfg), start=1):
-            prune(model, target, cfg.method, **options)
+        for step, step_method in enumerate(_targets(cfg, method), start=1):
+            prune(model, step_method)
             retrain = cfg.retrain_config(base)
-            pruned_only = _evaluate(model, data)
+            pruned_only = evaluate(model, data.test)[1]
             result = train(model, data, retrain, run_dir=run_dir and run_dir / f"step_{step}", resume=True,
                            hooks=hooks, description=description, progress=progress)
-            records.append({"step": step, "target": target, "test_acc_before_retrain": pruned_only,
-                            **_record(model, result)})
+            records.append({"step": step, "target": getattr(step_method, "sparsity", None),
+                            "test_acc_before_retrain": pruned_only, **_record(model, result)})
     if run_dir is not None:
         atomic_write_text(run_dir / "steps.json", json.dumps(records, indent=2) + "\n")
     return records
@@ -153,9 +155,6 @@ def _sensitivity_options(model: nn.Module, data: DataSplits, run_dir: Path | Non
 
     Saved in the run directory so a resumed run allocates exactly as the interrupted one did.
     """
-    from ..train import evaluate
-    from .sensitivity import sensitivity_curves
-
     saved = run_dir / "sensitivity.json" if run_dir is not None else None
     if saved is not None and saved.exists():
         found = json.loads(saved.read_text())
@@ -168,12 +167,6 @@ def _sensitivity_options(model: nn.Module, data: DataSplits, run_dir: Path | Non
         saved.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(saved, json.dumps(measured, indent=2) + "\n")
     return measured
-
-
-def _evaluate(model, data) -> float:
-    from ..train import evaluate
-
-    return evaluate(model, data.test)[1]
 
 
 def _record(model, result) -> dict[str, Any]:

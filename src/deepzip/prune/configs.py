@@ -1,0 +1,210 @@
+"""Pruning methods as frozen, validated configs with the papers' defaults (registered in `METHODS`).
+
+    deepzip.prune(model, GlobalMagnitude(sparsity=0.9))
+    deepzip.prune(model, 0.9, "erk", exclude=["conv1"])      # the same configs, built by name
+
+Every config takes ``exclude`` (layer or parameter names never pruned) and ``extra`` (parameters that
+are not the ``weight`` of a Linear/Conv/Embedding, e.g. ``in_proj_weight``). A per-layer value
+(``scales``, ``quality``, ``layer_sparsity``) is a number for every layer or a dict keyed by parameter
+name, module name or layer kind (``fc``, ``conv``, ``embedding``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping, Sequence
+
+from ..registry import METHODS
+from ..validate import choice, integer, names, number, per_layer_numbers
+
+FAMILY = "prune"
+
+
+@dataclass(frozen=True)
+class PruneMethod:
+    """Base of every pruning config: which parameters are targets."""
+
+    family: ClassVar[str] = FAMILY
+    method: ClassVar[str] = ""
+    fixes_own_sparsity: ClassVar[bool] = False  # True: no global target; schedules prune once
+
+    exclude: Sequence[str] | None = ()
+    extra: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        if self.exclude is not None:
+            self._set("exclude", names(self.exclude, "exclude"))
+        self._set("extra", names(self.extra, "extra"))
+        self.validate()
+
+    def validate(self) -> None:
+        """Check the method's own fields (ranges, types); raise ValueError / TypeError."""
+
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+
+    def _check(self, name: str, checker, *args) -> None:
+        self._set(name, checker(getattr(self, name), name, *args))
+
+
+@dataclass(frozen=True)
+class _Target(PruneMethod):
+    """A method that reaches a global target sparsity."""
+
+    sparsity: float = 0.9
+
+    def validate(self) -> None:
+        self._check("sparsity", number, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class _Rounded(_Target):
+    round_to: int = 1  # each layer's kept count a multiple of this (8: hardware friendly)
+
+    def validate(self) -> None:
+        super().validate()
+        self._check("round_to", integer, 1)
+
+
+@METHODS.register(FAMILY, "global")
+@dataclass(frozen=True)
+class GlobalMagnitude(_Rounded):
+    """One magnitude threshold across all layers: flatten, threshold once, slice back (Frankle & Carbin)."""
+
+
+@METHODS.register(FAMILY, "uniform")
+@dataclass(frozen=True)
+class UniformMagnitude(_Rounded):
+    """Every layer at the same sparsity; ``scales`` multiplies a layer's rate (0 excludes it, 0.5 halves it)."""
+
+    scales: float | Mapping[str, float] | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        self._check("scales", per_layer_numbers, 0.0, math.inf)
+
+
+@METHODS.register(FAMILY, "erk")
+@dataclass(frozen=True)
+class ERK(UniformMagnitude):
+    """Erdos-Renyi-Kernel per-layer densities (Evci et al. 2020), magnitude within each layer."""
+
+
+@METHODS.register(FAMILY, "sensitivity")
+@dataclass(frozen=True)
+class Sensitivity(_Rounded):
+    """Per-layer sparsities from measured accuracy-vs-sparsity curves (`sensitivity_curves`), least loss
+    for the target (Han et al. 2015, Figure 5)."""
+
+    curves: Mapping[str, Sequence[tuple[float, float]]] | None = None
+    base_accuracy: float | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        if not isinstance(self.curves, Mapping) or self.base_accuracy is None:
+            raise ValueError("method 'sensitivity' needs curves= and base_accuracy= (from sensitivity_curves)")
+        self._set("curves", {name: [(float(s), float(a)) for s, a in curve] for name, curve in self.curves.items()})
+        self._check("base_accuracy", number, -math.inf, math.inf)
+
+
+@METHODS.register(FAMILY, "structured")
+@dataclass(frozen=True)
+class Structured(_Rounded):
+    """Whole output units (neurons / filters) by L1 or L2 norm; their biases are masked too, so
+    `deepzip.prune.shrink` can remove them. ``exclude=None`` (the default) keeps the output layer."""
+
+    exclude: Sequence[str] | None = None
+    norm: str = "l1"
+    scales: float | Mapping[str, float] | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        self._check("norm", choice, ("l1", "l2"))
+        self._check("scales", per_layer_numbers, 0.0, math.inf)
+
+
+@METHODS.register(FAMILY, "fraction")
+@dataclass(frozen=True)
+class LayerFraction(PruneMethod):
+    """A fixed sparsity per layer or per kind, e.g. ``{"fc": 0.92, "conv": 0.66}`` (Han et al. 2015)."""
+
+    fixes_own_sparsity: ClassVar[bool] = True
+    layer_sparsity: float | Mapping[str, float] = 0.9
+    round_to: int = 1
+
+    def validate(self) -> None:
+        self._check("layer_sparsity", per_layer_numbers, 0.0, 1.0)
+        self._check("round_to", integer, 1)
+
+
+@METHODS.register(FAMILY, "threshold")
+@dataclass(frozen=True)
+class StdThreshold(PruneMethod):
+    """Deep Compression's rule per layer: prune ``|w| < quality * std(w)``; quality per layer or kind."""
+
+    fixes_own_sparsity: ClassVar[bool] = True
+    quality: float | Mapping[str, float] = 1.0
+
+    def validate(self) -> None:
+        self._check("quality", per_layer_numbers, 0.0, math.inf)
+
+
+@METHODS.register(FAMILY, "random")
+@dataclass(frozen=True)
+class RandomPruning(PruneMethod):
+    """The control: random positions. Per-layer sparsities from ``layer_sparsity`` (number or dict), or
+    from a global ``sparsity`` allocated like ``allocation`` (uniform, erk or global magnitude)."""
+
+    sparsity: float | None = None
+    layer_sparsity: float | Mapping[str, float] | None = None
+    allocation: str = "uniform"
+    scales: float | Mapping[str, float] | None = None
+    seed: int = 0
+
+    @property
+    def fixes_own_sparsity(self) -> bool:  # type: ignore[override]
+        return self.sparsity is None
+
+    def validate(self) -> None:
+        if (self.sparsity is None) == (self.layer_sparsity is None):
+            raise ValueError("random pruning needs exactly one of sparsity (a global target) or layer_sparsity")
+        if self.sparsity is not None:
+            self._check("sparsity", number, 0.0, 1.0)
+        self._check("layer_sparsity", per_layer_numbers, 0.0, 1.0)
+        self._check("allocation", choice, ("uniform", "erk", "global"))
+        self._check("scales", per_layer_numbers, 0.0, math.inf)
+        self._check("seed", integer, 0)
+
+
+@METHODS.register(FAMILY, "nm")
+@dataclass(frozen=True)
+class NM(PruneMethod):
+    """N:M along the input dimension: at most ``n`` of every ``m`` consecutive weights kept (2:4 is what
+    sparse tensor cores run)."""
+
+    fixes_own_sparsity: ClassVar[bool] = True
+    n: int = 2
+    m: int = 4
+
+    def validate(self) -> None:
+        self._check("n", integer, 1)
+        self._check("m", integer, 1)
+        if self.n > self.m:
+            raise ValueError(f"N:M needs N <= M, got {self.n}:{self.m}")
+
+
+def method_names() -> list[str]:
+    return METHODS.names(FAMILY)
+
+
+def prune_config(method: str | PruneMethod | None = None, **options: Any) -> PruneMethod:
+    """A config from a name and keyword options (checked against its fields), or the config itself."""
+    if isinstance(method, PruneMethod):
+        if options:
+            raise TypeError(f"give options inside the config, not beside it: {', '.join(options)}")
+        return method
+    if method is not None and not isinstance(method, str):
+        raise TypeError(f"method must be a name ({', '.join(method_names())}) or a pruning config, "
+                        f"got {type(method).__name__}")
+    return METHODS.build(FAMILY, method or "global", **options)

@@ -1,0 +1,100 @@
+"""Quantization methods as frozen, validated configs with the paper's defaults (registered in `METHODS`).
+
+    deepzip.quantize(model, KMeans(bits={"conv": 8, "fc": 5}))
+    deepzip.quantize(model, 4, "uniform")                 # the same configs, built by name
+
+``bits`` is an integer for every layer, a dict keyed by parameter name, module name or layer kind
+(``fc``, ``conv``, ``embedding``, ``other``), or None for the paper's setting (8-bit conv, 5-bit fc).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping, Sequence
+
+from ..registry import METHODS
+from ..validate import choice, integer, names
+from .kmeans import INITS, check_bits
+
+FAMILY = "quantize"
+PAPER_BITS = {"conv": 8, "fc": 5, "embedding": 8, "other": 8}  # Han et al. 2016: 8-bit conv, 5-bit fc
+
+
+def _bits(value: Any) -> int | dict[str, int] | None:
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        out = {}
+        for key, bits in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"bits keys must be layer names or kinds, got {key!r}")
+            out[key] = check_bits_value(bits, f"bits[{key!r}]")
+        return out
+    return check_bits_value(value, "bits")
+
+
+def check_bits_value(value: Any, field: str) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    try:
+        return check_bits(value)
+    except ValueError:
+        raise ValueError(f"{field} must be an integer in 1..16, got {value!r}") from None
+
+
+@dataclass(frozen=True)
+class QuantizeMethod:
+    """Base of every quantization config: bits per layer, which parameters are targets."""
+
+    family: ClassVar[str] = FAMILY
+    method: ClassVar[str] = ""
+
+    bits: int | Mapping[str, int] | None = None
+    exclude: Sequence[str] = ()
+    extra: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bits", _bits(self.bits))
+        object.__setattr__(self, "exclude", names(self.exclude, "exclude"))
+        object.__setattr__(self, "extra", names(self.extra, "extra"))
+        self.validate()
+
+    def validate(self) -> None:
+        """Check the method's own fields."""
+
+
+@METHODS.register(FAMILY, "kmeans")
+@dataclass(frozen=True)
+class KMeans(QuantizeMethod):
+    """Weight sharing (Han et al. 2016): each layer's surviving weights clustered into 2**bits shared values
+    by 1-D k-means; ``init`` linear (the paper's best), density, random (Forgy, ``seed``), or optimal
+    (exact, by dynamic programming)."""
+
+    init: str = "linear"
+    seed: int = 0
+
+    def validate(self) -> None:
+        object.__setattr__(self, "init", choice(self.init, "init", INITS))
+        object.__setattr__(self, "seed", integer(self.seed, "seed", 0))
+
+
+@METHODS.register(FAMILY, "uniform")
+@dataclass(frozen=True)
+class Uniform(QuantizeMethod):
+    """The baseline: 2**bits evenly spaced levels over each layer's [min, max], no clustering."""
+
+
+def method_names() -> list[str]:
+    return METHODS.names(FAMILY)
+
+
+def quantize_config(method: str | QuantizeMethod | None = None, **options: Any) -> QuantizeMethod:
+    """A config from a name and keyword options (checked against its fields), or the config itself."""
+    if isinstance(method, QuantizeMethod):
+        if options:
+            raise TypeError(f"give options inside the config, not beside it: {', '.join(options)}")
+        return method
+    if method is not None and not isinstance(method, str):
+        raise TypeError(f"method must be a name ({', '.join(method_names())}) or a quantization config, "
+                        f"got {type(method).__name__}")
+    return METHODS.build(FAMILY, method or "kmeans", **options)

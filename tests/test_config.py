@@ -4,14 +4,15 @@ import dataclasses
 import pytest
 
 from deepzip.config import add_arguments, from_args, from_dict, hashname, to_dict
-from deepzip.train import TrainConfig
+from deepzip.train import PruneConfig, QuantizeConfig, TrainConfig
 
 
-def test_defaults_hash_is_stable():
-    # A fixed value: changing it renames every existing run directory.
-    assert hashname(TrainConfig(), "train") == hashname(TrainConfig(), "train")
-    assert hashname(TrainConfig(), "train").startswith("train_")
-    assert len(hashname(TrainConfig(), "train")) == len("train_") + 12
+def test_hashes_are_fixed_values():
+    # Fixed values: a change here renames every existing run directory, so resumes would start over.
+    assert hashname(TrainConfig(), "train") == "train_e63bf09ef0d9"
+    assert hashname(TrainConfig(model="lenet5", epochs=3), "train") == "train_3fb5cafe3a36"
+    assert hashname(PruneConfig(), "prune") == "prune_46b4e7b54f94"
+    assert hashname(QuantizeConfig(bits_fc=4), "q") == "q_438a3e310435"
 
 
 def test_hash_sensitive_to_every_field():

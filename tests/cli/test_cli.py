@@ -7,12 +7,33 @@ import pytest
 from deepzip.cli import main
 
 
-def test_every_command_has_help(capsys):
+def test_train_help_shows_defaults(capsys):
     with pytest.raises(SystemExit) as info:
         main(["train", "--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert "--lr LR" in out and "(default: 0.0012)" in out and "--resume" in out
+
+
+COMMANDS_WITH = {  # every command (and lottery action) with an option its help must explain
+    (): "COMMAND", ("demo",): "--runs-dir", ("train",): "--epochs", ("prune",): "--method {global,uniform,erk",
+    ("sensitivity",): "--sparsities", ("quantize",): "--method {kmeans,uniform}", ("compress",): "--prune-method",
+    ("inspect",): "file", ("evaluate",): "--data-dir", ("decompress",): "--output", ("bench",): "--repeats",
+    ("lottery",): "ACTION", ("lottery", "run"): "--jobs", ("lottery", "status"): "directory",
+    ("lottery", "plot"): "directory",
+}
+
+
+@pytest.mark.parametrize("command", list(COMMANDS_WITH))
+def test_every_command_has_help(command, capsys):
+    from deepzip.cli import COMMANDS
+
+    assert {c[0] for c in COMMANDS_WITH if c} == set(COMMANDS)  # a new command must join this table
+    with pytest.raises(SystemExit) as info:
+        main([*command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: deepzip") and COMMANDS_WITH[command] in out
 
 
 def test_train_on_digits_writes_run_dir(tmp_path, capsys):

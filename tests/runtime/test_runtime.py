@@ -1,6 +1,7 @@
 import copy
 import importlib
 
+import numba
 import numpy as np
 import pytest
 import torch
@@ -87,7 +88,15 @@ def test_parallel_kernel_equals_single_thread():
 def test_prefetching_changes_no_result(ahead):
     from deepzip.runtime import prefetch
 
-    assert prefetch.prefetch is prefetch._hint  # the intrinsic compiles here: hints are really issued
+    assert prefetch.works()  # the intrinsic compiles here: kernels really issue hints
+
+    @numba.njit
+    def reads_ahead(array):
+        prefetch.prefetch(array, 1)
+        return array[0]
+
+    assert reads_ahead(np.ones(2, np.float32)) == 1.0
+    assert "call void @llvm.prefetch" in next(iter(reads_ahead.inspect_llvm().values()))
     w = sparse_weight((300, 700), 0.1)
     codebook, index = torch.linspace(-1, 1, 16), torch.randint(0, 16, w.shape)
     for matrix in (SparseMatrix.from_dense(w), SparseMatrix.from_dense(w, codebook, index, w != 0)):

@@ -12,6 +12,7 @@ import zlib
 from typing import Any
 
 from ..errors import FormatError
+from .records import DTYPES
 
 MAGIC = b"\x89DZP\r\n\x1a\n"
 END_MAGIC = b"DZEN"
@@ -155,8 +156,6 @@ def _check_stream(stream, n_sections: int, what: str) -> None:
 
 def validate_header(header: dict, n_sections: int) -> None:
     """Types, limits and references of every tensor record (before any decoding)."""
-    from .records import DTYPES
-
     tensors = header.get("tensors")
     _require(isinstance(tensors, list) and len(tensors) <= MAX_TENSORS,
              f"header 'tensors' must be a list of at most {MAX_TENSORS}")

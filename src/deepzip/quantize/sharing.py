@@ -1,7 +1,7 @@
 """Weight sharing as explicit module state: a codebook Parameter and an index buffer per layer.
 
 For a shared parameter ``weight`` the module holds ``weight_codebook`` (fp32[k], trainable) and
-``weight_index`` (int16, same shape as the weight), plus the pruning mask ``weight_mask`` when the
+``weight_index`` (uint8 up to 8 bits, else int32; same shape as the weight), plus the pruning mask ``weight_mask`` when the
 layer is pruned. A forward pre-hook sets ``module.weight = where(mask, codebook[index], 0)``, so autograd gives
 each centroid the sum of the gradients of the weights in its cluster (Han et al. 2016, Figure 3) and
 pruned positions stay exactly zero. `finalize` turns the layer back into an ordinary Parameter.
@@ -67,6 +67,12 @@ def _refresh(module: nn.Module) -> None:
             hook(module)
 
 
+def index_dtype(codebook_size: int) -> torch.dtype:
+    """uint8 up to 256 shared values, else int32: the smallest types NCCL and gloo can broadcast, so
+    DistributedDataParallel can sync the index buffer."""
+    return torch.uint8 if codebook_size <= 256 else torch.int32
+
+
 def install(module: nn.Module, param: str, codebook: torch.Tensor, index: torch.Tensor) -> None:
     """Replace ``module.<param>`` by a shared codebook + index (pure state change, no clustering)."""
     original = getattr(module, param)
@@ -76,8 +82,7 @@ def install(module: nn.Module, param: str, codebook: torch.Tensor, index: torch.
     if isinstance(original, nn.Parameter):
         del module._parameters[param]
     module.register_parameter(param + CODEBOOK, nn.Parameter(codebook.detach().clone().float().to(device)))
-    module.register_buffer(param + INDEX, index.to(device=device, dtype=torch.int16 if len(codebook) <= 32767
-                                                   else torch.int32))
+    module.register_buffer(param + INDEX, index.to(device=device, dtype=index_dtype(len(codebook))))
     hook = _sharing_hook(module)
     if hook is None:  # one pre-hook per module refreshes all of its shared parameters
         hook = SharedWeights()
@@ -144,17 +149,19 @@ def finalize(model: nn.Module) -> nn.Module:
     return model
 
 
-def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True):
-    """Load a (pruned and/or weight-shared, or plain) ``state_dict`` into a model of the same architecture.
+def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True) -> nn.Module:
+    """Load a (pruned and/or weight-shared, or plain) ``state_dict`` into a model of the same architecture,
+    in place; returns the model.
 
     Masks and codebooks in the state are installed first. All or nothing: the load is tried on a copy
     first, so a state that does not fit raises and leaves ``model`` as it was.
     """
     _load_compressed(copy.deepcopy(model), state_dict, strict)
-    return _load_compressed(model, state_dict, strict)
+    _load_compressed(model, state_dict, strict)
+    return model
 
 
-def _load_compressed(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool):
+def _load_compressed(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool) -> None:
     for key, codebook in state_dict.items():
         if key.endswith(CODEBOOK):
             name = key[: -len(CODEBOOK)]
@@ -166,8 +173,7 @@ def _load_compressed(model: nn.Module, state_dict: Mapping[str, torch.Tensor], s
             if not isinstance(getattr(module, param + CODEBOOK, None), nn.Parameter):
                 install(module, param, codebook, index)
     apply_masks(model, saved_masks(model, state_dict))
-    result = model.load_state_dict(state_dict, strict=strict)
+    model.load_state_dict(state_dict, strict=strict)
     enforce(model)
     for module in set(shared_layers(model).values()):
         _refresh(module)
-    return result

@@ -6,17 +6,20 @@ every 4 KB page; asking for the data a little ahead keeps the loads in flight (4
 the caches are flushed: 0.78 -> 0.54 ms; with the data in cache it costs ~4%).
 
 LLVM's `llvm.prefetch` has no numba spelling, so this is a numba intrinsic. If this numba/llvmlite
-cannot compile it, `prefetch` is a no-op: kernels stay correct, only slower on cold caches.
+cannot compile it, `prefetch` is a no-op: kernels stay correct, only slower on cold caches. Which of the
+two a kernel gets is decided when that kernel is first compiled (a probe compiled once), not at import.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 
 @intrinsic
@@ -39,12 +42,9 @@ def _hint(array, index):
     _llvm_prefetch(array, index)
 
 
-@numba.njit(nogil=True, inline="always")
-def _no_hint(array, index):
-    pass
-
-
-def _works() -> bool:
+@functools.cache
+def works() -> bool:
+    """Whether the intrinsic compiles and runs here (probed once, on first use)."""
     @numba.njit
     def probe(array):
         _hint(array, 1)
@@ -56,4 +56,19 @@ def _works() -> bool:
         return False
 
 
-prefetch = _hint if _works() else _no_hint
+def prefetch(array, index) -> None:
+    """Hint that ``array[index]`` will be read soon (numba kernels only; a no-op in Python)."""
+
+
+@overload(prefetch, inline="always")
+def _prefetch(array, index):
+    # Runs when a kernel that calls prefetch is compiled: it gets the hint, or the no-op where the
+    # intrinsic does not compile.
+    if works():
+        def hint(array, index):
+            _llvm_prefetch(array, index)
+        return hint
+
+    def no_hint(array, index):
+        pass
+    return no_hint

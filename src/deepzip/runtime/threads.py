@@ -15,14 +15,13 @@ import os
 import numba
 import torch
 
-if "NUMBA_THREADING_LAYER" not in os.environ:  # a user's own choice wins
-    numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
-
 _started_in: int | None = None  # the process that started numba's threads
 
 
 def _start() -> None:
     global _started_in
+    if "NUMBA_THREADING_LAYER" not in os.environ:  # a user's own choice wins
+        numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
     wanted = torch.get_num_threads()
     numba.get_num_threads()  # starts numba's threading layer, which resets the OpenMP thread count
     torch.set_num_threads(wanted)

@@ -63,16 +63,23 @@ def test_configs_validate_on_construction(make, error, message):
 def test_keyword_options_are_checked_against_the_methods_fields():
     with pytest.raises(TypeError, match="prune method 'uniform' takes no option 'scale', 'excludes'; its options: "
                                         "exclude, extra, sparsity, round_to, scales"):
-        P.prune_config("uniform", scale={"fc1": 0.5}, excludes=["fc1"])
+        P.resolve(None, "uniform", scale={"fc1": 0.5}, excludes=["fc1"])
     with pytest.raises(TypeError, match="prune method 'threshold' takes no option 'sparsity'"):
-        P.prune_config("threshold", sparsity=0.9)
+        P.resolve(None, "threshold", sparsity=0.9)
     with pytest.raises(TypeError, match="prune method 'nm' takes no option 'sparsity'"):
         P.resolve(0.9, "nm")
-    with pytest.raises(TypeError, match="give a pruning config alone"):
+    with pytest.raises(TypeError, match=r"give a prune config alone, with its options inside it \(got also exclude\)"):
         P.resolve(P.NM(), exclude=["fc1"])
     with pytest.raises(ValueError, match="unknown prune method 'magic'; allowed: global, uniform"):
-        P.prune_config("magic")
+        P.resolve(None, "magic")
     assert P.resolve(0.8) == P.GlobalMagnitude(sparsity=0.8)
     assert P.resolve(None, "erk", sparsity=0.7, exclude=["conv1"]) == P.ERK(sparsity=0.7, exclude=("conv1",))
     assert Q.resolve(4, "uniform") == Q.Uniform(bits=4)
     assert Q.resolve({"fc": 3}, init="density") == Q.KMeans(bits={"fc": 3}, init="density")
+
+
+def test_a_config_of_the_other_family_is_refused():
+    with pytest.raises(TypeError, match="KMeans is a quantize method, not a prune one"):
+        P.resolve(Q.KMeans())
+    with pytest.raises(TypeError, match="method must be a prune method name"):
+        P.resolve(0.5, 3)

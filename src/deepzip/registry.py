@@ -90,6 +90,27 @@ class MethodRegistry:
                             f"its options: {', '.join(allowed) or '(none)'}")
         return cls(**options)
 
+    def resolve(self, family: str, config: Any = None, method: str | None = None, *, shorthand: str,
+                default: str, **options: Any) -> Any:
+        """The config a call names: a config of ``family`` as is; otherwise ``method`` (or ``default``) built
+        from keyword ``options``, where a plain value given as ``config`` stands for the field ``shorthand``
+        (``prune(model, 0.9)`` means ``sparsity=0.9``)."""
+        if self.family_of(config) is not None:
+            if self.family_of(config) != family:
+                raise TypeError(f"{type(config).__name__} is a {self.family_of(config)} method, not a {family} one")
+            if method is not None or options:
+                given = ["method"] * (method is not None) + list(options)
+                raise TypeError(f"give a {family} config alone, with its options inside it (got also {', '.join(given)})")
+            return config
+        if method is not None and not isinstance(method, str):
+            raise TypeError(f"method must be a {family} method name ({', '.join(self.names(family))}) or config, "
+                            f"got {type(method).__name__}")
+        if config is not None:
+            if shorthand in options:
+                raise TypeError(f"{shorthand} given twice (positionally and as a keyword)")
+            options[shorthand] = config
+        return self.build(family, method or default, **options)
+
     def handler(self, config: Any) -> Callable:
         """The implementation registered for ``type(config)`` (or its nearest registered base)."""
         for cls in type(config).__mro__:
@@ -98,8 +119,9 @@ class MethodRegistry:
         raise TypeError(f"{type(config).__name__} is not a registered deepzip method config")
 
     def family_of(self, config: Any) -> str | None:
+        """The family ``config`` is a method config of, or None for anything else."""
         for family, names in self._configs.items():
-            if type(config) in names.values():
+            if isinstance(config, tuple(names.values())):
                 return family
         return None
 

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from . import masks as mask_state
-from .configs import PruneMethod, prune_config
+from ..registry import METHODS
+from .configs import FAMILY, PruneMethod
 from .methods import compute
 from .targets import find_targets, layer_kind, split_name
 
@@ -23,16 +24,7 @@ def prunable_weights(model: nn.Module, extra: Iterable[str] = (), exclude: Itera
 def resolve(config: PruneMethod | float | None = None, method: str | None = None, **options: Any) -> PruneMethod:
     """The pruning config a call names: a config as is, or ``method`` (default global) built from options,
     with a number in place of the config meaning ``sparsity``."""
-    if isinstance(config, PruneMethod):
-        if method is not None or options:
-            raise TypeError("give a pruning config alone, with its options inside it "
-                            f"(got also {', '.join(['method'] * (method is not None) + list(options))})")
-        return config
-    if config is not None:
-        if "sparsity" in options:
-            raise TypeError("sparsity given twice (positionally and as a keyword)")
-        options["sparsity"] = config
-    return prune_config(method, **options)
+    return METHODS.resolve(FAMILY, config, method, shorthand="sparsity", default="global", **options)
 
 
 def _targets(model: nn.Module, cfg: PruneMethod) -> tuple[dict, dict]:

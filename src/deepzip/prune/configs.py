@@ -196,15 +196,3 @@ class NM(PruneMethod):
 
 def method_names() -> list[str]:
     return METHODS.names(FAMILY)
-
-
-def prune_config(method: str | PruneMethod | None = None, **options: Any) -> PruneMethod:
-    """A config from a name and keyword options (checked against its fields), or the config itself."""
-    if isinstance(method, PruneMethod):
-        if options:
-            raise TypeError(f"give options inside the config, not beside it: {', '.join(options)}")
-        return method
-    if method is not None and not isinstance(method, str):
-        raise TypeError(f"method must be a name ({', '.join(method_names())}) or a pruning config, "
-                        f"got {type(method).__name__}")
-    return METHODS.build(FAMILY, method or "global", **options)

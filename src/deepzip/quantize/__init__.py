@@ -10,14 +10,14 @@ import sys
 import types
 
 from .api import allocate_bits, bits_sensitivity, layer_bits, nonzero_counts, quantize, resolve, resolve_bits
-from .configs import PAPER_BITS, KMeans, QuantizeMethod, Uniform, method_names, quantize_config
+from .configs import PAPER_BITS, KMeans, QuantizeMethod, Uniform, method_names
 from .kmeans import INITS, assign, check_bits, kmeans_1d
 from .sharing import cluster, codebooks, finalize, install, load_state_dict, share, shared_layers
 from .uniform import uniform_quantize_1d
 
 __all__ = ["INITS", "PAPER_BITS", "KMeans", "QuantizeMethod", "Uniform", "allocate_bits", "assign", "bits_sensitivity",
            "check_bits", "cluster", "codebooks", "finalize", "install", "kmeans_1d", "layer_bits", "load_state_dict",
-           "method_names", "nonzero_counts", "quantize", "quantize_config", "resolve", "resolve_bits", "share",
+           "method_names", "nonzero_counts", "quantize", "resolve", "resolve_bits", "share",
            "shared_layers", "uniform_quantize_1d"]
 
 

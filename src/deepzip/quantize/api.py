@@ -14,7 +14,7 @@ from ..prune.masks import get_masks
 from ..prune.methods import per_layer
 from ..prune.targets import split_name
 from ..registry import METHODS
-from .configs import PAPER_BITS, KMeans, QuantizeMethod, Uniform, check_bits_value, quantize_config
+from .configs import FAMILY, PAPER_BITS, KMeans, QuantizeMethod, Uniform, check_bits_value
 from .sharing import cluster, codebooks, finalize, install, share, shared_layers
 
 def resolve_bits(model: nn.Module, bits: int | Mapping[str, int] | None, extra: Iterable[str] = (),
@@ -35,16 +35,7 @@ def resolve(config: QuantizeMethod | int | Mapping[str, int] | None = None, meth
             **options: Any) -> QuantizeMethod:
     """The quantization config a call names: a config as is, or ``method`` (default kmeans) built from
     options, with a number or dict in place of the config meaning ``bits``."""
-    if isinstance(config, QuantizeMethod):
-        if method is not None or options:
-            raise TypeError("give a quantization config alone, with its options inside it "
-                            f"(got also {', '.join(['method'] * (method is not None) + list(options))})")
-        return config
-    if config is not None:
-        if "bits" in options:
-            raise TypeError("bits given twice (positionally and as a keyword)")
-        options["bits"] = config
-    return quantize_config(method, **options)
+    return METHODS.resolve(FAMILY, config, method, shorthand="bits", default="kmeans", **options)
 
 
 def quantize(model: nn.Module, config: QuantizeMethod | int | Mapping[str, int] | None = None,

@@ -86,15 +86,3 @@ class Uniform(QuantizeMethod):
 
 def method_names() -> list[str]:
     return METHODS.names(FAMILY)
-
-
-def quantize_config(method: str | QuantizeMethod | None = None, **options: Any) -> QuantizeMethod:
-    """A config from a name and keyword options (checked against its fields), or the config itself."""
-    if isinstance(method, QuantizeMethod):
-        if options:
-            raise TypeError(f"give options inside the config, not beside it: {', '.join(options)}")
-        return method
-    if method is not None and not isinstance(method, str):
-        raise TypeError(f"method must be a name ({', '.join(method_names())}) or a quantization config, "
-                        f"got {type(method).__name__}")
-    return METHODS.build(FAMILY, method or "kmeans", **options)

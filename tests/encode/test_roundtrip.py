@@ -134,3 +134,18 @@ def test_atomic_write_keeps_old_file_on_crash(tmp_path, monkeypatch):
         deepzip.save(model, target)
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["m.dz"]
+
+
+def test_the_committed_benchmark_files_reencode_byte_identically():
+    # The format and the encoder are stable: decoding the published files and encoding them again
+    # (with the same metadata) gives the very same bytes.
+    from pathlib import Path
+
+    from deepzip.encode import encode_model, read
+
+    results = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    for name in ("lenet300_100", "lenet5"):
+        path = results / f"{name}.dz"
+        header, _ = read(path)
+        data, _ = encode_model(deepzip.load(path), metadata=header["metadata"])
+        assert data == path.read_bytes(), name

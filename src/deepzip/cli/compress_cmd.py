@@ -9,7 +9,7 @@ from pathlib import Path
 from .. import data
 from ..checkpoint import save_model
 from ..config import add_arguments as add_config_arguments, from_args
-from ..api import load
+from ..api import load, load_with_header
 from ..encode import format_table
 from ..pipeline import compress, format_report, inspect
 from ..prune import remove
@@ -109,8 +109,8 @@ class Evaluate:
 
     @staticmethod
     def run(args) -> int:
-        model = load(args.file)
-        header_meta = inspect(args.file)["metadata"]
+        model, header = load_with_header(args.file)
+        header_meta = header.get("metadata") or {}
         recorded = header_meta.get("train_config")
         dataset = args.dataset or (TrainConfig(**recorded).dataset if isinstance(recorded, dict) else None)
         if dataset is None:

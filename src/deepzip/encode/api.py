@@ -132,6 +132,11 @@ def load(path: str | os.PathLike, model: ModelOrBuilder | None) -> nn.Module:
     Pruning masks and codebooks come back as explicit state, ready for more training or `finalize`.
     """
     header, state = read(path)
+    return fill(header, state, model, path)
+
+
+def fill(header: dict[str, Any], state: dict[str, torch.Tensor], model: ModelOrBuilder | None, path: Any) -> nn.Module:
+    """`load` for a file already read (`read`): the model (or what the builder makes) with ``state`` loaded."""
     model = model_for(header, model, path)
     try:
         load_state_dict(model, state)

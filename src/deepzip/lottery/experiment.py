@@ -28,7 +28,7 @@ from ..prune.masks import MASK_SUFFIX
 from ..quantize import load_state_dict
 from ..train import TrainConfig, lr_factor, train
 from .config import LotteryConfig
-from .parallel import run_parallel
+from .parallel import dependency, run_parallel
 
 
 def level_sparsities(model: nn.Module, cfg: LotteryConfig, level: int) -> dict[str, float]:
@@ -174,17 +174,19 @@ class Experiment:
         return json.loads((directory / "summary.json").read_text())
 
     def _masks(self, replicate: int, level: int, variant: str) -> dict[str, torch.Tensor]:
-        if variant == "oneshot":
-            dense = self.trained_dense(replicate)
-            return level_masks(dense, self.cfg, level)
-        imp_masks = self._imp_masks(replicate, level)
+        # one-shot prunes the dense model to the level at once; every other variant starts from the
+        # winning ticket's mask at this level (the random control keeps only its per-layer counts)
+        masks = level_masks(self._source(replicate, level, variant), self.cfg, level)
         if variant == "random":
-            return random_masks(imp_masks, seed=10_000 * (self.cfg.seed + replicate) + level)
-        return imp_masks  # imp and reinit share the winning ticket's mask
+            return random_masks(masks, seed=10_000 * (self.cfg.seed + replicate) + level)
+        return masks
 
-    def _imp_masks(self, replicate: int, level: int) -> dict[str, torch.Tensor]:
-        previous = self.trained_dense(replicate) if level == 1 else self.trained(replicate, level - 1, "imp")
-        return level_masks(previous, self.cfg, level)
+    def _source(self, replicate: int, level: int, variant: str) -> nn.Module:
+        """The trained model of the step this one starts from (`parallel.dependency`)."""
+        r, source_level, source_variant = dependency((replicate, level, variant))
+        if source_variant == "dense":
+            return self.trained_dense(r)
+        return self.trained(r, source_level, source_variant)
 
     def trained_dense(self, replicate: int) -> nn.Module:
         model = self._model(self.cfg.seed + replicate)
@@ -202,7 +204,7 @@ class Experiment:
             source = "init.safetensors" if start == 0 else "rewind.safetensors"
             return self._load(model, dense_dir / source), start, None
         # lr_rewind and finetune keep the previous level's trained weights
-        previous = self.trained_dense(replicate) if level == 1 else self.trained(replicate, level - 1, "imp")
+        previous = self._source(replicate, level, "imp")
         weights = {k2: v for k2, v in previous.state_dict().items() if not k2.endswith(MASK_SUFFIX)}
         model.load_state_dict(weights, strict=False)
         if self.cfg.reset == "lr_rewind":

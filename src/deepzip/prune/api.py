@@ -44,7 +44,7 @@ def compute_masks(model: nn.Module, config: PruneMethod | float | None = None, m
     biases = {n: getattr(model.get_submodule(split_name(n)[0]), "bias", None) for n in weights}
     masks = compute(cfg, weights, kinds, biases)
     existing = mask_state.get_masks(model)
-    return {n: m & existing[n] if n in existing else m for n, m in masks.items()}
+    return {n: m.to(existing[n].device) & existing[n] if n in existing else m for n, m in masks.items()}
 
 
 def prune(model: nn.Module, config: PruneMethod | float | None = None, method: str | None = None,

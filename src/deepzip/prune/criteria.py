@@ -31,7 +31,7 @@ def topk_mask(scores: torch.Tensor, keep: int) -> torch.Tensor:
     flat = scores.detach().reshape(-1)
     if not 0 <= keep <= flat.numel():
         raise ValueError(f"keep must be in [0, {flat.numel()}], got {keep}")
-    mask = torch.zeros(flat.numel(), dtype=torch.bool)
+    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
     order = torch.sort(flat.float(), descending=True, stable=True).indices
     mask[order[:keep]] = True
     return mask.reshape(scores.shape)
@@ -52,7 +52,7 @@ def std_threshold_mask(weight: torch.Tensor, quality: float) -> torch.Tensor:
     if not quality >= 0:
         raise ValueError(f"quality must be >= 0, got {quality}")
     w = weight.detach()
-    std = w.float().std() if w.numel() > 1 else torch.tensor(0.0)
+    std = w.float().std() if w.numel() > 1 else torch.tensor(0.0, device=w.device)
     return w.abs() >= quality * std
 
 
@@ -77,7 +77,7 @@ def nm_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
     rows = weight.detach().reshape(weight.shape[0], -1).abs().float()
     width = rows.shape[1]
     pad = (-width) % m
-    padded = torch.cat([rows, torch.full((rows.shape[0], pad), -1.0)], dim=1)  # padding never kept
+    padded = torch.cat([rows, torch.full((rows.shape[0], pad), -1.0, device=rows.device)], dim=1)  # padding never kept
     groups = padded.reshape(rows.shape[0], -1, m)
     order = torch.sort(groups, dim=2, descending=True, stable=True).indices
     keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(2, order[..., :n], True)

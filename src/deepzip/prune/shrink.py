@@ -44,6 +44,7 @@ def _slice_producer(m: nn.Module, keep: torch.Tensor) -> nn.Module:
             raise ValueError("shrink does not support grouped convolutions")
         new = type(m)(m.in_channels, len(keep), m.kernel_size, m.stride, m.padding, m.dilation,
                       bias=m.bias is not None, padding_mode=m.padding_mode)
+    new = new.to(device=m.weight.device, dtype=m.weight.dtype)
     with torch.no_grad():
         new.weight.copy_(m.weight[keep])
         if m.bias is not None:
@@ -53,12 +54,13 @@ def _slice_producer(m: nn.Module, keep: torch.Tensor) -> nn.Module:
 
 def _slice_consumer(m: nn.Module, keep: torch.Tensor, units: int) -> nn.Module:
     per_unit = _units(m, "in") // units  # >1 when a Linear consumes a flattened conv output
-    columns = (keep[:, None] * per_unit + torch.arange(per_unit)).reshape(-1)
+    columns = (keep[:, None] * per_unit + torch.arange(per_unit, device=keep.device)).reshape(-1)
     if isinstance(m, nn.Linear):
         new = nn.Linear(len(columns), m.out_features, bias=m.bias is not None)
     else:
         new = type(m)(len(keep), m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
                       bias=m.bias is not None, padding_mode=m.padding_mode)
+    new = new.to(device=m.weight.device, dtype=m.weight.dtype)
     with torch.no_grad():
         new.weight.copy_(m.weight[:, columns])
         if m.bias is not None:
@@ -81,7 +83,7 @@ def shrink(model: nn.Module, pairs: Sequence[tuple[str, str]] | None = None) -> 
             alive |= a.bias.detach() != 0  # a unit with a bias still outputs something
         keep = torch.nonzero(alive).reshape(-1)
         if len(keep) == 0:
-            keep = torch.tensor([0])  # keep one unit so the layer stays a valid module
+            keep = torch.tensor([0], device=rows.device)  # keep one unit so the layer stays a valid module
         plans.append((a_name, b_name, keep, _units(a, "out")))
     for a_name, b_name, keep, units in plans:
         if len(keep) == units:

@@ -56,5 +56,6 @@ class GradualPruning:
             return
         target = polynomial_sparsity(iteration, self.final, self.begin, self.end)
         apply_masks(model, compute_masks(model, dataclasses.replace(self.method, sparsity=target)))
-        mask_optimizer_state(optimizer, model)
+        if optimizer is not None:
+            mask_optimizer_state(optimizer, model)
         self.history.append((iteration, target))

@@ -1,0 +1,1 @@
+"""Adapters that plug deepzip's training callbacks into other libraries' loops (optional extras)."""

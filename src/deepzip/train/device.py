@@ -1,0 +1,54 @@
+"""Which torch device work runs on (``--device auto|cpu|cuda|cuda:N|mps``), and the settings that make
+it repeat: same seed, same device, same result."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+DEVICE_HELP = "auto (CUDA when available, else CPU), cpu, cuda, cuda:N or mps"
+
+
+def resolve_device(spec: str | torch.device = "auto") -> torch.device:
+    """The device ``spec`` names, checked to exist here; a ValueError says what is available."""
+    if isinstance(spec, torch.device):
+        spec = str(spec)
+    if not isinstance(spec, str):
+        raise TypeError(f"device must be a string ({DEVICE_HELP}), got {type(spec).__name__}")
+    if spec == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ValueError(f"unknown device {spec!r}; use {DEVICE_HELP}") from None
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {spec!r}: no CUDA GPU is available here (this torch build: "
+                             f"{torch.__version__}); use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device {spec!r}: only {count} CUDA device(s) here (cuda:0..cuda:{count - 1})")
+        return device
+    if device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"device {spec!r}: MPS is not available here; use --device cpu")
+        return device
+    raise ValueError(f"unsupported device {spec!r}; use {DEVICE_HELP}")
+
+
+def make_deterministic(device: torch.device) -> None:
+    """Deterministic kernels on CUDA (cuBLAS workspace, cuDNN), so a rerun repeats bit for bit.
+
+    torch then raises for an op that has no deterministic CUDA kernel instead of silently varying;
+    every op deepzip's own training uses has one. On the CPU nothing is needed: deepzip's training is
+    deterministic there at any thread count.
+    """
+    if device.type != "cuda":
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True)

@@ -16,11 +16,21 @@ def save_figure(fig, path: str | Path, extra_formats: tuple[str, ...] = ()) -> P
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    for suffix in extra_formats:
-        fig.savefig(path.with_suffix(f".{suffix}"))
-    plt.close(fig)
+    try:
+        _save_atomic(fig, path)
+        for suffix in extra_formats:
+            _save_atomic(fig, path.with_suffix(f".{suffix}"))
+    finally:
+        plt.close(fig)
     return path
+
+
+def _save_atomic(fig, path: Path) -> None:
+    """savefig into a temporary file renamed over ``path``: never a half-written plot under its name."""
+    from ..checkpoint import atomic_write
+
+    fmt = path.suffix[1:].lower() or matplotlib.rcParams["savefig.format"]
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt))
 
 
 def sensitivity_plot(curves: Mapping[str, Sequence[tuple[float, float]]], path: str | Path, title: str = "") -> Path:

@@ -19,7 +19,11 @@ def add_arguments(parser) -> None:
 
 
 def train_and_report(cfg: TrainConfig, args) -> dict:
+    from .checks import build_registry_model, writable_dir
+
+    writable_dir(args.runs_dir, "--runs-dir")
     splits = load_data(cfg, args)
+    build_registry_model(cfg, splits)  # e.g. lenet5 on 8x8 digits: before any work
     model, description = build_model(cfg, splits)
     directory = run_dir(args, cfg, "train")
     result = train(model, splits, cfg, run_dir=directory, resume=args.resume,

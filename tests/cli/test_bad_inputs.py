@@ -1,7 +1,8 @@
 """Bad command-line input, every command: exit status 2, one line naming the option, no traceback, no work.
 
 The table is data: add a row ``(id, argv, expected fragment)``; ``{W}`` is a scratch directory with
-bad paths in it, ``{CKPT}`` a deepzip model file of an untrained digits LeNet-300-100, ``{DZ}`` a .dz
+bad paths in it, ``{CKPT}`` a deepzip model file of an untrained digits LeNet-300-100 (``{CKPTQ}``: pruned and
+weight-shared), ``{DZ}`` a .dz
 of it, ``{DZ28}`` a .dz of a 28x28 model, ``{DZLIST}`` a .dz whose metadata is a list, ``{LOT_*}``
 lottery directories. No row trains: every check runs before any work starts (the test checks that
 no run directory appears).
@@ -118,6 +119,8 @@ ROWS = [
     ("quantize init nosuch", ["quantize", "--checkpoint", "{CKPT}", "--init", "nosuch"], "invalid choice: 'nosuch'"),
     ("quantize finetune-lr inf", ["quantize", "--checkpoint", "{CKPT}", "--finetune-lr", "inf"], "argument --finetune-lr: expected a finite"),
     ("quantize seed -3", ["quantize", "--checkpoint", "{CKPT}", "--seed", "-3"], "--seed must be >= 0"),
+    ("quantize already quantized", ["quantize", "--checkpoint", "{CKPTQ}", "--runs-dir", "{W}/runs"],
+     "--checkpoint: fc1.weight is already weight-shared"),
     ("quantize checkpoint .dz", ["quantize", "--checkpoint", "{DZ}"], "--checkpoint: {DZ}: not a readable model file"),
     ("quantize runs-dir in /proc", ["quantize", "--checkpoint", "{CKPT}", "--runs-dir", "/proc/x"], "--runs-dir: cannot write in /proc/x"),
     # ---- compress
@@ -237,6 +240,7 @@ def work(tmp_path_factory):
     save_file({"w": torch.zeros(2)}, str(w / "baddesc.safetensors"), metadata={"deepzip": "{not json"})
     prune(model, 0.9)
     quantize(model, bits=4)
+    save_model(w / "ckptq.safetensors", model, {**model._deepzip_description, "train_config": train_cfg})
     deepzip.save(model, w / "digits.dz", metadata={"train_config": {"dataset": "digits", "val_size": 300}})
     deepzip.save(model, w / "list.dz", metadata=[1, 2, 3])
     deepzip.save(model28, w / "m28.dz", metadata={"train_config": {}})
@@ -251,7 +255,7 @@ def work(tmp_path_factory):
 
 
 def _fill(argv: list[str], w: Path) -> list[str]:
-    names = {"W": w, "CKPT": w / "ckpt.safetensors", "CKPT28": w / "ckpt28.safetensors", "DZ": w / "digits.dz",
+    names = {"W": w, "CKPT": w / "ckpt.safetensors", "CKPTQ": w / "ckptq.safetensors", "CKPT28": w / "ckpt28.safetensors", "DZ": w / "digits.dz",
              "DZ28": w / "m28.dz", "DZLIST": w / "list.dz", **{f"LOT_{n}": w / f"lot_{n.lower()}" for n in
                                                                ("OK", "CORRUPT", "BADVALUES", "NOKEYS")}}
     return [a.format(**{k: str(v) for k, v in names.items()}) for a in argv]

@@ -215,7 +215,8 @@ def layer_options(model: torch.nn.Module, prune_cfg=None, quant_cfg=None, prune_
                 quantize(trial, quant_cfg.bits_spec(), quant_cfg.init, exclude=quant_cfg.excluded(),
                          seed=quant_cfg.seed, method=quant_cfg.method)
             except ValueError as exc:
-                option = flag("exclude" if "exclude" in str(exc) else "bits", quant_prefix)
+                option = ("--checkpoint" if "already weight-shared" in str(exc)
+                          else flag("exclude" if "exclude" in str(exc) else "bits", quant_prefix))
                 raise option_error(option, str(exc)) from None
 
 

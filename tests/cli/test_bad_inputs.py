@@ -1,10 +1,9 @@
 """Bad command-line input, every command: exit status 2, one line naming the option, no traceback, no work.
 
 The table is data: add a row ``(id, argv, expected fragment)``; ``{W}`` is a scratch directory with
-bad paths in it, ``{CKPT}`` a deepzip model file of an untrained digits LeNet-300-100 (``{CKPTQ}``: pruned and
-weight-shared), ``{DZ}`` a .dz
-of it, ``{DZ28}`` a .dz of a 28x28 model, ``{DZLIST}`` a .dz whose metadata is a list, ``{LOT_*}``
-lottery directories. No row trains: every check runs before any work starts (the test checks that
+bad paths in it, ``{CKPT}`` a deepzip model file of an untrained digits LeNet-300-100 (``{CKPTQ}``
+the same pruned and weight-shared), ``{DZ}`` a .dz of it, ``{DZ28}`` a .dz of a 28x28 model,
+``{DZLIST}`` a .dz whose metadata is a list, ``{LOT_*}`` lottery directories. No row trains: every check runs before any work starts (the test checks that
 no run directory appears).
 """
 

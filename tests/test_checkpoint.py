@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -35,3 +37,45 @@ def test_garbage_file_is_a_clear_error(tmp_path):
         load_state(tmp_path / "bad")
     with pytest.raises(DeepzipError, match="not a readable model file"):
         load_model_file(tmp_path / "bad")
+
+
+def test_atomic_write_honours_umask_fsyncs_and_cleans_up(tmp_path, monkeypatch):
+    import os
+
+    from deepzip.checkpoint import atomic_write, atomic_write_text
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "hello")
+        assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+        os.umask(0o077)
+        atomic_write_text(tmp_path / "b.txt", "x")
+        assert (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
+    assert len(synced) >= 4  # the temporary file and the directory, for each write
+
+    def fails(tmp):
+        Path(tmp).write_text("half")
+        raise RuntimeError("crash while writing")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(tmp_path / "a.txt", fails)
+    assert (tmp_path / "a.txt").read_text() == "hello"  # the old content, and no temporary file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]
+
+
+def test_plots_are_written_atomically(tmp_path, monkeypatch):
+    from deepzip.report import plots
+
+    written = []
+    real = plots._save_atomic
+    monkeypatch.setattr(plots, "_save_atomic", lambda fig, path: (written.append(path), real(fig, path)))
+    path = plots.sensitivity_plot({"fc1.weight": [(0.0, 0.9), (0.5, 0.8)]}, tmp_path / "s.png")
+    assert written == [path] and path.read_bytes()[:4] == b"\x89PNG"
+    svg = plots.sensitivity_plot({"fc1.weight": [(0.0, 0.9), (0.5, 0.8)]}, tmp_path / "s.svg")
+    assert b"<svg" in svg.read_bytes()[:400]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.png", "s.svg"]

@@ -41,3 +41,41 @@ def test_cli_round_trip_and_validation():
         TrainConfig(batch_size=0)
     with pytest.raises(ValueError, match="optimizer='rmsprop' is not allowed; choose from adam, sgd"):
         TrainConfig(optimizer="rmsprop")
+
+
+def test_identity_joins_the_hash_only_when_given():
+    import hashlib
+    import json
+
+    from deepzip.config import hash_configs, non_defaults
+
+    cfg = TrainConfig(epochs=3)
+    old = "train_" + hashlib.sha256(json.dumps({"type": "TrainConfig", **non_defaults(cfg)},
+                                               sort_keys=True).encode()).hexdigest()[:12]
+    assert hashname(cfg, "train") == hashname(cfg, "train", data=None) == old  # existing run names are kept
+    assert hashname(cfg, "train", data="/a") != old != hashname(cfg, "train", data="/b") != hashname(cfg, "train", data="/a")
+    assert hash_configs("c", train=cfg) == hash_configs("c", identity={"data": None}, train=cfg)
+    assert hash_configs("c", identity={"data": "/a"}, train=cfg) != hash_configs("c", train=cfg)
+
+
+def test_run_dir_depends_on_the_data_location(tmp_path):
+    from deepzip.cli.common import run_dir
+
+    def idx(directory):
+        directory.mkdir()
+        for stem, shape in (("train-images-idx3-ubyte", (3, 28, 28)), ("train-labels-idx1-ubyte", (3,)),
+                            ("t10k-images-idx3-ubyte", (2, 28, 28)), ("t10k-labels-idx1-ubyte", (2,))):
+            size = 1
+            for s in shape:
+                size *= s
+            (directory / stem).write_bytes(bytes([0, 0, 8, len(shape)]) + b"".join(s.to_bytes(4, "big") for s in shape)
+                                           + bytes(size))
+        return directory
+
+    a, b = idx(tmp_path / "a"), idx(tmp_path / "b")
+    names = {run_dir(argparse.Namespace(runs_dir="runs", data_dir=d), TrainConfig(), "train").name for d in (a, b, None)}
+    assert len(names) == 3 and hashname(TrainConfig(), "train") in names
+    again = run_dir(argparse.Namespace(runs_dir="runs", data_dir=str(a) + "/"), TrainConfig(), "train").name
+    assert again in names  # the same directory spelled differently is the same data
+    digits = TrainConfig(dataset="digits")
+    assert run_dir(argparse.Namespace(runs_dir="r", data_dir=None), digits, "train").name == hashname(digits, "train")

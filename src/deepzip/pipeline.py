@@ -33,15 +33,23 @@ def _stage(path: Path, model, compute):
 
 
 def compress(train_cfg: TrainConfig, prune_cfg: PruneConfig, quant_cfg: QuantizeConfig, runs_dir: str | Path = "runs",
-             data_dir=None, float_dtype: str = "f32", codebook_dtype: str = "f32", progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) the pipeline for a registry model; returns the report (also written as JSON + Markdown)."""
+             data_dir=None, float_dtype: str = "f32", codebook_dtype: str = "f32", progress: bool = True,
+             splits: datasets.DataSplits | None = None) -> dict[str, Any]:
+    """Run (or resume) the pipeline for a registry model; returns the report (also written as JSON + Markdown).
+
+    Run directories are named by the configs' non-default fields and, when ``data_dir`` is given, by
+    the data's location (so other data is another run; without it the names are as they always were).
+    ``splits``: the data already loaded from ``data_dir`` (else loaded here).
+    """
     runs_dir = Path(runs_dir)
-    splits = datasets.load(train_cfg.dataset, data_dir=data_dir, val_size=train_cfg.val_size)
+    if splits is None:
+        splits = datasets.load(train_cfg.dataset, data_dir=data_dir, val_size=train_cfg.val_size)
+    identity = datasets.data_identity(train_cfg.dataset, data_dir)
     dense = build(train_cfg.model, splits.input_shape, splits.num_classes, seed=train_cfg.seed)
-    train(dense, splits, train_cfg, run_dir=runs_dir / hashname(train_cfg, "train"), resume=True,
+    train(dense, splits, train_cfg, run_dir=runs_dir / hashname(train_cfg, "train", data=identity), resume=True,
           description=dense._deepzip_description, progress=progress)
-    run_dir = runs_dir / hash_configs("compress", train=train_cfg, prune=prune_cfg, quantize=quant_cfg) \
-        / f"{float_dtype}_{codebook_dtype}"
+    run_dir = runs_dir / hash_configs("compress", identity={"data": identity}, train=train_cfg, prune=prune_cfg,
+                                      quantize=quant_cfg) / f"{float_dtype}_{codebook_dtype}"
     run_dir.mkdir(parents=True, exist_ok=True)
 
     def do_prune(model):

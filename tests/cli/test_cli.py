@@ -49,7 +49,7 @@ def test_train_on_digits_writes_run_dir(tmp_path, capsys):
 def test_bad_input_is_one_line_no_traceback():
     result = subprocess.run([sys.executable, "-m", "deepzip", "train", "--lr", "-1"], capture_output=True, text=True)
     assert result.returncode == 2
-    assert result.stderr.strip() == "deepzip train: error: lr must be > 0, got -1.0"
+    assert result.stderr.strip() == "deepzip train: error: --lr must be > 0, got -1.0"
 
 
 def test_prune_and_sensitivity_commands(tmp_path, capsys):
@@ -97,7 +97,7 @@ def test_quantize_command_writes_model_and_histograms(tmp_path, capsys):
     model, _, _ = load_checkpoint(run_dir / "model.safetensors")
     assert all(len(cb) <= 4 for cb, _ in Q.codebooks(model).values())
     assert main(["quantize", "--checkpoint", checkpoint, "--bits-fc", "0"]) == 2
-    assert "bits_fc must be in 1..16, got 0" in capsys.readouterr().err
+    assert "--bits-fc must be in 1..16, got 0" in capsys.readouterr().err
 
 
 def test_lottery_commands(tmp_path, capsys):

@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     except (DeepzipError, ValueError, TypeError) as exc:
         print(f"deepzip {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the file system refused mid-run (disk full, permissions changed): no traceback
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"deepzip {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"deepzip {args.command}: interrupted; rerun the same command with --resume to continue",
               file=sys.stderr)

@@ -7,10 +7,11 @@ from pathlib import Path
 
 from .. import data, models
 from ..checkpoint import load_model_file
-from ..config import from_dict, hashname
+from ..config import flag, from_dict, hashname
 from ..errors import DeepzipError
 from ..quantize import load_state_dict
 from ..train import TrainConfig
+from .checks import checkpoint, load_splits
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,8 +22,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def load_data(cfg, args) -> data.DataSplits:
-    return data.load(cfg.dataset, data_dir=args.data_dir, val_size=cfg.val_size)
+def load_data(cfg, args, prefix: str = "") -> data.DataSplits:
+    return load_splits(cfg.dataset, args.data_dir, cfg.val_size, val_option=flag("val_size", prefix))
 
 
 def build_model(cfg, splits: data.DataSplits):
@@ -32,17 +33,28 @@ def build_model(cfg, splits: data.DataSplits):
 
 
 def run_dir(args, cfg, prefix: str) -> Path:
-    return Path(args.runs_dir) / hashname(cfg, prefix)
+    """The run directory: named by the config's non-default fields and, when given, the data's location."""
+    return Path(args.runs_dir) / hashname(cfg, prefix, data=data.data_identity(cfg.dataset, args.data_dir))
 
 
 def load_checkpoint(path) -> tuple:
     """(model, description, train config) from a deepzip model file of a registry model."""
-    if not Path(path).is_file():
-        raise DeepzipError(f"checkpoint {path} does not exist (train one with 'deepzip train')")
-    state, description = load_model_file(path)
-    if "model" not in description:
-        raise DeepzipError(f"{path} has no deepzip model description; it was not written by deepzip train/prune")
-    model = models.build(description["model"], description["input_shape"], description["num_classes"])
-    load_state_dict(model, state)
-    train_cfg = from_dict(TrainConfig, description.get("train_config", {"model": description["model"]}))
+    checkpoint(path)
+    try:
+        state, description = load_model_file(path)
+    except DeepzipError as exc:
+        raise DeepzipError(f"--checkpoint: {exc}; give a model file written by deepzip") from None
+    except ValueError as exc:  # the description is not JSON
+        raise DeepzipError(f"--checkpoint: {path}: its deepzip description is not valid JSON ({exc}); give a "
+                           f"model file written by deepzip") from None
+    if not isinstance(description, dict) or "model" not in description:
+        raise DeepzipError(f"--checkpoint: {path} has no deepzip model description; give a model file written by "
+                           f"'deepzip train', 'prune' or 'quantize'")
+    try:
+        model = models.build(description["model"], description["input_shape"], description["num_classes"])
+        load_state_dict(model, state)
+        train_cfg = from_dict(TrainConfig, description.get("train_config", {"model": description["model"]}))
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        raise DeepzipError(f"--checkpoint: {path}: its description or tensors do not make a deepzip model "
+                           f"({type(exc).__name__}: {exc}); give a model file written by deepzip") from None
     return model, description, train_cfg

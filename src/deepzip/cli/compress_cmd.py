@@ -15,6 +15,7 @@ from ..pipeline import compress, format_report, inspect
 from ..prune import remove
 from ..quantize import finalize
 from ..train import BASELINES, PruneConfig, QuantizeConfig, TrainConfig, evaluate
+from . import checks
 from .common import add_common_arguments
 
 HELP = "the whole pipeline from the dense baseline: prune + retrain, quantize + fine-tune, encode, decode, report"
@@ -45,12 +46,35 @@ def baseline_config(model: str, dataset: str, given: TrainConfig | None = None) 
     return given
 
 
+def _train_config(args, preset: bool = True) -> TrainConfig:
+    try:
+        given = from_args(TrainConfig, args, "train_", model=args.model, dataset=args.dataset)
+    except ValueError as exc:  # model / dataset are this command's own flags, not --train-*
+        message = str(exc).replace("--train-model", "--model").replace("--train-dataset", "--dataset")
+        for name in ("model", "dataset"):
+            if message.startswith(f"TrainConfig options: {name}="):
+                message = f"--{name}: " + message.removeprefix("TrainConfig options: ")
+        raise ValueError(message) from None
+    return baseline_config(args.model, args.dataset, given) if preset else given
+
+
+def _checked(args, train_cfg: TrainConfig, prune_cfg: PruneConfig, quant_cfg: QuantizeConfig):
+    """Every input of the pipeline checked before the dense training starts; returns the data."""
+    checks.writable_dir(args.runs_dir, "--runs-dir")
+    splits = checks.load_splits(train_cfg.dataset, args.data_dir, train_cfg.val_size,
+                                val_option="--train-val-size" if hasattr(args, "train_val_size") else "--val-size")
+    model = checks.build_registry_model(train_cfg, splits)
+    checks.layer_options(model, prune_cfg, quant_cfg, "prune_" if hasattr(args, "prune_method") else "",
+                         "quant_" if hasattr(args, "quant_method") else "")
+    return splits
+
+
 def run(args) -> int:
-    given = from_args(TrainConfig, args, "train_", model=args.model, dataset=args.dataset)
-    train_cfg = baseline_config(args.model, args.dataset, given)
-    report = compress(train_cfg, from_args(PruneConfig, args, "prune_"),
-                      from_args(QuantizeConfig, args, "quant_"), args.runs_dir, args.data_dir, args.float_dtype,
-                      args.codebook_dtype, progress=not args.quiet)
+    train_cfg = _train_config(args)
+    prune_cfg, quant_cfg = from_args(PruneConfig, args, "prune_"), from_args(QuantizeConfig, args, "quant_")
+    splits = _checked(args, train_cfg, prune_cfg, quant_cfg)
+    report = compress(train_cfg, prune_cfg, quant_cfg, args.runs_dir, args.data_dir, args.float_dtype,
+                      args.codebook_dtype, progress=not args.quiet, splits=splits)
     return _print(report)
 
 
@@ -74,8 +98,10 @@ class Demo:
 
     @staticmethod
     def run(args) -> int:
-        report = compress(baseline_config("lenet300_100", "fashion-mnist"), DEMO_PRUNE, QuantizeConfig(),
-                          args.runs_dir, args.data_dir, progress=not args.quiet)
+        train_cfg = baseline_config("lenet300_100", "fashion-mnist")
+        splits = _checked(args, train_cfg, DEMO_PRUNE, QuantizeConfig())
+        report = compress(train_cfg, DEMO_PRUNE, QuantizeConfig(), args.runs_dir, args.data_dir,
+                          progress=not args.quiet, splits=splits)
         return _print(report)
 
 
@@ -109,13 +135,21 @@ class Evaluate:
 
     @staticmethod
     def run(args) -> int:
+        if args.dataset is not None and args.dataset not in data.DATASETS:
+            raise checks.option_error("--dataset", f"unknown data set {args.dataset!r}; allowed: "
+                                                   f"{', '.join(data.DATASETS)}")
+        checks.existing_file(args.file, "FILE", ".dz", "written by 'deepzip compress' or deepzip.save")
         model, header = load_with_header(args.file)
-        header_meta = header.get("metadata") or {}
-        recorded = header_meta.get("train_config")
-        dataset = args.dataset or (TrainConfig(**recorded).dataset if isinstance(recorded, dict) else None)
-        if dataset is None:
-            raise ValueError(f"{args.file} does not record its data set; pass --dataset")
-        splits = data.load(dataset, data_dir=args.data_dir, val_size=0)
+        header_meta = header.get("metadata")
+        recorded = header_meta.get("train_config") if isinstance(header_meta, dict) else None
+        dataset = args.dataset or (recorded.get("dataset", TrainConfig().dataset) if isinstance(recorded, dict)
+                                   else None)
+        if not isinstance(dataset, str) or dataset not in data.DATASETS:
+            raise checks.option_error("--dataset", f"{args.file} does not record a known data set; pass --dataset "
+                                                   f"(one of {', '.join(data.DATASETS)})")
+        splits = checks.load_splits(dataset, args.data_dir, 0)
+        checks.model_fits_data(getattr(model, "_deepzip_description", {}), splits, f"the model in {args.file}",
+                               "--dataset" if args.data_dir is None else "--dataset/--data-dir")
         loss, acc = evaluate(model, splits.test)
         print(f"{args.file}: test accuracy {acc:.2%} (loss {loss:.4f}) on {dataset}")
         return 0
@@ -131,6 +165,7 @@ class Decompress:
 
     @staticmethod
     def run(args) -> int:
+        checks.writable_file(args.output, "--output")
         model = remove(finalize(load(args.file)))
         save_model(Path(args.output), model, getattr(model, "_deepzip_description", {}))
         print(f"{args.output}: {sum(p.numel() for p in model.parameters()):,} dense parameters")

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
-
 import argparse
+import json
 from pathlib import Path
 
 from .. import data
 from ..config import add_arguments as add_config_arguments, from_args, from_dict, hash_configs
 from ..lottery import Experiment, LotteryConfig, plot_experiment, status
 from ..train import TrainConfig
+from . import checks
 from .common import add_common_arguments
+from .compress_cmd import _train_config
 
 HELP = "lottery tickets: iterative magnitude pruning with rewinding, controls, replicates, plots"
 
@@ -42,19 +43,19 @@ def run(args) -> int:
     return args.lottery_run(args)
 
 
-def _experiment(directory: Path, train_cfg: TrainConfig, cfg: LotteryConfig, data_dir=None, progress=True):
-    splits = data.load(train_cfg.dataset, data_dir=data_dir, val_size=train_cfg.val_size)
-    return Experiment(directory, train_cfg, cfg, splits, progress=progress)
-
-
 def run_experiment(args) -> int:
     if args.jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
-    train_cfg = from_args(TrainConfig, args, "train_", model=args.model, dataset=args.dataset)
+        raise checks.option_error("--jobs", f"must be >= 1, got {args.jobs}")
+    train_cfg = _train_config(args, preset=False)
     cfg = from_args(LotteryConfig, args)
-    directory = Path(args.runs_dir) / hash_configs("lottery", train=train_cfg, lottery=cfg)
+    checks.writable_dir(args.runs_dir, "--runs-dir")
+    splits = checks.load_splits(train_cfg.dataset, args.data_dir, train_cfg.val_size, val_option="--train-val-size")
+    checks.build_registry_model(train_cfg, splits)
+    identity = data.data_identity(train_cfg.dataset, args.data_dir)
+    directory = Path(args.runs_dir) / hash_configs("lottery", identity={"data": identity}, train=train_cfg,
+                                                   lottery=cfg)
     print(f"experiment directory: {directory}")
-    experiment = _experiment(directory, train_cfg, cfg, args.data_dir, progress=not args.quiet)
+    experiment = Experiment(directory, train_cfg, cfg, splits, progress=not args.quiet)
     experiment.run(jobs=args.jobs)
     print(status(directory, list(experiment.steps())))
     return 0
@@ -62,10 +63,18 @@ def run_experiment(args) -> int:
 
 def _load_configs(directory: Path) -> tuple[TrainConfig, LotteryConfig]:
     config = directory / "config.json"
-    if not config.exists():
-        raise ValueError(f"{directory} is not a lottery experiment directory (no config.json)")
-    raw = json.loads(config.read_text())
-    return from_dict(TrainConfig, raw["train"]), from_dict(LotteryConfig, raw["lottery"])
+    if not directory.is_dir() or not config.is_file():
+        raise checks.option_error("DIRECTORY", f"{directory} is not a lottery experiment directory (no config.json); "
+                                               f"give the directory 'deepzip lottery run' printed")
+    try:
+        raw = json.loads(config.read_text())
+        return from_dict(TrainConfig, raw["train"]), from_dict(LotteryConfig, raw["lottery"])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise checks.option_error("DIRECTORY", f"{config} is not readable JSON ({exc}); it must be the config.json "
+                                               f"'deepzip lottery run' wrote") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise checks.option_error("DIRECTORY", f"{config} does not hold valid experiment settings ({exc}); it must "
+                                               f"be the config.json 'deepzip lottery run' wrote") from None
 
 
 def show_status(args) -> int:
@@ -79,6 +88,8 @@ def show_status(args) -> int:
 
 
 def plot(args) -> int:
+    _load_configs(Path(args.directory))
+    checks.writable_dir(args.output or Path(args.directory) / "plots", "--output")
     for path in plot_experiment(args.directory, args.output):
         print(path)
     return 0

@@ -12,6 +12,7 @@ from ..prune import format_report, sensitivity_curves, sparsity_report
 from ..prune.sensitivity import DEFAULT_SPARSITIES
 from ..report.plots import sensitivity_plot
 from ..train import PruneConfig, evaluate, prune_and_retrain
+from . import checks
 from .common import add_common_arguments, load_checkpoint
 
 HELP = "prune a trained checkpoint with retraining (one-shot, iterative or gradual)"
@@ -28,13 +29,24 @@ def add_arguments(parser) -> None:
     add_common_arguments(parser)
 
 
+def _checkpoint_and_data(args):
+    """Checkpoint, data (the one it was trained on, or --data-dir's) and a match check, before any work."""
+    model, description, train_cfg = load_checkpoint(args.checkpoint)
+    splits = checks.load_splits(train_cfg.dataset, args.data_dir, train_cfg.val_size)
+    checks.model_fits_data(description, splits, f"the model in {args.checkpoint}", "--data-dir")
+    return model, description, train_cfg, splits
+
+
 def run(args) -> int:
     cfg = from_args(PruneConfig, args)
-    model, description, train_cfg = load_checkpoint(args.checkpoint)
-    splits = data.load(train_cfg.dataset, data_dir=args.data_dir, val_size=train_cfg.val_size)
+    checks.checkpoint(args.checkpoint)
+    checks.writable_dir(args.runs_dir, "--runs-dir")
+    model, description, train_cfg, splits = _checkpoint_and_data(args)
+    checks.layer_options(model, prune_cfg=cfg)
     dense_acc = evaluate(model, splits.test)[1]
     source = Path(args.checkpoint).resolve().parent.name
-    run_dir = Path(args.runs_dir) / hashname(cfg, f"prune_{source}")
+    identity = data.data_identity(train_cfg.dataset, args.data_dir)
+    run_dir = Path(args.runs_dir) / hashname(cfg, f"prune_{source}", data=identity)
     records = prune_and_retrain(model, splits, cfg, train_cfg, run_dir=run_dir,
                                 description={**description, "train_config": train_cfg.__dict__},
                                 progress=not args.quiet)
@@ -65,9 +77,11 @@ class Sensitivity:
     def run(args) -> int:
         for s in args.sparsities:
             if not 0 <= s < 1:
-                raise ValueError(f"sparsities must be in [0, 1), got {s}")
-        model, description, train_cfg = load_checkpoint(args.checkpoint)
-        splits = data.load(train_cfg.dataset, data_dir=args.data_dir, val_size=train_cfg.val_size)
+                raise checks.option_error("--sparsities", f"{s:g} is out of range; each sparsity must be in [0, 1)")
+        checks.checkpoint(args.checkpoint)
+        checks.writable_file(args.output, "--output", checks.plot_formats())
+        checks.writable_file(Path(args.output).with_suffix(".json"), "--output")
+        model, description, train_cfg, splits = _checkpoint_and_data(args)
         curves = sensitivity_curves(model, lambda m: evaluate(m, splits.val)[1], args.sparsities,
                                     progress=not args.quiet)
         output = Path(args.output)

@@ -12,7 +12,9 @@ from ..prune import prunable_weights
 from ..quantize import codebooks, layer_bits, quantize
 from ..report.plots import codebook_histograms
 from ..train import QuantizeConfig, evaluate, train
+from . import checks
 from .common import add_common_arguments, load_checkpoint
+from .prune_cmd import _checkpoint_and_data
 
 HELP = "quantize a checkpoint by k-means weight sharing, fine-tune the centroids, plot the codebooks"
 
@@ -25,9 +27,13 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     cfg = from_args(QuantizeConfig, args)
-    model, description, train_cfg = load_checkpoint(args.checkpoint)
-    splits = data.load(train_cfg.dataset, data_dir=args.data_dir, val_size=train_cfg.val_size)
-    run_dir = Path(args.runs_dir) / hashname(cfg, f"quantize_{Path(args.checkpoint).resolve().parent.name}")
+    checks.checkpoint(args.checkpoint)
+    checks.writable_dir(args.runs_dir, "--runs-dir")
+    model, description, train_cfg, splits = _checkpoint_and_data(args)
+    checks.layer_options(model, quant_cfg=cfg)
+    identity = data.data_identity(train_cfg.dataset, args.data_dir)
+    run_dir = Path(args.runs_dir) / hashname(cfg, f"quantize_{Path(args.checkpoint).resolve().parent.name}",
+                                             data=identity)
     before_acc = evaluate(model, splits.test)[1]
     original = {n: w.detach().clone().numpy() for n, w in prunable_weights(model)[0].items()}
     quantize(model, cfg.method_config())

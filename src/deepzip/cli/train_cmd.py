@@ -7,6 +7,7 @@ import json
 from ..config import add_arguments as add_config_arguments, from_args
 from ..models import count_parameters
 from ..train import TrainConfig, train
+from .checks import build_registry_model, writable_dir
 from .common import add_common_arguments, build_model, load_data, run_dir
 
 HELP = "train a registry model on a data set (resumable; the run directory is named by the config hash)"
@@ -19,7 +20,9 @@ def add_arguments(parser) -> None:
 
 
 def train_and_report(cfg: TrainConfig, args) -> dict:
+    writable_dir(args.runs_dir, "--runs-dir")
     splits = load_data(cfg, args)
+    build_registry_model(cfg, splits)  # e.g. lenet5 on 8x8 digits: before any work
     model, description = build_model(cfg, splits)
     directory = run_dir(args, cfg, "train")
     result = train(model, splits, cfg, run_dir=directory, resume=args.resume,

@@ -1,11 +1,14 @@
 """Data sets by name, found locally first, split into train / validation / test.
 
-Look-up order for IDX data sets (the first directory holding all four files wins):
-  1. an explicit ``data_dir`` (or ``data_dir/<name>``),
+An explicit ``data_dir`` is the only source: the data set must be there (or in ``data_dir/<name>``),
+all four files in one directory, or `DataNotFoundError` says what is missing; nothing else is tried.
+Without one, the look-up order is (the first directory holding all four files wins, so the
+train and test splits always come from the same directory):
   2. ``$DEEPZIP_DATA`` (or ``$DEEPZIP_DATA/<name>``),
   3. the Debian package's directory (``/usr/share/datasets/fashion-mnist`` for Fashion-MNIST),
   4. deepzip's download cache (``~/.cache/deepzip/<name>``),
-  5. a download from the data set's official mirror into that cache, unless ``DEEPZIP_OFFLINE=1``.
+  5. a download from the data set's official mirror into that cache, unless ``DEEPZIP_OFFLINE=1``;
+     each file is checked against its known SHA-256 (of the inflated IDX bytes) before it is kept.
 When all fail, `DataNotFoundError` says where it looked and how to get the data.
 
 The validation split is carved out of the training set with a fixed seed, so early stopping and
@@ -14,6 +17,8 @@ model selection never see the test set, and every run sees the same validation i
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import os
 import urllib.error
 import urllib.request
@@ -37,6 +42,7 @@ class IdxSource:
     system_dir: str | None
     mirror: str
     how_to_get: str
+    sha256: dict | None = None  # file stem -> SHA-256 of the inflated IDX bytes; no download without it
 
 
 SOURCES = {
@@ -44,6 +50,14 @@ SOURCES = {
         system_dir="/usr/share/datasets/fashion-mnist",
         mirror="http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
         how_to_get="install Debian's package: sudo apt-get install dataset-fashion-mnist",
+        # The official files' content (computed from Debian's dataset-fashion-mnist; Debian recompressed
+        # the .gz, so the check is on the inflated bytes, which every official copy shares).
+        sha256={
+            "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+            "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+            "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+            "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+        },
     ),
     "mnist": IdxSource(
         system_dir=None,
@@ -83,11 +97,9 @@ class DataSplits:
 
 
 def _candidate_dirs(name: str, data_dir: str | os.PathLike | None) -> list[Path]:
-    roots = []
-    if data_dir is not None:
-        roots.append(Path(data_dir))
-    if os.environ.get("DEEPZIP_DATA"):
-        roots.append(Path(os.environ["DEEPZIP_DATA"]))
+    if data_dir is not None:  # explicit: the only place looked at
+        return [Path(data_dir), Path(data_dir) / name]
+    roots = [Path(os.environ["DEEPZIP_DATA"])] if os.environ.get("DEEPZIP_DATA") else []
     dirs = [d for root in roots for d in (root, root / name)]
     if SOURCES[name].system_dir:
         dirs.append(Path(SOURCES[name].system_dir))
@@ -107,41 +119,82 @@ def _find_file(directory: Path, stem: str) -> Path | None:
     return None
 
 
-def _find_split_files(name: str, split: str, data_dir) -> tuple[Path, Path] | None:
+def _find_dir_files(name: str, data_dir, splits=tuple(IDX_FILES)) -> dict[str, tuple[Path, Path]] | None:
+    """The splits' files from the first directory holding all of them (never a mix of two directories)."""
     for directory in _candidate_dirs(name, data_dir):
-        found = [_find_file(directory, stem) for stem in IDX_FILES[split]]
-        if all(found):
-            return found[0], found[1]
+        found = {split: tuple(_find_file(directory, stem) for stem in IDX_FILES[split]) for split in splits}
+        if all(all(pair) for pair in found.values()):
+            return found
     return None
 
 
-def _download(name: str, split: str) -> tuple[Path, Path] | None:
-    if os.environ.get("DEEPZIP_OFFLINE") == "1":
+def _explicit_dir_error(name: str, data_dir, splits) -> DataNotFoundError:
+    root = Path(data_dir)
+    wanted = [stem for split in splits for stem in IDX_FILES[split]]
+    if not root.exists():
+        problem = "does not exist"
+    elif not root.is_dir():
+        problem = "is not a directory"
+    else:
+        best = max((root, root / name), key=lambda d: sum(
+            _find_file(d, stem) is not None for stem in wanted) if d.is_dir() else -1)
+        missing = [stem for stem in wanted if _find_file(best, stem) is None]
+        problem = f"lacks {', '.join(missing)} (.gz or raw)" + (f" in {best}" if best != root else "")
+    return DataNotFoundError(
+        f"data directory {data_dir} {problem}; it must hold {name}'s IDX files {', '.join(wanted)} "
+        f"in one directory (or leave the data directory out to use the default look-up)")
+
+
+def _sha256_ok(path: Path, expected: str) -> bool:
+    try:
+        with gzip.open(path, "rb") as f:
+            digest = hashlib.sha256()
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+                if f.tell() > 1 << 30:  # a bomb: the official files inflate to 47 MB at most
+                    return False
+    except (OSError, EOFError):
+        return False
+    return digest.hexdigest() == expected
+
+
+def _download(name: str) -> dict[str, tuple[Path, Path]] | None:
+    """Both splits from the official mirror into the cache, each file verified against its SHA-256."""
+    source = SOURCES[name]
+    if os.environ.get("DEEPZIP_OFFLINE") == "1" or not source.sha256:
         return None
     target = cache_dir(name)
     target.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for stem in IDX_FILES[split]:
-        url = SOURCES[name].mirror + stem + ".gz"
-        path = target / f"{stem}.gz"
-        tmp = path.with_suffix(".gz.tmp")
-        try:
-            with urllib.request.urlopen(url, timeout=15) as response, open(tmp, "wb") as out:
-                out.write(response.read())
-        except (urllib.error.URLError, OSError, TimeoutError):
-            tmp.unlink(missing_ok=True)
-            return None
-        os.replace(tmp, path)  # atomic: never a half-downloaded file under the real name
-        paths.append(path)
-    return paths[0], paths[1]
+    for stems in IDX_FILES.values():
+        for stem in stems:
+            path = target / f"{stem}.gz"
+            if path.is_file() and _sha256_ok(path, source.sha256[stem]):
+                continue
+            tmp = path.with_suffix(".gz.tmp")
+            try:
+                with urllib.request.urlopen(source.mirror + stem + ".gz", timeout=15) as response, \
+                        open(tmp, "wb") as out:
+                    out.write(response.read(_MAX_DOWNLOAD + 1))
+                if tmp.stat().st_size > _MAX_DOWNLOAD or not _sha256_ok(tmp, source.sha256[stem]):
+                    raise OSError(f"{stem}.gz does not match its known SHA-256")
+            except (urllib.error.URLError, OSError, TimeoutError):
+                tmp.unlink(missing_ok=True)
+                return None
+            os.replace(tmp, path)  # atomic: never a half-downloaded or unverified file under the real name
+    return {split: (target / f"{stems[0]}.gz", target / f"{stems[1]}.gz") for split, stems in IDX_FILES.items()}
+
+
+_MAX_DOWNLOAD = 64 << 20  # bytes per downloaded .gz (the largest official file is 26 MB)
 
 
 def _not_found(name: str, split: str, data_dir) -> DataNotFoundError:
     looked = "\n  ".join(str(d) for d in _candidate_dirs(name, data_dir))
     offline = " (skipped: DEEPZIP_OFFLINE=1)" if os.environ.get("DEEPZIP_OFFLINE") == "1" else ""
     return DataNotFoundError(
-        f"{name} ({split} split) not found. Looked for {' and '.join(IDX_FILES[split])} (.gz or raw) in:\n  "
-        f"{looked}\nand could not download it from {SOURCES[name].mirror}{offline}.\n"
+        f"{name} ({split} split) not found. Looked for all of "
+        f"{', '.join(stem for stems in IDX_FILES.values() for stem in stems)} (.gz or raw) in one of:\n  "
+        f"{looked}\nand could not download it from {SOURCES[name].mirror}{offline}"
+        f"{'' if SOURCES[name].sha256 else ' (no known checksum: never downloaded)'}.\n"
         f"To get it: {SOURCES[name].how_to_get}"
     )
 
@@ -157,13 +210,36 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None)
         raise ValueError(f"unknown IDX data set {name!r}; allowed: {', '.join(SOURCES)}")
     if split not in IDX_FILES:
         raise ValueError(f"unknown split {split!r}; allowed: {', '.join(IDX_FILES)}")
-    files = _find_split_files(name, split, data_dir) or _download(name, split)
-    if files is None:
-        raise _not_found(name, split, data_dir)
+    return _read_split(find_files(name, data_dir, (split,))[split])
+
+
+def _read_split(files: tuple[Path, Path]) -> Split:
     images, labels = read_idx_pair(*files)
     if images.dtype != np.uint8:
         raise DataError(f"{files[0]}: expected uint8 pixels, got {images.dtype}")
     return _to_split(images, labels)
+
+
+def find_files(name: str, data_dir: str | os.PathLike | None = None,
+               splits: tuple[str, ...] = tuple(IDX_FILES)) -> dict[str, tuple[Path, Path]]:
+    """{split: (images, labels)} of an IDX data set, all from one directory; raises DataNotFoundError."""
+    files = _find_dir_files(name, data_dir, splits)
+    if files is None and data_dir is not None:
+        raise _explicit_dir_error(name, data_dir, splits)
+    files = files or _download(name)
+    if files is None:
+        raise _not_found(name, " and ".join(splits), data_dir)
+    return files
+
+
+def data_identity(name: str, data_dir: str | os.PathLike | None) -> str | None:
+    """What a run's identity records about its data: None for the default look-up (run names stay as
+    they were), else the resolved directory the files come from, so other data means another run."""
+    if data_dir is None:
+        return None
+    if name == "digits":
+        return None
+    return str(Path(find_files(name, data_dir)["train"][0]).resolve().parent)
 
 
 def _digits() -> tuple[Split, Split]:
@@ -182,9 +258,15 @@ def load(name: str, data_dir: str | os.PathLike | None = None, val_size: int = 5
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; allowed: {', '.join(DATASETS)}")
     if name == "digits":
+        if data_dir is not None:
+            raise DataNotFoundError(f"digits comes with scikit-learn; a data directory ({data_dir}) cannot "
+                                    f"hold it: leave the data directory out, or use fashion-mnist or mnist")
         train, test = _digits()
     else:
-        train, test = load_split(name, "train", data_dir), load_split(name, "test", data_dir)
+        if name not in SOURCES:
+            raise ValueError(f"unknown IDX data set {name!r}; allowed: {', '.join(SOURCES)}")
+        files = find_files(name, data_dir)  # both splits from one directory
+        train, test = _read_split(files["train"]), _read_split(files["test"])
     if not 0 <= val_size < len(train):
         raise ValueError(f"val_size must be in [0, {len(train)}) for {name}, got {val_size}")
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(SPLIT_SEED))

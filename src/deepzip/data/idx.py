@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ _DTYPES = {
 }
 _MAX_DIMS = 8
 _MAX_ELEMENTS = 1 << 32  # far more than any IDX data set; protects against absurd headers
+_MAX_INFLATED = 1 << 30  # bytes a .gz may inflate to (Fashion-MNIST's largest file: 47 MB)
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -34,10 +36,35 @@ def _read_bytes(path: Path) -> bytes:
             head = f.read(2)
             f.seek(0)
             if head == b"\x1f\x8b":
-                return gzip.GzipFile(fileobj=f).read()
+                return _inflate_capped(gzip.GzipFile(fileobj=f), path)
             return f.read()
-    except (OSError, EOFError) as exc:  # gzip raises these for truncated/corrupt streams
+    except (OSError, EOFError, zlib.error) as exc:  # gzip raises these for truncated/corrupt streams
         raise DataError(f"{path}: cannot read IDX file ({exc})") from exc
+
+
+def _inflate_capped(stream, path: Path) -> bytes:
+    """Inflate a gzip stream no further than its IDX header says the file is (plus one byte to notice more).
+
+    A small .gz can inflate to gigabytes (a "zip bomb"); here the header is read first, and the
+    stream is read only up to the size it declares, so memory stays bounded by a plausible data set.
+    """
+    head = stream.read(4)
+    if len(head) < 4 or head[0] != 0 or head[1] != 0 or not 1 <= head[3] <= _MAX_DIMS or head[2] not in _DTYPES:
+        return head + stream.read(64)  # parse_idx names the problem; never inflate an unknown format far
+    dims = stream.read(4 * head[3])
+    if len(dims) < 4 * head[3]:
+        return head + dims
+    count = 1
+    for s in np.frombuffer(dims, dtype=">u4"):
+        count *= int(s)
+    if count > _MAX_ELEMENTS:
+        return head + dims  # parse_idx: implausibly large
+    declared = count * _DTYPES[head[2]].itemsize
+    if declared > _MAX_INFLATED:
+        raise DataError(f"{path}: IDX header declares {declared:,} bytes of data; a .gz may inflate to at most "
+                        f"{_MAX_INFLATED:,}")
+    body = stream.read(declared + 1)  # one extra byte: parse_idx reports trailing data
+    return head + dims + body
 
 
 def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:

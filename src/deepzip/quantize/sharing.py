@@ -18,12 +18,13 @@ from torch import nn
 from ..prune.masks import MASK_SUFFIX, apply_masks, enforce, get_masks, saved_masks
 from ..prune.targets import split_name
 from .kmeans import MAX_ITERS, kmeans_1d
+from .lookup import shared_values
 
 CODEBOOK, INDEX = "_codebook", "_index"
 
 
 def _effective(module: nn.Module, param: str) -> torch.Tensor:
-    weight = getattr(module, param + CODEBOOK)[getattr(module, param + INDEX).long()]
+    weight = shared_values(getattr(module, param + CODEBOOK), getattr(module, param + INDEX))
     mask = getattr(module, param + MASK_SUFFIX, None)
     # where(), not multiply: pruned positions are +0.0 exactly (a negative centroid times 0 is -0.0)
     return torch.where(mask, weight, torch.zeros((), dtype=weight.dtype, device=weight.device)) \

@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure  # the object API: no pyplot, no global backend to set
+
+from ..checkpoint import atomic_write
 
 
 def subplots(*args, figsize=(6, 4), dpi=100, **kwargs):
@@ -20,10 +23,16 @@ def save_figure(fig, path: str | Path, extra_formats: tuple[str, ...] = ()) -> P
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    _save_atomic(fig, path)
     for suffix in extra_formats:
-        fig.savefig(path.with_suffix(f".{suffix}"))
+        _save_atomic(fig, path.with_suffix(f".{suffix}"))
     return path
+
+
+def _save_atomic(fig, path: Path) -> None:
+    """savefig into a temporary file renamed over ``path``: never a half-written plot under its name."""
+    fmt = path.suffix[1:].lower() or matplotlib.rcParams["savefig.format"]
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt))
 
 
 def sensitivity_plot(curves: Mapping[str, Sequence[tuple[float, float]]], path: str | Path, title: str = "") -> Path:

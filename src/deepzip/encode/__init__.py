@@ -4,9 +4,10 @@ from .api import decode_bytes, encode_model, load, read, save
 from .container import ChecksumError, TruncatedFileError, UnsupportedVersionError
 from .huffman import canonical_codes, code_lengths
 from .report import build_report, format_streams, format_table
+from .schema import ModelFitError, check_fits, check_header
 from .sparse import positions_from_gaps, relative_indices
 from .streams import decode_stream, encode_stream
 
-__all__ = ["ChecksumError", "TruncatedFileError", "UnsupportedVersionError", "build_report", "canonical_codes",
-           "code_lengths", "decode_bytes", "decode_stream", "encode_model", "encode_stream", "format_streams",
+__all__ = ["ChecksumError", "ModelFitError", "TruncatedFileError", "UnsupportedVersionError", "build_report",
+           "canonical_codes", "check_fits", "check_header", "code_lengths", "decode_bytes", "decode_stream", "encode_model", "encode_stream", "format_streams",
            "format_table", "load", "positions_from_gaps", "read", "relative_indices", "save"]

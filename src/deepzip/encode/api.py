@@ -14,7 +14,7 @@ from ..checkpoint import atomic_write
 from ..errors import FormatError
 from ..prune.masks import MASK_SUFFIX
 from ..quantize.sharing import CODEBOOK, INDEX
-from . import container, records
+from . import container, records, schema
 from .report import build_report
 
 MAX_FILE = 1 << 34  # 16 GiB: refuse to read anything larger
@@ -65,6 +65,12 @@ def save(model: nn.Module, path: str | os.PathLike, float_dtype: str = "f32", co
 
 def read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(header, state_dict) of a .dz file; every problem is a FormatError."""
+    header, sections = read_checked(path)
+    return header, decode_records(header, sections, str(path))
+
+
+def read_checked(path: str | os.PathLike) -> tuple[dict[str, Any], list[bytes]]:
+    """(schema-checked header, section payloads) of a .dz file, nothing decoded yet."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -73,18 +79,45 @@ def read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tenso
         data = path.read_bytes()
     except OSError as exc:
         raise FormatError(f"{path}: cannot read ({exc.strerror})") from None
-    return decode_bytes(data, str(path))
+    return unpack_bytes(data, str(path))
 
 
-def decode_bytes(data: bytes, name: str = "<bytes>") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def unpack_bytes(data: bytes, name: str = "<bytes>") -> tuple[dict[str, Any], list[bytes]]:
     try:
-        header, sections = container.unpack(data)
-        state: dict[str, torch.Tensor] = {}
+        return container.unpack(data)
+    except FormatError as exc:
+        raise type(exc)(f"{name}: {exc}") from None
+
+
+def decode_records(header: dict[str, Any], sections: list[bytes], name: str = "<bytes>") -> dict[str, torch.Tensor]:
+    """The state_dict of a checked header's records."""
+    state: dict[str, torch.Tensor] = {}
+    try:
         for record in header["tensors"]:
             state.update(records.read_record(record, sections))
     except FormatError as exc:
         raise type(exc)(f"{name}: {exc}") from None
-    return header, state
+    return state
+
+
+def decode_bytes(data: bytes, name: str = "<bytes>") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    header, sections = unpack_bytes(data, name)
+    return header, decode_records(header, sections, name)
+
+
+def check_model(header: dict[str, Any], model: nn.Module | None, name: str) -> nn.Module:
+    """``model`` if the header's records fit it, else the registry model the header describes (checked)."""
+    try:
+        if model is not None:
+            schema.check_fits(header, model)
+            return model
+        if not header.get("model"):
+            raise schema.ModelFitError("records no registry model; pass model= (a fresh instance of its architecture)")
+        from ..models import from_description
+
+        return from_description(header["model"], header)
+    except FormatError as exc:
+        raise type(exc)(f"{name}: {exc}") from None
 
 
 def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
@@ -95,15 +128,9 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     """
     from ..quantize.sharing import load_state_dict
 
-    header, state = read(path)
-    if model is None:
-        description = header.get("model")
-        if not description or "model" not in description:
-            raise ValueError(f"{path} records no registry model; pass model= (a fresh instance of its architecture)")
-        from ..models import build
-
-        model = build(description["model"], description.get("input_shape", (1, 28, 28)),
-                      description.get("num_classes", 10))
+    header, sections = read_checked(path)
+    model = check_model(header, model, str(path))  # names, shapes, kinds: before any tensor is decoded
+    state = decode_records(header, sections, str(path))
     try:
         load_state_dict(model, state)
     except (RuntimeError, ValueError) as exc:  # a shape / key mismatch between file and model

@@ -2,5 +2,6 @@
 
 from .registry import MODELS, build, count_parameters, glorot_init
 from . import conv, lenet  # noqa: F401  (registers the models)
+from .files import from_description
 
-__all__ = ["MODELS", "build", "count_parameters", "glorot_init"]
+__all__ = ["MODELS", "build", "count_parameters", "from_description", "glorot_init"]

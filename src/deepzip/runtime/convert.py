@@ -172,18 +172,15 @@ def load(path: str | Path, example: torch.Tensor | None = None, mode: str = "aut
     Sparse layers are built from the decoded positions and codes: no dense fp32 weight is made for
     them (only, temporarily, when calibrating against dense with ``example``).
     """
-    from ..encode import container
-    from ..encode.api import read
+    from ..encode.api import read_checked
     from ..encode.records import decode_entries, read_record
-    from ..models import build
+    from ..models import from_description
 
-    header, _ = read(path)  # full validation
-    _, sections = container.unpack(Path(path).read_bytes())
-    description = header.get("model") or {}
-    if "model" not in description:
+    header, sections = read_checked(path)  # the whole header checked, nothing decoded yet
+    if not header["model"]:
         raise ValueError(f"{path} records no registry model; use runtime.convert(deepzip.load(path, model=...))")
-    with torch.device("meta"):  # a skeleton: layer hyperparameters without weight memory
-        model = build(description["model"], description.get("input_shape", (1, 28, 28)), description.get("num_classes", 10))
+    # a skeleton (layer hyperparameters without weight memory), checked against the records first
+    model = from_description(header["model"], header, device="meta")
     model.eval()
     dense_state, decisions = {}, []
     for record in header["tensors"]:

@@ -35,7 +35,7 @@ def load_checkpoint(path) -> tuple:
     """(model, description, train config) from a deepzip model file of a registry model."""
     from ..checkpoint import load_model_file
     from ..config import from_dict
-    from ..errors import DeepzipError
+    from ..errors import CheckpointError, DeepzipError
     from ..quantize import load_state_dict
     from ..train import TrainConfig
 
@@ -44,7 +44,10 @@ def load_checkpoint(path) -> tuple:
     state, description = load_model_file(path)
     if "model" not in description:
         raise DeepzipError(f"{path} has no deepzip model description; it was not written by deepzip train/prune")
-    model = models.build(description["model"], description["input_shape"], description["num_classes"])
+    try:  # the description checked, and the model compared with the stored tensors before it is built
+        model = models.from_description(description, state=state)
+    except DeepzipError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
     load_state_dict(model, state)
     train_cfg = from_dict(TrainConfig, description.get("train_config", {"model": description["model"]}))
     return model, description, train_cfg

@@ -21,7 +21,7 @@ MAX_SECTIONS = 1 << 20
 MAX_DIMS = 8
 MAX_ELEMENTS = (1 << 31) - 1  # one tensor
 FILE_ELEMENTS_BASE = 1 << 22  # a whole file: this many elements, plus ...
-FILE_ELEMENTS_PER_BYTE = 1024  # ... this many per byte of the file (Deep Compression reaches ~12)
+FILE_ELEMENTS_PER_BYTE = 256  # ... this many per byte of the file (Deep Compression reaches ~12)
 MAX_NAME = 1024
 MAX_WRITER = 256
 MAX_CODEBOOK = 65_536
@@ -224,7 +224,8 @@ def check_stream(stream: Any, sections: _Sections, numel: int, alphabet: int, wh
             f"{what}: alphabet must be {alphabet}, got {_short(stream['alphabet'])}")
     count = stream["count"]
     require(is_uint(count), f"{what}: count must be a non-negative integer, got {_short(count)}")
-    require(count <= 2 * numel + 1, f"{what}: stream declares {count} symbols for a tensor of {numel} elements")
+    # every entry advances the position by at least one and the last one is a kept position < numel
+    require(count <= numel, f"{what}: stream declares {count} symbols for a tensor of {numel} elements")
     size = sections.sizes[sections.claim(stream["section"], f"{what} section")]
     if coder == "raw":
         need = -(-count * width(alphabet) // 8)

@@ -143,8 +143,6 @@ def _force_coder(data: bytes, coder: str) -> bytes | None:
             if s["coder"] == coder:
                 continue
             symbols = decode_stream(sections[s["section"]], s["coder"], s["count"], s["alphabet"], "seed")
-            if coder == "rans" and len(set(symbols.tolist())) < 2 and len(symbols) > 1:
-                pass
             new = encode_stream(symbols, s["alphabet"], coders=(coder,))
             sections[s["section"]], s["coder"], changed = new.payload, coder, True
     if not changed:
@@ -326,8 +324,8 @@ def mutate_section(rng: random.Random, sections: list[bytes]) -> None:
     sections[i] = bytes(s)
 
 
-def crafted(rng: random.Random, seed: Seed) -> tuple[dict, list[bytes], bool]:
-    """The campaign's findings, with random parameters: (header, sections, table already fixed?)."""
+def crafted(rng: random.Random, seed: Seed) -> tuple[dict, list[bytes]]:
+    """The campaign's findings, with random parameters: (header, sections) of the case."""
     header, sections = seed.header_copy(), list(seed.sections)
     tensors = header["tensors"]
     base = len(sections)
@@ -419,7 +417,7 @@ def crafted(rng: random.Random, seed: Seed) -> tuple[dict, list[bytes], bool]:
                     refs.append((holder, key))
         (h1, k1), (h2, k2) = rng.sample(refs, 2)
         h1[k1], h2[k2] = h2[k2], h1[k1]
-    return header, sections, False
+    return header, sections
 
 
 def make_case(family: str, rng: random.Random, seed: Seed) -> bytes:
@@ -469,7 +467,7 @@ def make_case(family: str, rng: random.Random, seed: Seed) -> bytes:
             mutate_section(rng, sections)
         return frame_header(seed.header_copy(), sections)
     if family == "crafted":
-        header, sections, _ = crafted(rng, seed)
+        header, sections = crafted(rng, seed)
         return frame_header(header, sections)
     if family == "stacked":
         header, sections, touched = seed.header_copy(), list(seed.sections), False
@@ -480,7 +478,7 @@ def make_case(family: str, rng: random.Random, seed: Seed) -> bytes:
             elif op < 0.8:
                 mutate_section(rng, sections)
             else:
-                header, sections, _ = crafted(rng, _Derived(header, sections, seed))
+                header, sections = crafted(rng, _Derived(header, sections))
         return frame_header(header, sections, fix_table=not touched)
     raise ValueError(family)
 
@@ -488,7 +486,7 @@ def make_case(family: str, rng: random.Random, seed: Seed) -> bytes:
 class _Derived:
     """A mutated header + sections standing in for a seed (for stacked crafted edits)."""
 
-    def __init__(self, header, sections, seed):
+    def __init__(self, header, sections):
         self.header, self.sections, self.text = header, sections, json.dumps(header).encode()
 
     def header_copy(self):
@@ -735,10 +733,18 @@ def run(args) -> dict:
         "bad": len(totals["bad"]), "peak_rss_growth_mb": totals["peak_mb"], "largest_growths_mb": totals["top_mb"],
         "slowest_case_s": round(totals["slowest_s"], 3), "wall_s": round(wall, 1), "workers": args.workers,
         "cases_per_s": round(cases / wall, 1), "mem_limit_mb": args.mem_mb, "hang_s": args.hang_s,
-        "salt": args.salt, "seeds": [p.stem for p in seeds],
+        "salt": args.salt, "commit": _commit(), "seeds": [p.stem for p in seeds],
         "families": {fam: {k: c[k] for k in (*OUTCOMES, "noop", "unmade")} for fam, c in sorted(totals["family"].items())},
         "by_seed": dict(sorted(totals["seed"].items())), "bad_cases": totals["bad"][:200],
     }
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def markdown(result: dict) -> str:
@@ -754,7 +760,7 @@ def markdown(result: dict) -> str:
         f"workers limited to {result['mem_limit_mb']} MB of address space beyond their start",
         f"- slowest case: {result['slowest_case_s']} s (a hang is > {result['hang_s']} s)",
         f"- skipped: {result['noop_mutations_skipped']:,} no-op mutations, {result['unmade_mutations_skipped']:,} stacked "
-        f"edits with no place to apply; salt {result['salt']!r}",
+        f"edits with no place to apply; salt {result['salt']!r}; commit {result.get('commit', 'unknown')}",
         f"- seeds: {', '.join(result['seeds'])}", "",
         "| family | checksums | cases | FormatError | loaded same | loaded diff | other | crash | hang |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",

@@ -45,6 +45,7 @@ bench: setup
 	$(PY) benchmarks/compress.py
 	$(PY) benchmarks/lottery.py
 	$(PY) benchmarks/runtime.py
+	$(PY) benchmarks/fuzz_dz.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,61 @@ def test_plots_are_written_atomically(tmp_path, monkeypatch):
     svg = plots.sensitivity_plot({"fc1.weight": [(0.0, 0.9), (0.5, 0.8)]}, tmp_path / "s.svg")
     assert b"<svg" in svg.read_bytes()[:400]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.png", "s.svg"]
+
+
+# Malformed checkpoints and run files: one CheckpointError naming the file and the field.
+
+from safetensors.torch import save_file  # noqa: E402
+
+from deepzip.errors import CheckpointError  # noqa: E402
+
+
+@pytest.mark.parametrize("skeleton, message", [
+    ({"__dict__": [["model", {"__tensor__": "nope"}]]}, r"field s/model: names the tensor 'nope'"),
+    ({"__dict__": [["a", {"b": 1}]]}, "field s/a: unknown object"),
+    ({"__dict__": "x"}, "field s: a dict must be a list of \\[key, value\\] pairs"),
+])
+def test_state_skeleton_that_does_not_match_the_tensors(tmp_path, skeleton, message):
+    path = tmp_path / "s.safetensors"
+    save_file({"x": torch.zeros(1)}, str(path), metadata={"deepzip": json.dumps(skeleton)})
+    with pytest.raises(CheckpointError, match=message):
+        load_state(path)
+
+
+@pytest.mark.parametrize("meta, message", [("{not json", "metadata 'deepzip' is not valid JSON"),
+                                           ("[1, 2]", "must be a JSON object")])
+def test_model_file_metadata_must_be_a_json_object(tmp_path, meta, message):
+    path = tmp_path / "m.safetensors"
+    save_file({"x": torch.zeros(1)}, str(path), metadata={"deepzip": meta})
+    with pytest.raises(CheckpointError, match=message):
+        load_model_file(path)
+
+
+def test_read_json_names_the_file(tmp_path):
+    from deepzip.checkpoint import read_json
+
+    (tmp_path / "summary.json").write_text('{"a": 1')
+    with pytest.raises(CheckpointError, match="summary.json: not valid JSON"):
+        read_json(tmp_path / "summary.json")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"input_shape": [1, 3000, 3000]}, "'fc1.weight' does not fit this model"),
+    ({"input_shape": [1, 100000, 100000]}, "'input_shape' must be"),
+    ({"num_classes": 10_000_000}, "'num_classes' must be"),
+    ({"input_shape": "abc"}, "'input_shape' must be"),
+    ({"model": "os.system"}, "unknown model 'os.system'"),
+])
+def test_checkpoint_description_checked_before_the_model_is_built(tmp_path, change, message):
+    import resource
+
+    from deepzip.cli.common import load_checkpoint
+
+    model = models.build("lenet5", seed=0)
+    description = {"model": "lenet5", "input_shape": [1, 28, 28], "num_classes": 10}
+    path = tmp_path / "m.safetensors"
+    save_model(path, model, {**description, **change})
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with pytest.raises(CheckpointError, match=f"m.safetensors: .*{message}"):
+        load_checkpoint(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before < 100

@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .errors import DataError, DataNotFoundError, DeepzipError, FormatError
+from .errors import CheckpointError, DataError, DataNotFoundError, DeepzipError, FormatError
 
 __version__ = "0.1.0"
 
@@ -26,7 +26,7 @@ _SUBPACKAGES = ("checkpoint", "config", "data", "encode", "lottery", "models", "
 _FUNCTIONS = {"save": "deepzip.encode", "load": "deepzip.api", "load_state_dict": "deepzip.quantize",
               "METHODS": "deepzip.registry"}
 
-__all__ = ["DataError", "DataNotFoundError", "DeepzipError", "FormatError", "__version__", *_FUNCTIONS,
+__all__ = ["CheckpointError", "DataError", "DataNotFoundError", "DeepzipError", "FormatError", "__version__", *_FUNCTIONS,
            *_SUBPACKAGES]
 
 

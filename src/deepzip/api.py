@@ -20,5 +20,5 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
 
 def load_with_header(path: str | os.PathLike, model: nn.Module | None = None) -> tuple[nn.Module, dict]:
     """(`load`'s model, the file's header), the file read once: for callers that also need its metadata."""
-    header, state = encode.read(path)
-    return encode.fill(header, state, model if model is not None else models.from_description, path), header
+    header, sections, _ = encode.open_file(path)
+    return encode.load_checked(header, sections, model if model is not None else models.from_description, path), header

@@ -19,7 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file, safe_open
 
-from .errors import DeepzipError
+from .errors import CheckpointError, DeepzipError
 
 _META_KEY = "deepzip"
 
@@ -90,7 +90,31 @@ def load_model_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError) as exc:
         raise DeepzipError(f"{path}: not a readable model file ({exc})") from exc
-    return tensors, json.loads(meta.get(_META_KEY, "{}"))
+    description = _json_metadata(meta.get(_META_KEY, "{}"), path)
+    if not isinstance(description, dict):
+        raise CheckpointError(f"{path}: metadata '{_META_KEY}' must be a JSON object, got {type(description).__name__}")
+    return tensors, description
+
+
+def _json_metadata(text: str, path) -> Any:
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{path}: metadata '{_META_KEY}' is not valid JSON ({exc})") from None
+
+
+def read_json(path: str | os.PathLike, lines: bool = False) -> Any:
+    """A run's JSON file (or JSON-lines file): its value, or CheckpointError naming the file and line."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc})") from None
+    try:
+        if lines:
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return json.loads(text)
+    except (json.JSONDecodeError, ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
 
 
 def _flatten(obj: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -104,13 +128,24 @@ def _flatten(obj: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
     return obj  # JSON scalar
 
 
-def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+def _unflatten(obj: Any, tensors: dict[str, torch.Tensor], where: str = "s") -> Any:
+    """The structure back from its skeleton; a skeleton that does not match the tensors is a
+    CheckpointError naming the place (``where``, e.g. s/model/fc1.weight)."""
     if isinstance(obj, dict) and "__tensor__" in obj:
-        return tensors[obj["__tensor__"]]
+        key = obj["__tensor__"]
+        if not isinstance(key, str) or key not in tensors:
+            raise CheckpointError(f"{where}: names the tensor {key!r}, which the file does not hold")
+        return tensors[key]
     if isinstance(obj, dict) and "__dict__" in obj:
-        return {k: _unflatten(v, tensors) for k, v in obj["__dict__"]}
+        items = obj["__dict__"]
+        if not (isinstance(items, list) and all(isinstance(i, list) and len(i) == 2 and not isinstance(i[0], (list, dict))
+                                                for i in items)):
+            raise CheckpointError(f"{where}: a dict must be a list of [key, value] pairs")
+        return {k: _unflatten(v, tensors, f"{where}/{k}") for k, v in items}
+    if isinstance(obj, dict):
+        raise CheckpointError(f"{where}: unknown object in the skeleton (keys {sorted(obj)[:3]})")
     if isinstance(obj, list):
-        return [_unflatten(v, tensors) for v in obj]
+        return [_unflatten(v, tensors, f"{where}/{i}") for i, v in enumerate(obj)]
     return obj
 
 
@@ -128,6 +163,11 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
         tensors = load_file(str(path))
         with safe_open(str(path), framework="pt") as f:
             skeleton = json.loads((f.metadata() or {})[_META_KEY])
-    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as exc:
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError, RecursionError) as exc:
         raise DeepzipError(f"{path}: not a readable deepzip state file ({exc})") from exc
-    return _unflatten(skeleton, tensors)
+    try:
+        return _unflatten(skeleton, tensors)
+    except RecursionError:
+        raise CheckpointError(f"{path}: the state's structure is nested too deeply") from None
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: field {exc}") from None

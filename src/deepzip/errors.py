@@ -19,3 +19,7 @@ class DataNotFoundError(DataError):
 
 class FormatError(DeepzipError):
     """A deepzip file (.dz) is malformed, truncated, corrupted or of an unsupported version."""
+
+
+class CheckpointError(DeepzipError):
+    """A checkpoint or run file (safetensors model/state file, run JSON) is malformed or does not fit."""

@@ -67,7 +67,7 @@ ROWS = [
     ("prune checkpoint text", ["prune", "--checkpoint", "{W}/notes.txt"], "--checkpoint: {W}/notes.txt: not a readable model file"),
     ("prune checkpoint .dz", ["prune", "--checkpoint", "{DZ}"], "not a readable model file"),
     ("prune plain safetensors", ["prune", "--checkpoint", "{W}/plain.safetensors"], "has no deepzip model description"),
-    ("prune bad description", ["prune", "--checkpoint", "{W}/baddesc.safetensors"], "description is not valid JSON"),
+    ("prune bad description", ["prune", "--checkpoint", "{W}/baddesc.safetensors"], "metadata 'deepzip' is not valid JSON"),
     ("prune sparsity 1.5", ["prune", "--checkpoint", "{CKPT}", "--sparsity", "1.5"], "--sparsity must be in [0, 1), got 1.5"),
     ("prune sparsity nan", ["prune", "--checkpoint", "{CKPT}", "--sparsity", "nan"], "argument --sparsity: expected a finite"),
     ("prune N>M", ["prune", "--checkpoint", "{CKPT}", "--method", "nm", "--n", "5", "--m", "4"], "--n/--m: N:M needs N <= M, got 5:4"),
@@ -159,7 +159,7 @@ ROWS = [
     # ---- evaluate
     ("evaluate wrong shape", ["evaluate", "{DZ28}", "--dataset", "digits"],
      "--dataset: digits has inputs of shape (1, 8, 8) but the model in {DZ28} takes (1, 28, 28)"),
-    ("evaluate metadata list", ["evaluate", "{DZLIST}"], "--dataset: {DZLIST} does not record a known data set"),
+    ("evaluate metadata list", ["evaluate", "{DZLIST}"], "{DZLIST}: header 'metadata' must be an object"),
     ("evaluate unknown dataset", ["evaluate", "{DZ}", "--dataset", "imagenet"], "--dataset: unknown data set 'imagenet'"),
     ("evaluate data-dir empty", ["evaluate", "{DZ28}", "--dataset", "fashion-mnist", "--data-dir", "{W}/empty"],
      "--data-dir: data directory {W}/empty lacks"),

@@ -95,7 +95,7 @@ def _set(path, value):
     (_set(["tensors", "fc1.weight", "encoding"], "zip"), "unknown encoding 'zip'"),
     (_set(["tensors", "fc1.weight", "indices", "count"], 10 ** 12), "declares 1000000000000 symbols"),
     (_set(["tensors", "fc1.weight", "indices", "section"], 999), "bad section number"),
-    (_set(["tensors", "fc1.weight", "positions", "span_bits"], 40), "span_bits in 1..24"),
+    (_set(["tensors", "fc1.weight", "positions", "span_bits"], 40), "span_bits must be an integer in 1..24"),
     (_set(["tensors", "fc1.weight", "codebook", "size"], 2), "indices .* for .* positions and 2 values|codebook section"),
     (_set(["tensors", "fc1.weight", "shape"], [3, 3]), "beyond the tensor|symbols for a tensor"),
     (_set(["tensors", "fc1.bias", "dtype"], "f16"), "dense section has"),

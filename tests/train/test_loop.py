@@ -61,3 +61,23 @@ def test_resumed_run_equals_uninterrupted(digits, tmp_path):
     again = fresh()
     train(again, digits, CFG, run_dir=tmp_path, progress=False)
     assert torch.equal(again.fc1.weight, reference.fc1.weight)
+
+
+@pytest.mark.parametrize("state, message", [
+    ({"optimizer": {}, "scheduler": {}, "iteration": 3}, "lacks the field 'model'"),
+    ({"model": {}, "optimizer": {}, "scheduler": {}, "iteration": "abc"}, "field 'iteration' must be a int"),
+    ({"model": {}, "optimizer": {}, "scheduler": {}, "iteration": 10 ** 9}, "field 'iteration' 1000000000 is outside"),
+    ({"model": {"fc1.weight": torch.zeros(2)}, "optimizer": {}, "scheduler": {}, "iteration": 3},
+     "field 'model' does not fit this run"),
+    ([1, 2], "a training state must be a dict"),
+])
+def test_resume_from_a_malformed_state_names_the_field(digits, tmp_path, state, message):
+    from deepzip.checkpoint import save_state
+    from deepzip.errors import CheckpointError
+
+    model = fresh()
+    with pytest.raises(Crash):
+        train(model, digits, CFG, run_dir=tmp_path, hooks=[crash_at(25)], progress=False)
+    save_state(tmp_path / "checkpoint.safetensors", state)
+    with pytest.raises(CheckpointError, match=f"checkpoint.safetensors: .*{message}"):
+        train(fresh(), digits, CFG, run_dir=tmp_path, resume=True, progress=False)

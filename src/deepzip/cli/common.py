@@ -8,7 +8,7 @@ from pathlib import Path
 from .. import data, models
 from ..checkpoint import load_model_file
 from ..config import flag, from_dict, hashname
-from ..errors import DeepzipError
+from ..errors import CheckpointError, DeepzipError
 from ..quantize import load_state_dict
 from ..train import TrainConfig
 from .checks import checkpoint, load_splits
@@ -44,17 +44,17 @@ def load_checkpoint(path) -> tuple:
         state, description = load_model_file(path)
     except DeepzipError as exc:
         raise DeepzipError(f"--checkpoint: {exc}; give a model file written by deepzip") from None
-    except ValueError as exc:  # the description is not JSON
-        raise DeepzipError(f"--checkpoint: {path}: its deepzip description is not valid JSON ({exc}); give a "
-                           f"model file written by deepzip") from None
     if not isinstance(description, dict) or "model" not in description:
         raise DeepzipError(f"--checkpoint: {path} has no deepzip model description; give a model file written by "
                            f"'deepzip train', 'prune' or 'quantize'")
+    try:  # the description checked, and the model compared with the stored tensors before it is built
+        model = models.from_description(description, state=state)
+    except DeepzipError as exc:
+        raise CheckpointError(f"--checkpoint: {path}: {exc}") from None
     try:
-        model = models.build(description["model"], description["input_shape"], description["num_classes"])
         load_state_dict(model, state)
         train_cfg = from_dict(TrainConfig, description.get("train_config", {"model": description["model"]}))
-    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise DeepzipError(f"--checkpoint: {path}: its description or tensors do not make a deepzip model "
                            f"({type(exc).__name__}: {exc}); give a model file written by deepzip") from None
     return model, description, train_cfg

@@ -13,6 +13,9 @@ import numpy as np
 from ..errors import FormatError
 from .bits import read_table, write_table
 
+SLACK_BITS = 96  # the coder's state words and rounding of the bound
+CHUNK = 1 << 20  # symbols decoded per call into constriction
+
 
 def _model(counts: np.ndarray):
     probabilities = counts.astype(np.float64) / float(counts.sum())
@@ -52,9 +55,35 @@ def decode(payload: bytes, count: int, alphabet: int, what: str) -> np.ndarray:
         if words:
             raise FormatError(f"{what}: single-symbol rANS stream must have no words")
         return np.full(count, used[0], dtype=np.int64)
+    check_payload_holds(counts, len(words), what)
+    return used[_decode_ranks(np.frombuffer(words, dtype="<u4").astype(np.uint32), counts, what)]
+
+
+def information_bits(counts: np.ndarray) -> float:
+    """The least number of bits any code needs for a sequence with these symbol counts."""
+    counts = counts.astype(np.float64)
+    return float(-(counts * np.log2(counts / counts.sum())).sum())
+
+
+def check_payload_holds(counts: np.ndarray, n_words: int, what: str) -> None:
+    """The declared symbols must carry no more information than the words can hold (plus the coder's
+    64-bit state): bounds the count by the payload before anything of that size is allocated."""
+    need = information_bits(counts)
+    if need > 32 * n_words + SLACK_BITS:
+        raise FormatError(f"{what}: {int(counts.sum())} symbols with these counts need {need:.0f} bits; "
+                          f"the stream holds {32 * n_words}")
+
+
+def _decode_ranks(words: np.ndarray, counts: np.ndarray, what: str) -> np.ndarray:
+    """Decode in chunks, so the coder never allocates more than a chunk of output itself."""
+    count = int(counts.sum())
+    ranks = np.empty(count, dtype=np.int64)
     try:
-        coder = constriction.stream.stack.AnsCoder(np.frombuffer(words, dtype="<u4").astype(np.uint32))
-        ranks = coder.decode(_model(counts), count)
+        coder = constriction.stream.stack.AnsCoder(words)
+        model = _model(counts)
+        for start in range(0, count, CHUNK):
+            stop = min(count, start + CHUNK)
+            ranks[start:stop] = coder.decode(model, stop - start)
     except Exception as exc:  # constriction reports malformed input with its own exception types
         raise FormatError(f"{what}: rANS decoding failed ({exc})") from exc
-    return used[np.asarray(ranks, dtype=np.int64)]
+    return ranks

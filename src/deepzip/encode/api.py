@@ -14,7 +14,7 @@ from ..checkpoint import atomic_write
 from ..errors import FormatError
 from ..prune.masks import MASK_SUFFIX
 from ..quantize.sharing import CODEBOOK, INDEX, load_state_dict
-from . import container, records
+from . import container, records, schema
 from .report import build_report
 
 MAX_FILE = 1 << 34  # 16 GiB: refuse to read anything larger
@@ -64,10 +64,8 @@ def save(model: nn.Module, path: str | os.PathLike, float_dtype: str = "f32", co
 
 
 def open_file(path: str | os.PathLike) -> tuple[dict[str, Any], list[bytes], int]:
-    """(header, sections, file size) of a .dz file, framing and header checked; every problem is a FormatError.
-
-    Each operation on a file parses it once, here; records are decoded from the sections it returns.
-    """
+    """(schema-checked header, section payloads, file size) of a .dz file, nothing decoded yet; every
+    problem is a FormatError naming the file. Each operation parses a file once, here."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -81,7 +79,7 @@ def open_file(path: str | os.PathLike) -> tuple[dict[str, Any], list[bytes], int
 
 
 def decode_records(header: dict[str, Any], sections: list[bytes], name: str = "<bytes>") -> dict[str, torch.Tensor]:
-    """The state_dict the header's records describe, decoded from ``sections``."""
+    """The state_dict of a checked header's records, decoded from ``sections``."""
     def decode() -> dict[str, torch.Tensor]:
         state: dict[str, torch.Tensor] = {}
         for record in header["tensors"]:
@@ -110,19 +108,38 @@ def decode_bytes(data: bytes, name: str = "<bytes>") -> tuple[dict[str, Any], di
     return header, decode_records(header, sections, name)
 
 
-ModelOrBuilder = Union[nn.Module, Callable[[dict], nn.Module]]
+ModelOrBuilder = Union[nn.Module, Callable[[Any], nn.Module]]
 
 
-def model_for(header: dict[str, Any], model: ModelOrBuilder | None, path: Any) -> nn.Module:
-    """``model`` itself, or what the builder ``model(description)`` makes of the file's model description."""
-    if isinstance(model, nn.Module):
-        return model
+def model_for(header: dict[str, Any], model: ModelOrBuilder | None, name: Any, device: str | None = None) -> nn.Module:
+    """``model`` itself, or what the builder ``model(description)`` makes of the file's model description;
+    either way checked to fit the file's records (names, shapes, kinds: `schema.check_fits`) before any
+    tensor is decoded. A builder is called first under ``torch.device("meta")`` (shapes, no memory), so a
+    hostile description cannot allocate anything before the check; ``device="meta"`` returns that skeleton.
+    """
     if model is None:
-        raise TypeError(f"{path}: pass model= (a fresh instance of the saved architecture, or a builder such as "
+        raise TypeError(f"{name}: pass model= (a fresh instance of the saved architecture, or a builder such as "
                         f"deepzip.models.from_description); deepzip.load(path) rebuilds deepzip's registry models")
+    if isinstance(model, nn.Module):
+        _named(str(name), schema.check_fits, header, model)
+        return model
     if not callable(model):
         raise TypeError(f"model must be an nn.Module or a builder function, got {type(model).__name__}")
-    return model(header.get("model"))
+    with torch.device("meta"):
+        skeleton = _named(str(name), model, header.get("model"))
+    _named(str(name), schema.check_fits, header, skeleton)
+    return skeleton if device == "meta" else model(header.get("model"))
+
+
+def load_checked(header: dict[str, Any], sections: list[bytes], model: ModelOrBuilder | None, name: Any) -> nn.Module:
+    """`load` for a file already opened (`open_file`)."""
+    model = model_for(header, model, name)  # before any tensor is decoded
+    state = decode_records(header, sections, str(name))
+    try:
+        load_state_dict(model, state)
+    except (RuntimeError, ValueError) as exc:  # what the record check cannot see (e.g. a mask on a buffer)
+        raise schema.ModelFitError(f"{name} does not fit this model: {str(exc).splitlines()[0]}") from None
+    return model
 
 
 def load(path: str | os.PathLike, model: ModelOrBuilder | None) -> nn.Module:
@@ -131,15 +148,5 @@ def load(path: str | os.PathLike, model: ModelOrBuilder | None) -> nn.Module:
 
     Pruning masks and codebooks come back as explicit state, ready for more training or `finalize`.
     """
-    header, state = read(path)
-    return fill(header, state, model, path)
-
-
-def fill(header: dict[str, Any], state: dict[str, torch.Tensor], model: ModelOrBuilder | None, path: Any) -> nn.Module:
-    """`load` for a file already read (`read`): the model (or what the builder makes) with ``state`` loaded."""
-    model = model_for(header, model, path)
-    try:
-        load_state_dict(model, state)
-    except (RuntimeError, ValueError) as exc:  # a shape / key mismatch between file and model
-        raise ValueError(f"{path} does not fit this model: {str(exc).splitlines()[0]}") from None
-    return model
+    header, sections, _ = open_file(path)
+    return load_checked(header, sections, model, path)

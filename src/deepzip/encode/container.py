@@ -12,16 +12,13 @@ import zlib
 from typing import Any
 
 from ..errors import FormatError
-from .records import DTYPES
+from .schema import MAX_SECTIONS, check_header
 
 MAGIC = b"\x89DZP\r\n\x1a\n"
 END_MAGIC = b"DZEN"
 VERSION = (1, 0)
 MAX_HEADER = 4 << 20
-MAX_TENSORS = 65_536
-MAX_SECTIONS = 1 << 20
-MAX_DIMS = 8
-MAX_ELEMENTS = (1 << 31) - 1
+MAX_DIGITS = 20  # the longest integer a header may hold (a u64 has 20 digits)
 PREAMBLE = struct.Struct("<8sHHI")
 TRAILER = struct.Struct("<I4s")
 MIN_SIZE = PREAMBLE.size + 2 + 4 + TRAILER.size
@@ -77,8 +74,15 @@ def _parse_json(text: bytes) -> dict:
     def no_constants(name):
         raise FormatError(f"header contains the non-JSON constant {name}")
 
+    def bounded_int(digits):
+        if len(digits.lstrip("-")) > MAX_DIGITS:
+            raise FormatError(f"header holds an integer of {len(digits.lstrip('-'))} digits; at most {MAX_DIGITS} "
+                              f"are allowed")
+        return int(digits)
+
     try:
-        header = json.loads(text.decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=no_constants)
+        header = json.loads(text.decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=no_constants,
+                            parse_int=bounded_int)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise FormatError(f"header is not valid UTF-8 JSON ({exc})") from None
     if not isinstance(header, dict):
@@ -111,7 +115,7 @@ def unpack(data: bytes) -> tuple[dict, list[bytes]]:
     if zlib.crc32(data[: len(data) - TRAILER.size]) != file_crc:
         raise ChecksumError("file checksum mismatch: the data is corrupted")
     sections = _sections(header, data, data_start, len(data) - TRAILER.size)
-    validate_header(header, len(sections))
+    check_header(header, [len(payload) for payload in sections], len(data))
     return header, sections
 
 
@@ -138,66 +142,3 @@ def _sections(header: dict, data: bytes, start: int, end: int) -> list[bytes]:
 
 def _is_uint(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise FormatError(message)
-
-
-def _check_stream(stream, n_sections: int, what: str) -> None:
-    _require(isinstance(stream, dict), f"{what}: stream must be an object")
-    _require(_is_uint(stream.get("section")) and stream["section"] < n_sections, f"{what}: bad section number")
-    _require(stream.get("coder") in ("raw", "huffman", "rans"), f"{what}: coder must be raw, huffman or rans")
-    _require(_is_uint(stream.get("count")), f"{what}: count must be a non-negative integer")
-    _require(_is_uint(stream.get("alphabet")) and 1 <= stream["alphabet"] <= (1 << 24) + 1,
-             f"{what}: alphabet must be in 1..{(1 << 24) + 1}")
-
-
-def validate_header(header: dict, n_sections: int) -> None:
-    """Types, limits and references of every tensor record (before any decoding)."""
-    tensors = header.get("tensors")
-    _require(isinstance(tensors, list) and len(tensors) <= MAX_TENSORS,
-             f"header 'tensors' must be a list of at most {MAX_TENSORS}")
-    _require(header.get("model") is None or isinstance(header["model"], dict), "header 'model' must be an object or null")
-    names = set()
-    for i, record in enumerate(tensors):
-        _require(isinstance(record, dict) and isinstance(record.get("name"), str), f"tensor {i}: needs a string name")
-        what = f"tensor {record['name']!r}"
-        _require(record["name"] not in names, f"{what}: duplicate name")
-        names.add(record["name"])
-        shape = record.get("shape")
-        _require(isinstance(shape, list) and len(shape) <= MAX_DIMS and all(_is_uint(s) for s in shape),
-                 f"{what}: shape must be a list of at most {MAX_DIMS} non-negative integers")
-        numel = 1
-        for s in shape:
-            numel *= s
-        _require(numel <= MAX_ELEMENTS, f"{what}: {numel} elements exceed the limit {MAX_ELEMENTS}")
-        encoding = record.get("encoding")
-        if encoding == "dense":
-            _require(record.get("dtype") in DTYPES, f"{what}: dtype must be one of {', '.join(DTYPES)}")
-            _require(record.get("as", "f32") in ("f32",), f"{what}: 'as' may only be f32")
-            _require(_is_uint(record.get("section")) and record["section"] < n_sections, f"{what}: bad section number")
-        elif encoding in ("shared", "sparse"):
-            _check_positions_spec(record, n_sections, what, required=encoding == "sparse")
-            if encoding == "shared":
-                cb = record.get("codebook")
-                _require(isinstance(cb, dict) and cb.get("dtype") in ("f32", "f16") and _is_uint(cb.get("size"))
-                         and 1 <= cb["size"] <= 65_536 and _is_uint(cb.get("section")) and cb["section"] < n_sections,
-                         f"{what}: codebook needs dtype f32/f16, size 1..65536 and a section")
-                _check_stream(record.get("indices"), n_sections, f"{what} indices")
-            else:
-                _require(record.get("dtype") in ("f32", "f16"), f"{what}: sparse values must be f32 or f16")
-                _require(_is_uint(record.get("values")) and record["values"] < n_sections, f"{what}: bad values section")
-        else:
-            raise FormatError(f"{what}: unknown encoding {encoding!r}; this reader knows dense, shared, sparse")
-
-
-def _check_positions_spec(record: dict, n_sections: int, what: str, required: bool) -> None:
-    spec = record.get("positions")
-    if spec is None:
-        _require(not required, f"{what}: positions are required")
-        return
-    _require(isinstance(spec, dict) and _is_uint(spec.get("span_bits")) and 1 <= spec["span_bits"] <= 24,
-             f"{what}: positions need span_bits in 1..24")
-    _check_stream(spec.get("stream"), n_sections, f"{what} positions")

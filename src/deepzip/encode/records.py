@@ -117,7 +117,7 @@ def sparse_record(w: Writer, name: str, weight: torch.Tensor, mask: torch.Tensor
 
 def read_stream(stream: dict, sections: list[bytes], numel: int, what: str) -> np.ndarray:
     count, alphabet = stream["count"], stream["alphabet"]
-    if not 0 <= count <= 2 * numel + 1:
+    if not 0 <= count <= numel:
         raise FormatError(f"{what}: stream declares {count} symbols for a tensor of {numel} elements")
     return decode_stream(sections[stream["section"]], stream["coder"], count, alphabet, what)
 

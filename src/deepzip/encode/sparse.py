@@ -29,4 +29,7 @@ def relative_indices(positions: np.ndarray, span_bits: int) -> tuple[np.ndarray,
 
 def positions_from_gaps(symbols: np.ndarray) -> np.ndarray:
     """Flat position of every entry (fillers included) from its gap symbols."""
-    return np.cumsum(np.asarray(symbols, dtype=np.int64) + 1) - 1
+    positions = np.add(symbols, 1, dtype=np.int64)  # one array, updated in place: no temporaries
+    np.cumsum(positions, out=positions)
+    positions -= 1
+    return positions

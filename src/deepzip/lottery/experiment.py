@@ -19,9 +19,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..checkpoint import atomic_write_text, load_model_file, save_model
+from ..checkpoint import atomic_write_text, load_model_file, read_json, save_model
 from ..config import to_dict
 from ..data import DataSplits
+from ..errors import CheckpointError
 from ..models import build
 from ..prune import apply_masks, compute_masks, enforce, prunable_weights
 from ..prune.masks import MASK_SUFFIX
@@ -154,7 +155,7 @@ class Experiment:
     def run_step(self, replicate: int, level: int, variant: str) -> dict[str, Any]:
         if variant == "dense":
             self._dense(replicate)
-            return json.loads((self.step_dir(replicate, 0, "dense") / "summary.json").read_text())
+            return read_json(self.step_dir(replicate, 0, "dense") / "summary.json")
         seed = self.cfg.seed + replicate
         directory = self.step_dir(replicate, level, variant)
         mask_file = directory / "mask.safetensors"
@@ -166,12 +167,12 @@ class Experiment:
             directory.mkdir(parents=True, exist_ok=True)
             save_model(mask_file, holder, {"names": list(masks)})
         state, meta = load_model_file(mask_file)
-        masks = {name: state[f"m{i}"] for i, name in enumerate(meta["names"])}
+        masks = _masks_from_file(mask_file, state, meta)
         model, start, cfg = self._reset(replicate, level, variant, seed)
         apply_masks(model, masks)
         enforce(model)
         self._train(model, directory, seed, start=start, cfg=cfg)
-        return json.loads((directory / "summary.json").read_text())
+        return read_json(directory / "summary.json")
 
     def _masks(self, replicate: int, level: int, variant: str) -> dict[str, torch.Tensor]:
         # one-shot prunes the dense model to the level at once; every other variant starts from the
@@ -211,3 +212,14 @@ class Experiment:
             return model, k, None
         final_lr = self.train_cfg.lr * lr_factor(self.train_cfg, self.total, self.total, self.per_epoch)
         return model, k, dataclasses.replace(self.train_cfg, lr=max(final_lr, 1e-6), lr_schedule="constant")
+
+
+def _masks_from_file(path, state: dict, meta: dict) -> dict[str, torch.Tensor]:
+    """A step's masks by parameter name; a file whose names and tensors disagree is a CheckpointError."""
+    names = meta.get("names")
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise CheckpointError(f"{path}: metadata field 'names' must be a list of parameter names")
+    missing = [f"m{i}" for i in range(len(names)) if f"m{i}" not in state]
+    if missing:
+        raise CheckpointError(f"{path}: the masks {', '.join(missing[:3])} named in 'names' are missing")
+    return {name: state[f"m{i}"] for i, name in enumerate(names)}

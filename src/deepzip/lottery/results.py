@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import load_model_file
+from ..checkpoint import load_model_file, read_json
+from ..errors import CheckpointError
 
 VARIANT_ORDER = ("dense", "imp", "reinit", "random", "oneshot")
 
@@ -32,10 +32,10 @@ def steps(directory: str | Path) -> list[dict[str, Any]]:
         step_dir = summary.parent
         level_dir = step_dir if step_dir.name.startswith("level_") else step_dir.parent
         variant = "dense" if step_dir == level_dir else step_dir.name
-        metrics = [json.loads(line) for line in (step_dir / "metrics.jsonl").read_text().splitlines() if line]
+        metrics = read_json(step_dir / "metrics.jsonl", lines=True)
         out.append({"replicate": int(level_dir.parent.name.split("_")[1]), "level": int(level_dir.name.split("_")[1]),
-                    "variant": variant, "remaining": _remaining(step_dir), **json.loads(summary.read_text()),
-                    "curve": [(m["iteration"], m["test_acc"]) for m in metrics]})
+                    "variant": variant, "remaining": _remaining(step_dir), **_summary(summary),
+                    "curve": _curve(step_dir / "metrics.jsonl", metrics)})
     return out
 
 
@@ -78,3 +78,18 @@ def status(directory: str | Path, expected: list[tuple[int, int, str]] | None = 
         else:
             lines.append("  complete")
     return "\n".join(lines)
+
+
+def _summary(path: Path) -> dict[str, Any]:
+    summary = read_json(path)
+    if not isinstance(summary, dict):
+        raise CheckpointError(f"{path}: a step summary must be a JSON object")
+    return summary
+
+
+def _curve(path: Path, metrics: list) -> list[tuple[int, float]]:
+    """(iteration, test accuracy) per evaluation; a row lacking them is a CheckpointError naming the line."""
+    for i, m in enumerate(metrics):
+        if not (isinstance(m, dict) and isinstance(m.get("iteration"), int) and isinstance(m.get("test_acc"), (int, float))):
+            raise CheckpointError(f"{path}: line {i + 1} needs 'iteration' and 'test_acc'")
+    return [(m["iteration"], m["test_acc"]) for m in metrics]

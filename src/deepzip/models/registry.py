@@ -34,9 +34,3 @@ def build(name: str, input_shape=(1, 28, 28), num_classes: int = 10, seed: int |
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
-
-def from_description(description: dict | None) -> nn.Module:
-    """The registry model a saved description names (the one place a model is rebuilt from a file)."""
-    if not isinstance(description, dict) or "model" not in description:
-        raise ValueError("the file records no registry model; pass model= (a fresh instance of its architecture)")
-    return build(description["model"], description.get("input_shape", (1, 28, 28)), description.get("num_classes", 10))

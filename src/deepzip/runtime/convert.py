@@ -208,10 +208,9 @@ def load(path: str | Path, model: ModelOrBuilder, example: torch.Tensor | None =
     temporarily, when calibrating against dense with ``example``).
     """
     _check_mode(mode)
-    header, sections, _ = open_file(path)
-    if not isinstance(model, nn.Module):
-        with torch.device("meta"):  # a skeleton: layer hyperparameters without weight memory
-            model = model_for(header, model, path)
+    header, sections, _ = open_file(path)  # the whole header checked, nothing decoded yet
+    # a skeleton (layer hyperparameters without weight memory), checked against the records first
+    model = model_for(header, model, path, device="meta")
     model.eval()
     dense_state, found = {}, []
     for record in header["tensors"]:

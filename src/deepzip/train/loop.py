@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..checkpoint import atomic_write_text, load_model_file, load_state, save_model, save_state
+from ..checkpoint import atomic_write_text, load_model_file, load_state, read_json, save_model, save_state
 from ..config import to_dict
 from ..data import DataSplits, Split
-from ..errors import DeepzipError
+from ..errors import CheckpointError, DeepzipError
 from ..quantize.sharing import load_state_dict
 from .config import TrainConfig
 
@@ -96,7 +96,10 @@ def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
 def _read_metrics(path: Path, upto: int) -> list[dict[str, Any]]:
     if not path.exists():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = read_json(path, lines=True)
+    for i, row in enumerate(rows):
+        if not (isinstance(row, dict) and isinstance(row.get("iteration"), int)):
+            raise CheckpointError(f"{path}: line {i + 1} needs an integer 'iteration'")
     return [r for r in rows if r["iteration"] <= upto]
 
 
@@ -164,10 +167,8 @@ def train(
         if not resume:
             raise DeepzipError(f"{run.dir} holds an unfinished run; pass --resume to continue it "
                                f"or delete the directory to start over")
-        state = load_state(checkpoint)
-        _load_weights(model, state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        state = _resume_state(load_state(checkpoint), checkpoint, total)
+        _resume_into(checkpoint, model, optimizer, scheduler, state)
         iteration = state["iteration"]
         metrics = _read_metrics(run.path("metrics.jsonl"), upto=iteration)
     run.start()
@@ -211,6 +212,36 @@ def train(
         atomic_write_text(run.path("summary.json"), json.dumps(result.summary(), indent=2) + "\n")
         checkpoint.unlink(missing_ok=True)
     return result
+
+
+RESUME_FIELDS = {"model": dict, "optimizer": dict, "scheduler": dict, "iteration": int}
+
+
+def _resume_state(state: Any, path: Path, total: int) -> dict:
+    """A training state file's fields, each checked (CheckpointError naming the file and field)."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: a training state must be a dict, got {type(state).__name__}")
+    for name, kind in RESUME_FIELDS.items():
+        if name not in state:
+            raise CheckpointError(f"{path}: the training state lacks the field {name!r}")
+        if not isinstance(state[name], kind) or isinstance(state[name], bool):
+            raise CheckpointError(f"{path}: field {name!r} must be a {kind.__name__}, got {type(state[name]).__name__}")
+    if not 0 <= state["iteration"] <= total:
+        raise CheckpointError(f"{path}: field 'iteration' {state['iteration']} is outside 0..{total}")
+    bad = [k for k, v in state["model"].items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: field 'model' holds non-tensors ({', '.join(map(repr, bad[:3]))})")
+    return state
+
+
+def _resume_into(path: Path, model, optimizer, scheduler, state: dict) -> None:
+    """Load a checked state; a state of another model or optimizer is a CheckpointError naming the field."""
+    for name, load in (("model", lambda v: _load_weights(model, v)), ("optimizer", optimizer.load_state_dict),
+                       ("scheduler", scheduler.load_state_dict)):
+        try:
+            load(state[name])
+        except (RuntimeError, ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"{path}: field {name!r} does not fit this run: {str(exc).splitlines()[0][:200]}") from None
 
 
 def _load_weights(model: nn.Module, state: dict) -> None:

@@ -1,0 +1,289 @@
+"""The header schema (docs/format.md section 2-4): every key, type, range and size, before any decoding.
+
+`check_header` looks only at the parsed header, the section lengths and the file size. When it
+returns, every record has exactly its keys with the right types, every size agrees with the shape
+and with the bytes present, every section is used by exactly one record, and the file's total
+element count is bounded: what decoding may allocate is a small multiple of what is checked here.
+`check_fits` compares the records with a model's tensors (names, shapes, kinds) before any payload
+is decoded. Pure functions; every failure is one `FormatError` naming the field.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..errors import FormatError
+
+MAX_TENSORS = 65_536
+MAX_SECTIONS = 1 << 20
+MAX_DIMS = 8
+MAX_ELEMENTS = (1 << 31) - 1  # one tensor
+FILE_ELEMENTS_BASE = 1 << 22  # a whole file: this many elements, plus ...
+FILE_ELEMENTS_PER_BYTE = 256  # ... this many per byte of the file (Deep Compression reaches ~12)
+MAX_NAME = 1024
+MAX_WRITER = 256
+MAX_CODEBOOK = 65_536
+MAX_SPAN_BITS = 24
+MAX_ALPHABET = (1 << 24) + 1
+CODERS = ("raw", "huffman", "rans")
+ITEM_SIZE = {"f32": 4, "f16": 2, "bf16": 2, "f64": 8, "i64": 8, "i32": 4, "i16": 2, "i8": 1, "u8": 1, "bool": 1}
+FLOAT_STORAGE = ("f32", "f16")
+HEADER_KEYS = {"writer", "model", "metadata", "sections", "tensors"}
+RECORD_KEYS = {
+    "dense": ({"name", "shape", "encoding", "dtype", "section"}, {"as"}),
+    "shared": ({"name", "shape", "encoding", "codebook", "positions", "indices"}, set()),
+    "sparse": ({"name", "shape", "encoding", "dtype", "positions", "values"}, set()),
+}
+STREAM_KEYS = {"section", "coder", "count", "alphabet"}
+CODEBOOK_KEYS = {"dtype", "size", "section"}
+POSITIONS_KEYS = {"span_bits", "stream"}
+
+
+class ModelFitError(FormatError, ValueError):
+    """The file is well formed but does not fit the model it is loaded into (names, shapes, kinds)."""
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise FormatError(message)
+
+
+def is_uint(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def require_uint(value: Any, low: int, high: int, what: str) -> int:
+    require(is_uint(value) and low <= value <= high, f"{what} must be an integer in {low}..{high}, got {_short(value)}")
+    return value
+
+
+def require_choice(value: Any, choices, what: str) -> str:
+    require(isinstance(value, str) and value in choices,
+            f"{what} must be one of {', '.join(choices)}, got {_short(value)}")
+    return value
+
+
+def require_keys(obj: Any, required: set[str], optional: set[str], what: str) -> dict:
+    require(isinstance(obj, dict), f"{what} must be an object, got {type(obj).__name__}")
+    missing = sorted(required - obj.keys())
+    require(not missing, f"{what} lacks the key(s) {', '.join(map(repr, missing))}")
+    unknown = sorted(obj.keys() - required - optional)
+    require(not unknown, f"{what} has unknown key(s) {', '.join(map(repr, unknown[:5]))}")
+    return obj
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def width(alphabet: int) -> int:
+    """Bits per symbol of the raw coder (as encode.bits.width)."""
+    return max(1, int(alphabet - 1).bit_length())
+
+
+def element_count(shape: list[int]) -> int:
+    numel = 1
+    for size in shape:
+        numel *= size
+    return numel
+
+
+def file_element_limit(file_size: int) -> int:
+    """The most elements, all tensors together, a file of ``file_size`` bytes may declare."""
+    return min(MAX_ELEMENTS, FILE_ELEMENTS_BASE + FILE_ELEMENTS_PER_BYTE * file_size)
+
+
+# ------------------------------------------------------------------------------------------ header
+
+class _Sections:
+    """Section lengths, and which record claimed each (every section belongs to exactly one field)."""
+
+    def __init__(self, sizes: list[int]):
+        self.sizes = sizes
+        self.owner: dict[int, str] = {}
+
+    def claim(self, value: Any, what: str) -> int:
+        require(is_uint(value) and value < len(self.sizes),
+                f"{what}: bad section number {_short(value)} (the file has {len(self.sizes)} sections)")
+        index = value
+        require(index not in self.owner, f"{what}: section {index} is already used by {self.owner.get(index)}")
+        self.owner[index] = what
+        return index
+
+    def check_all_used(self) -> None:
+        unused = [i for i in range(len(self.sizes)) if i not in self.owner]
+        require(not unused, f"sections {unused[:5]} are not used by any tensor record")
+
+
+def check_header(header: dict, section_sizes: list[int], file_size: int) -> None:
+    """The whole header against the schema, the section lengths and the file size (no decoding)."""
+    require_keys(header, HEADER_KEYS, set(), "header")
+    require(isinstance(header["writer"], str) and len(header["writer"]) <= MAX_WRITER,
+            f"header 'writer' must be a string of at most {MAX_WRITER} characters")
+    require(header["model"] is None or isinstance(header["model"], dict), "header 'model' must be an object or null")
+    require(isinstance(header["metadata"], dict), "header 'metadata' must be an object")
+    tensors = header["tensors"]
+    require(isinstance(tensors, list) and len(tensors) <= MAX_TENSORS,
+            f"header 'tensors' must be a list of at most {MAX_TENSORS}")
+    sections = _Sections(section_sizes)
+    names, total = set(), 0
+    for i, record in enumerate(tensors):
+        require(isinstance(record, dict) and isinstance(record.get("name"), str)
+                and 0 < len(record["name"]) <= MAX_NAME, f"tensor {i}: needs a string name of 1..{MAX_NAME} characters")
+        what = f"tensor {record['name']!r}"
+        require(record["name"] not in names, f"{what}: duplicate name")
+        names.add(record["name"])
+        total += check_record(record, sections, what)
+    sections.check_all_used()
+    limit = file_element_limit(file_size)
+    require(total <= limit, f"header 'tensors': {total} elements in all exceed the limit {limit} "
+                            f"for a file of {file_size} bytes")
+
+
+def check_shape(shape: Any, what: str) -> int:
+    require(isinstance(shape, list) and len(shape) <= MAX_DIMS and all(is_uint(s) for s in shape),
+            f"{what}: shape must be a list of at most {MAX_DIMS} non-negative integers")
+    require(all(s <= MAX_ELEMENTS for s in shape), f"{what}: shape {_short(shape)}: a size exceeds the limit {MAX_ELEMENTS}")
+    numel = element_count(shape)
+    require(numel <= MAX_ELEMENTS, f"{what}: {numel} elements exceed the limit {MAX_ELEMENTS}")
+    return numel
+
+
+def check_record(record: dict, sections: _Sections, what: str) -> int:
+    """One tensor record; returns its element count."""
+    encoding = record.get("encoding")
+    require(isinstance(encoding, str) and encoding in RECORD_KEYS,
+            f"{what}: unknown encoding {_short(encoding)}; this reader knows dense, shared, sparse")
+    require_keys(record, *RECORD_KEYS[encoding], what)
+    numel = check_shape(record["shape"], what)
+    if encoding == "dense":
+        check_dense(record, sections, numel, what)
+    elif encoding == "shared":
+        check_shared(record, sections, numel, what)
+    else:
+        check_sparse(record, sections, numel, what)
+    return numel
+
+
+def check_dense(record: dict, sections: _Sections, numel: int, what: str) -> None:
+    dtype = require_choice(record["dtype"], tuple(ITEM_SIZE), f"{what}: dtype")
+    if "as" in record:
+        require_choice(record["as"], ("f32",), f"{what}: 'as'")
+        require(dtype in FLOAT_STORAGE, f"{what}: 'as' needs a float dtype (f32, f16), got {dtype}")
+    section = sections.claim(record["section"], f"{what} section")
+    need = numel * ITEM_SIZE[dtype]
+    require(sections.sizes[section] == need,
+            f"{what}: dense section has {sections.sizes[section]} bytes, shape {record['shape']} as {dtype} needs {need}")
+
+
+def check_shared(record: dict, sections: _Sections, numel: int, what: str) -> None:
+    codebook = require_keys(record["codebook"], CODEBOOK_KEYS, set(), f"{what} codebook")
+    dtype = require_choice(codebook["dtype"], FLOAT_STORAGE, f"{what} codebook dtype")
+    k = require_uint(codebook["size"], 1, MAX_CODEBOOK, f"{what} codebook size")
+    section = sections.claim(codebook["section"], f"{what} codebook section")
+    require(sections.sizes[section] == k * ITEM_SIZE[dtype],
+            f"{what}: codebook section has {sections.sizes[section]} bytes for {k} {dtype} values")
+    if record["positions"] is None:
+        check_stream(record["indices"], sections, numel, k, f"{what} indices")
+        require(record["indices"]["count"] == numel, f"{what} indices: a dense shared layer needs {numel} indices, "
+                                                     f"the stream declares {record['indices']['count']}")
+        return
+    entries = check_positions(record["positions"], sections, numel, f"{what} positions")
+    check_stream(record["indices"], sections, numel, k + 1, f"{what} indices")
+    require(record["indices"]["count"] == entries,
+            f"{what} indices: {record['indices']['count']} indices for {entries} positions")
+
+
+def check_sparse(record: dict, sections: _Sections, numel: int, what: str) -> None:
+    dtype = require_choice(record["dtype"], FLOAT_STORAGE, f"{what}: sparse values dtype")
+    entries = check_positions(record["positions"], sections, numel, f"{what} positions")
+    section = sections.claim(record["values"], f"{what} values section")
+    require(sections.sizes[section] == entries * ITEM_SIZE[dtype],
+            f"{what}: {sections.sizes[section]} value bytes for {entries} entries of {dtype}")
+
+
+def check_positions(spec: Any, sections: _Sections, numel: int, what: str) -> int:
+    """A positions spec; returns its number of entries."""
+    require(spec is not None, f"{what}: positions are required")
+    spec = require_keys(spec, POSITIONS_KEYS, set(), what)
+    span_bits = require_uint(spec["span_bits"], 1, MAX_SPAN_BITS, f"{what}: span_bits")
+    check_stream(spec["stream"], sections, numel, 1 << span_bits, f"{what} stream")
+    return spec["stream"]["count"]
+
+
+def check_stream(stream: Any, sections: _Sections, numel: int, alphabet: int, what: str) -> None:
+    """A stream: keys, coder, alphabet (must equal ``alphabet``), count against the tensor and the payload."""
+    require_keys(stream, STREAM_KEYS, set(), what)
+    coder = require_choice(stream["coder"], CODERS, f"{what}: coder")
+    require(stream["alphabet"] == alphabet and is_uint(stream["alphabet"]),
+            f"{what}: alphabet must be {alphabet}, got {_short(stream['alphabet'])}")
+    count = stream["count"]
+    require(is_uint(count), f"{what}: count must be a non-negative integer, got {_short(count)}")
+    # every entry advances the position by at least one and the last one is a kept position < numel
+    require(count <= numel, f"{what}: stream declares {count} symbols for a tensor of {numel} elements")
+    size = sections.sizes[sections.claim(stream["section"], f"{what} section")]
+    if coder == "raw":
+        need = -(-count * width(alphabet) // 8)
+        require(size == need, f"{what}: raw stream holds {size} bytes, {count} symbols of {width(alphabet)} bits need {need}")
+    elif coder == "huffman":
+        require(count <= 8 * size, f"{what}: {count} symbols cannot fit in {size} bytes of Huffman code")
+    # rans: the count is checked against the payload once the symbol table is read (ans.decode)
+
+
+# ------------------------------------------------------------------------------------------ model fit
+
+SHARED_PARTS = ("_codebook", "_index")
+MASK = "_mask"
+
+
+def model_tensors(model) -> dict[str, tuple[tuple[int, ...], bool, bool]]:
+    """name -> (shape, is a parameter, is floating) of what a file may store for ``model``.
+
+    A weight-shared layer's codebook + index count as the weight (shape of the index); masks of a
+    pruned layer belong to their weight. Works on `meta` models (no memory).
+    """
+    state = model.state_dict(keep_vars=True)
+    out = {}
+    for key, tensor in state.items():
+        if key.endswith(SHARED_PARTS[1]) and key[: -len(SHARED_PARTS[1])] + SHARED_PARTS[0] in state:
+            out[key[: -len(SHARED_PARTS[1])]] = (tuple(tensor.shape), True, True)
+    for key, tensor in state.items():
+        base = _strip(key)
+        if base in out or (base != key and base in state):
+            continue
+        out[key] = (tuple(tensor.shape), isinstance(tensor, torch.nn.Parameter),
+                    tensor.is_floating_point())
+    return out
+
+
+def _strip(key: str) -> str:
+    for suffix in (*SHARED_PARTS, MASK):
+        if key.endswith(suffix):
+            return key[: -len(suffix)]
+    return key
+
+
+def check_fits(header: dict, model) -> None:
+    """Raise ModelFitError unless the checked header's records match ``model`` name for name."""
+    expected = model_tensors(model)
+    records = {r["name"]: r for r in header["tensors"]}
+    for name, record in records.items():
+        what = f"tensor {name!r}"
+        if name not in expected:
+            raise ModelFitError(f"{what} does not fit this model: the model has no such parameter or buffer")
+        shape, is_parameter, is_float = expected[name]
+        if tuple(record["shape"]) != shape:
+            raise ModelFitError(f"{what} does not fit this model: shape {record['shape']} in the file, "
+                                f"{list(shape)} in the model")
+        if record["encoding"] != "dense" and not (is_parameter and is_float):
+            raise ModelFitError(f"{what} does not fit this model: a {record['encoding']} record needs a "
+                                f"floating-point parameter")
+    missing = [name for name in expected if name not in records]
+    if missing:
+        raise ModelFitError(f"the file does not fit this model: it lacks {', '.join(map(repr, missing[:5]))}"
+                            + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))

@@ -19,7 +19,8 @@ def test_hash_sensitive_to_every_field():
     base = hashname(TrainConfig(), "train")
     changed = {"model": "lenet5", "dataset": "digits", "optimizer": "sgd", "lr": 0.1, "momentum": 0.5,
                "weight_decay": 1e-4, "batch_size": 128, "epochs": 3, "lr_schedule": "cosine",
-               "lr_step_epochs": 3, "lr_gamma": 0.5, "eval_every": 10, "val_size": 100, "seed": 7}
+               "lr_step_epochs": 3, "lr_gamma": 0.5, "eval_every": 10, "val_size": 100, "seed": 7,
+               "device": "cuda", "amp": "bf16"}
     assert set(changed) == {f.name for f in dataclasses.fields(TrainConfig)}
     names = {hashname(dataclasses.replace(TrainConfig(), **{k: v}), "train") for k, v in changed.items()}
     assert base not in names and len(names) == len(changed)

@@ -22,9 +22,13 @@ from typing import Any, TypeVar
 C = TypeVar("C")
 
 
-def option(default: Any, help: str, choices: tuple | None = None) -> Any:
-    """A dataclass field with its CLI help text and (optionally) its allowed values."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+def option(default: Any, help: str, choices: tuple | None = None, cli_default: Any = None) -> Any:
+    """A dataclass field with its CLI help text, (optionally) its allowed values, and (optionally) another
+    default for the CLI flag than for the library (e.g. ``--device auto``)."""
+    metadata = {"help": help, "choices": choices}
+    if cli_default is not None:
+        metadata["cli_default"] = cli_default
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def check_choices(cfg: Any) -> None:
@@ -69,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "", 
             continue
         kind = _field_type(f)
         flag = "--" + (prefix + f.name).replace("_", "-")
-        kwargs: dict[str, Any] = dict(dest=prefix + f.name, default=f.default,
+        kwargs: dict[str, Any] = dict(dest=prefix + f.name, default=f.metadata.get("cli_default", f.default),
                                       help=f.metadata.get("help", "").replace("%", "%%"))  # argparse formats help
         if kind is bool:
             kwargs.update(type=_parse_bool, metavar="{true,false}")

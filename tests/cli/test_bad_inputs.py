@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from deepzip.cli import main
 
@@ -44,6 +45,14 @@ ROWS = [
     ("train lr-gamma 0", [*TRAIN, "--lr-gamma", "0"], "--lr-gamma must be in (0, 1]"),
     ("train seed -1", [*TRAIN, "--seed", "-1"], "--seed must be >= 0, got -1"),
     ("train optimizer rmsprop", [*TRAIN, "--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
+    ("train device gpu", [*TRAIN, "--device", "gpu"], "--device: unknown device 'gpu'; use auto"),
+    ("train device tpu", [*TRAIN, "--device", "xla"], "--device: unsupported device 'xla'; use auto"),
+    ("train amp fp8", [*TRAIN, "--amp", "fp8"], "argument --amp: invalid choice: 'fp8'"),
+    ("compress device gpu", [*COMPRESS, "--device", "gpu"], "--device: unknown device 'gpu'"),
+    ("prune device gpu", ["prune", "--checkpoint", "{CKPT}", "--device", "gpu"], "--device: unknown device 'gpu'"),
+    ("quantize device gpu", ["quantize", "--checkpoint", "{CKPT}", "--device", "gpu"], "--device: unknown device 'gpu'"),
+    ("evaluate device gpu", ["evaluate", "{DZ28}", "--device", "gpu"], "--device: unknown device 'gpu'"),
+    ("lottery device gpu", [*LOTTERY, "--device", "gpu"], "--device: unknown device 'gpu'"),
     ("train unknown model", [*TRAIN, "--model", "vgg16"], "invalid choice: 'vgg16'"),
     ("train val-size too big", ["train", "--dataset", "digits", "--val-size", "5000"], "--val-size must be in [0, 1500)"),
     ("train lenet5 on 8x8", [*TRAIN, "--model", "lenet5", "--runs-dir", "{W}/runs"], "--model: lenet5 needs inputs"),
@@ -159,6 +168,8 @@ ROWS = [
     # ---- evaluate
     ("evaluate wrong shape", ["evaluate", "{DZ28}", "--dataset", "digits"],
      "--dataset: digits has inputs of shape (1, 8, 8) but the model in {DZ28} takes (1, 28, 28)"),
+    *([("train device cuda without a GPU", [*TRAIN, "--device", "cuda:0"], "no CUDA GPU is available here")]
+      if not torch.cuda.is_available() else []),
     ("evaluate metadata list", ["evaluate", "{DZLIST}"], "{DZLIST}: header 'metadata' must be an object"),
     ("evaluate unknown dataset", ["evaluate", "{DZ}", "--dataset", "imagenet"], "--dataset: unknown data set 'imagenet'"),
     ("evaluate data-dir empty", ["evaluate", "{DZ28}", "--dataset", "fashion-mnist", "--data-dir", "{W}/empty"],

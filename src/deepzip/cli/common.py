@@ -11,6 +11,7 @@ from ..config import flag, from_dict, hashname
 from ..errors import CheckpointError, DeepzipError
 from ..quantize import load_state_dict
 from ..train import TrainConfig
+from ..train.device import DEVICE_HELP, resolve_device
 from .checks import checkpoint, load_splits
 
 
@@ -20,6 +21,22 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                              "Debian package's directory, then a download)")
     parser.add_argument("--runs-dir", default="runs", help="where run directories are created")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_device_arguments(parser: argparse.ArgumentParser, amp: bool = True) -> None:
+    """``--device`` (and ``--amp``) for commands whose training settings come from elsewhere."""
+    parser.add_argument("--device", default="auto", help=f"torch device: {DEVICE_HELP}")
+    if amp:
+        parser.add_argument("--amp", default="off", choices=("off", "bf16"),
+                            help="mixed precision while training (bf16 autocast; for GPUs)")
+
+
+def device_of(args) -> str:
+    """The device ``--device`` names (checked: it must exist here); a one-line error otherwise."""
+    try:
+        return str(resolve_device(args.device))
+    except (ValueError, TypeError) as exc:
+        raise DeepzipError(f"--device: {exc}") from None
 
 
 def load_data(cfg, args, prefix: str = "") -> data.DataSplits:

@@ -16,7 +16,7 @@ from ..prune import remove
 from ..quantize import finalize
 from ..train import BASELINES, PruneConfig, QuantizeConfig, TrainConfig, evaluate
 from . import checks
-from .common import add_common_arguments
+from .common import add_common_arguments, add_device_arguments, device_of
 
 HELP = "the whole pipeline from the dense baseline: prune + retrain, quantize + fine-tune, encode, decode, report"
 
@@ -30,7 +30,8 @@ def _storage_arguments(parser) -> None:
 def add_arguments(parser) -> None:
     parser.add_argument("--model", default="lenet300_100", help="registry model")
     parser.add_argument("--dataset", default="fashion-mnist", help="data set")
-    add_config_arguments(parser, TrainConfig, prefix="train_", skip=("model", "dataset"))
+    add_config_arguments(parser, TrainConfig, prefix="train_", skip=("model", "dataset", "device", "amp"))
+    add_device_arguments(parser)
     add_config_arguments(parser, PruneConfig, prefix="prune_")
     add_config_arguments(parser, QuantizeConfig, prefix="quant_")
     _storage_arguments(parser)
@@ -41,14 +42,16 @@ def baseline_config(model: str, dataset: str, given: TrainConfig | None = None) 
     """The dense baseline's settings: the model's preset unless training flags were given."""
     given = replace(given or TrainConfig(), model=model, dataset=dataset)
     preset = BASELINES.get(model)
-    if preset is not None and preset.dataset == dataset and given == TrainConfig(model=model, dataset=dataset):
-        return preset
+    where = {"device": given.device, "amp": given.amp}  # where it runs is not a training setting
+    if preset is not None and preset.dataset == dataset and given == TrainConfig(model=model, dataset=dataset, **where):
+        return replace(preset, **where)
     return given
 
 
 def _train_config(args, preset: bool = True) -> TrainConfig:
     try:
-        given = from_args(TrainConfig, args, "train_", model=args.model, dataset=args.dataset)
+        given = from_args(TrainConfig, args, "train_", model=args.model, dataset=args.dataset, device=device_of(args),
+                          amp=args.amp)
     except ValueError as exc:  # model / dataset are this command's own flags, not --train-*
         message = str(exc).replace("--train-model", "--model").replace("--train-dataset", "--dataset")
         for name in ("model", "dataset"):
@@ -94,11 +97,13 @@ class Demo:
 
     @staticmethod
     def add_arguments(parser) -> None:
+        add_device_arguments(parser)
         add_common_arguments(parser)
 
     @staticmethod
     def run(args) -> int:
-        train_cfg = baseline_config("lenet300_100", "fashion-mnist")
+        train_cfg = baseline_config("lenet300_100", "fashion-mnist",
+                                    TrainConfig(device=device_of(args), amp=args.amp))
         splits = _checked(args, train_cfg, DEMO_PRUNE, QuantizeConfig())
         report = compress(train_cfg, DEMO_PRUNE, QuantizeConfig(), args.runs_dir, args.data_dir,
                           progress=not args.quiet, splits=splits)
@@ -132,9 +137,11 @@ class Evaluate:
         parser.add_argument("file", help="a .dz file of a registry model")
         parser.add_argument("--dataset", default=None, help="data set (default: the one it was trained on)")
         parser.add_argument("--data-dir", default=None, help="directory holding the data set's IDX files")
+        add_device_arguments(parser, amp=False)
 
     @staticmethod
     def run(args) -> int:
+        device = device_of(args)
         if args.dataset is not None and args.dataset not in data.DATASETS:
             raise checks.option_error("--dataset", f"unknown data set {args.dataset!r}; allowed: "
                                                    f"{', '.join(data.DATASETS)}")
@@ -150,7 +157,7 @@ class Evaluate:
         splits = checks.load_splits(dataset, args.data_dir, 0)
         checks.model_fits_data(getattr(model, "_deepzip_description", {}), splits, f"the model in {args.file}",
                                "--dataset" if args.data_dir is None else "--dataset/--data-dir")
-        loss, acc = evaluate(model, splits.test)
+        loss, acc = evaluate(model.to(device), splits.test)
         print(f"{args.file}: test accuracy {acc:.2%} (loss {loss:.4f}) on {dataset}")
         return 0
 

@@ -11,7 +11,7 @@ from ..config import add_arguments as add_config_arguments, from_args, from_dict
 from ..lottery import Experiment, LotteryConfig, plot_experiment, status
 from ..train import TrainConfig
 from . import checks
-from .common import add_common_arguments
+from .common import add_common_arguments, add_device_arguments
 from .compress_cmd import _train_config
 
 HELP = "lottery tickets: iterative magnitude pruning with rewinding, controls, replicates, plots"
@@ -23,7 +23,8 @@ def add_arguments(parser) -> None:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     run_parser.add_argument("--model", default="lenet300_100", help="registry model")
     run_parser.add_argument("--dataset", default="fashion-mnist", help="data set")
-    add_config_arguments(run_parser, TrainConfig, prefix="train_", skip=("model", "dataset"))
+    add_config_arguments(run_parser, TrainConfig, prefix="train_", skip=("model", "dataset", "device", "amp"))
+    add_device_arguments(run_parser)
     add_config_arguments(run_parser, LotteryConfig)
     run_parser.add_argument("--jobs", type=int, default=1,
                             help="worker processes: independent steps (controls, one-shot, replicates, the next "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from .. import data
@@ -13,7 +14,7 @@ from ..prune.sensitivity import DEFAULT_SPARSITIES
 from ..report.plots import sensitivity_plot
 from ..train import PruneConfig, evaluate, prune_and_retrain
 from . import checks
-from .common import add_common_arguments, load_checkpoint
+from .common import add_common_arguments, add_device_arguments, device_of, load_checkpoint
 
 HELP = "prune a trained checkpoint with retraining (one-shot, iterative or gradual)"
 
@@ -26,12 +27,16 @@ def _add_checkpoint_argument(parser) -> None:
 def add_arguments(parser) -> None:
     _add_checkpoint_argument(parser)
     add_config_arguments(parser, PruneConfig)
+    add_device_arguments(parser)
     add_common_arguments(parser)
 
 
 def _checkpoint_and_data(args):
     """Checkpoint, data (the one it was trained on, or --data-dir's) and a match check, before any work."""
     model, description, train_cfg = load_checkpoint(args.checkpoint)
+    # where it runs now (--device / --amp), whatever the checkpoint was trained on
+    train_cfg = replace(train_cfg, device=device_of(args), amp=getattr(args, "amp", train_cfg.amp))
+    model.to(train_cfg.device)
     splits = checks.load_splits(train_cfg.dataset, args.data_dir, train_cfg.val_size)
     checks.model_fits_data(description, splits, f"the model in {args.checkpoint}", "--data-dir")
     return model, description, train_cfg, splits
@@ -71,6 +76,7 @@ class Sensitivity:
         parser.add_argument("--sparsities", type=float, nargs="+", default=list(DEFAULT_SPARSITIES),
                             help="sparsities to measure, each in [0, 1)")
         parser.add_argument("--output", "-o", default="sensitivity.png", help="plot file; the JSON goes beside it")
+        add_device_arguments(parser, amp=False)
         add_common_arguments(parser)
 
     @staticmethod

@@ -13,7 +13,7 @@ from ..quantize import codebooks, layer_bits, quantize
 from ..report.plots import codebook_histograms
 from ..train import QuantizeConfig, evaluate, train
 from . import checks
-from .common import add_common_arguments, load_checkpoint
+from .common import add_common_arguments, add_device_arguments, load_checkpoint
 from .prune_cmd import _checkpoint_and_data
 
 HELP = "quantize a checkpoint by k-means weight sharing, fine-tune the centroids, plot the codebooks"
@@ -22,6 +22,7 @@ HELP = "quantize a checkpoint by k-means weight sharing, fine-tune the centroids
 def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", required=True, help="model.safetensors from 'deepzip train' or 'prune'")
     add_config_arguments(parser, QuantizeConfig)
+    add_device_arguments(parser)
     add_common_arguments(parser)
 
 

@@ -22,11 +22,13 @@ import hashlib
 import os
 import urllib.error
 import urllib.request
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
 from ..errors import DataError, DataNotFoundError
 from .idx import read_idx_pair
@@ -71,7 +73,8 @@ SPLIT_SEED = 20160101  # fixed: the validation split never depends on a run's se
 
 @dataclass(frozen=True)
 class Split:
-    """One split: images as float32 (N, C, H, W) in [0, 1] and int64 labels (N,)."""
+    """One split held as tensors: inputs (N, ...) and targets (N,), e.g. images as float32 (N, C, H, W)
+    in [0, 1] and int64 labels."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -79,21 +82,93 @@ class Split:
     def __len__(self) -> int:
         return len(self.y)
 
+    def batch(self, idx) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[idx], self.y[idx]
+
+    def targets(self) -> torch.Tensor:
+        return self.y
+
+    def nbytes(self) -> int:
+        return self.x.numel() * self.x.element_size() + self.y.numel() * self.y.element_size()
+
+    def to(self, device: torch.device) -> "Split":
+        return Split(self.x.to(device), self.y.to(device))
+
+
+class DatasetSplit:
+    """Any map-style ``torch.utils.data.Dataset`` of (input, target) pairs as a split: each batch is
+    collated on demand from the items the training order picks (nothing is loaded up front)."""
+
+    def __init__(self, dataset: Dataset):
+        if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+            raise TypeError(f"a split must be a map-style Dataset (with __getitem__ and __len__), "
+                            f"got {type(dataset).__name__}")
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def batch(self, idx) -> tuple[torch.Tensor, torch.Tensor]:
+        items = [self.dataset[int(i)] for i in idx]
+        if not items or not isinstance(items[0], (tuple, list)) or len(items[0]) != 2:
+            raise TypeError("each item of a data set must be an (input, target) pair")
+        x, y = default_collate(items)
+        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+            raise TypeError("a data set's inputs and targets must be tensors or numbers (collated into a batch "
+                            f"tensor), got {type(items[0][0]).__name__} and {type(items[0][1]).__name__}")
+        return x, y
+
+    def targets(self) -> torch.Tensor:
+        return torch.as_tensor([self.dataset[i][1] for i in range(len(self.dataset))])
+
+    def nbytes(self) -> int:
+        return 0
+
+    def to(self, device: torch.device) -> "DatasetSplit":
+        return self  # batches move to the device as they are made
+
+
+def as_split(source: Any) -> Split | DatasetSplit:
+    """A split from what a user has: a `Split`, an (inputs, targets) pair of tensors, a TensorDataset of
+    two tensors (kept as tensors), any map-style Dataset, or a DataLoader (its dataset)."""
+    if isinstance(source, (Split, DatasetSplit)):
+        return source
+    if isinstance(source, DataLoader):
+        source = source.dataset
+    if isinstance(source, (tuple, list)) and len(source) == 2 and all(isinstance(t, torch.Tensor) for t in source):
+        x, y = source
+    elif isinstance(source, TensorDataset) and len(source.tensors) == 2:
+        x, y = source.tensors
+    else:
+        return DatasetSplit(source)
+    if len(x) != len(y):
+        raise ValueError(f"inputs and targets differ in length: {len(x)} vs {len(y)}")
+    return Split(x, y)
+
 
 @dataclass(frozen=True)
 class DataSplits:
     name: str
-    train: Split
-    val: Split
-    test: Split
+    train: Split | DatasetSplit
+    val: Split | DatasetSplit
+    test: Split | DatasetSplit
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.train.x.shape[1:])
+        return tuple(self.train.batch([0])[0].shape[1:])
 
     @property
     def num_classes(self) -> int:
-        return int(max(self.train.y.max(), self.test.y.max())) + 1
+        return int(max(self.train.targets().max(), self.test.targets().max())) + 1
+
+
+def from_datasets(train: Any, val: Any, test: Any, name: str = "custom") -> DataSplits:
+    """The user's own data as splits for every deepzip workflow: each of ``train`` / ``val`` / ``test``
+    is a Dataset, a DataLoader, a TensorDataset or an (inputs, targets) pair (see `as_split`)."""
+    splits = {k: as_split(v) for k, v in (("train", train), ("val", val), ("test", test))}
+    if len(splits["train"]) == 0:
+        raise ValueError("the training split is empty")
+    return DataSplits(name, **splits)
 
 
 def _candidate_dirs(name: str, data_dir: str | os.PathLike | None) -> list[Path]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from ..config import check_choices, option
 from ..data import DATASETS
 from ..models import MODELS
+from .device import device_name
 
 
 @dataclass(frozen=True)
@@ -27,9 +28,13 @@ class TrainConfig:
     eval_every: int = option(0, "evaluate and checkpoint every N iterations (0: once per epoch)")
     val_size: int = option(5000, "training images held out for validation / early stopping")
     seed: int = option(0, "seed for initialization and data order")
+    device: str = option("cpu", "torch device: auto (CUDA when available), cpu, cuda, cuda:N or mps; part of the "
+                                "run's identity, since results differ by device", cli_default="auto")
+    amp: str = option("off", "mixed precision while training: off, or bf16 (autocast; for GPUs)", ("off", "bf16"))
 
     def __post_init__(self):
         check_choices(self)
+        object.__setattr__(self, "device", device_name(self.device))  # "auto" -> what this machine has
         for name in ("lr", "batch_size", "epochs", "lr_step_epochs"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")

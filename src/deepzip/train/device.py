@@ -39,6 +39,22 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     raise ValueError(f"unsupported device {spec!r}; use {DEVICE_HELP}")
 
 
+def device_name(spec: str) -> str:
+    """``spec`` checked for form (not availability: a saved config may name a GPU this machine lacks),
+    with ``auto`` resolved to what this machine has."""
+    if not isinstance(spec, str):
+        raise TypeError(f"device must be a string ({DEVICE_HELP}), got {type(spec).__name__}")
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ValueError(f"unknown device {spec!r}; use {DEVICE_HELP}") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device {spec!r}; use {DEVICE_HELP}")
+    return spec
+
+
 def make_deterministic(device: torch.device) -> None:
     """Deterministic kernels on CUDA (cuBLAS workspace, cuDNN), so a rerun repeats bit for bit.
 

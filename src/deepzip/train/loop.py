@@ -8,12 +8,13 @@ at every evaluation), and on success ``model.safetensors`` + ``summary.json``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -22,10 +23,11 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import atomic_write_text, load_model_file, load_state, read_json, save_model, save_state
 from ..config import to_dict
-from ..data import DataSplits, Split
+from ..data import DatasetSplit, DataSplits, Split
 from ..errors import CheckpointError, DeepzipError
 from ..quantize.sharing import load_state_dict
 from .config import TrainConfig
+from .device import make_deterministic, resolve_device
 
 
 class TrainHook(Protocol):
@@ -57,20 +59,38 @@ class TrainResult:
         }
 
 
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Metric = Callable[[torch.Tensor, torch.Tensor], float]
+
+
+def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
+    """The default metric: the fraction of rows whose largest output is the target class."""
+    return (outputs.argmax(1) == targets).float().mean().item()
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's parameters are (the CPU for a model without any)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> tuple[float, float]:
-    """(mean cross-entropy loss, accuracy) of ``model`` on ``split``."""
+def evaluate(model: nn.Module, split: Split | DatasetSplit, batch_size: int = 1000, loss: Loss = F.cross_entropy,
+             metric: Metric = accuracy) -> tuple[float, float]:
+    """(mean ``loss``, mean ``metric``) of ``model`` on ``split`` (defaults: cross-entropy, accuracy), with
+    the batches on the model's device."""
     was_training = model.training
     model.eval()
-    loss, correct = 0.0, 0
+    device = model_device(model)
+    total_loss, total_metric = 0.0, 0.0
     for start in range(0, len(split), batch_size):
-        x, y = split.x[start:start + batch_size], split.y[start:start + batch_size]
-        logits = model(x)
-        loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
+        x, y = split.batch(torch.arange(start, min(start + batch_size, len(split))))
+        x, y = x.to(device), y.to(device)
+        outputs = model(x)
+        total_loss += float(loss(outputs, y)) * len(y)
+        total_metric += float(metric(outputs, y)) * len(y)
     model.train(was_training)
     n = max(len(split), 1)
-    return loss / n, correct / n
+    return total_loss / n, total_metric / n
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -138,13 +158,22 @@ def train(
     description: dict | None = None,
     progress: bool = True,
     start_iteration: int = 0,
+    loss: Loss = F.cross_entropy,
+    metric: Metric = accuracy,
 ) -> TrainResult:
     """Train ``model`` in place on ``data`` with ``cfg``; see the module docstring for the run files.
 
     ``start_iteration`` > 0 starts mid-schedule (lottery-ticket rewinding to iteration k): the data
     order and learning rate continue from there, and training ends at the schedule's last iteration.
     A finished run directory is not trained again: its final model is loaded and its metrics returned.
+    ``data`` may hold any Datasets (`deepzip.data.from_datasets`); ``loss(outputs, targets)`` and
+    ``metric(outputs, targets)`` default to cross-entropy and accuracy. The model is moved to
+    ``cfg.device``; a data set held as tensors that fits (under 2 GiB) is moved there once.
     """
+    device = resolve_device(cfg.device)
+    make_deterministic(device)
+    model.to(device)
+    data = _on_device(data, device)
     run = _Run(run_dir, cfg, description)
     if run.done:
         state, _ = load_model_file(run.path("model.safetensors"))
@@ -182,20 +211,23 @@ def train(
         order = epoch_order(cfg.seed, epoch, n)
         for step in range(offset, per_epoch):
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            x, y = data.train.batch(idx)
             optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(data.train.x[idx]), data.train.y[idx])
-            loss.backward()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16"):
+                batch_loss = loss(model(x.to(device)), y.to(device))
+            batch_loss.backward()
             optimizer.step()
             scheduler.step()
             iteration += 1
             for hook in hooks:
                 hook(model, optimizer, iteration)
-            running_loss += loss.item()
+            running_loss += batch_loss.item()
             running_count += 1
             bar.update()
             if iteration % eval_every == 0 or iteration == total:
                 metrics.append(_evaluate_all(model, data, iteration, per_epoch, running_loss / running_count,
-                                             scheduler.get_last_lr()[0], time.perf_counter() - started))
+                                             scheduler.get_last_lr()[0], time.perf_counter() - started,
+                                             loss, metric))
                 running_loss, running_count = 0.0, 0
                 bar.set_postfix(val_acc=f"{metrics[-1]['val_acc']:.4f}")
                 if run.dir is not None:
@@ -212,6 +244,16 @@ def train(
         atomic_write_text(run.path("summary.json"), json.dumps(result.summary(), indent=2) + "\n")
         checkpoint.unlink(missing_ok=True)
     return result
+
+
+DEVICE_DATA_LIMIT = 2 << 30  # bytes of tensors kept on an accelerator for the whole run
+
+
+def _on_device(data: DataSplits, device: torch.device) -> DataSplits:
+    """The splits held as tensors moved to ``device`` once, when they fit; else batches move as made."""
+    if device.type == "cpu" or sum(s.nbytes() for s in (data.train, data.val, data.test)) > DEVICE_DATA_LIMIT:
+        return data
+    return dataclasses.replace(data, train=data.train.to(device), val=data.val.to(device), test=data.test.to(device))
 
 
 RESUME_FIELDS = {"model": dict, "optimizer": dict, "scheduler": dict, "iteration": int}
@@ -249,9 +291,10 @@ def _load_weights(model: nn.Module, state: dict) -> None:
     load_state_dict(model, state)
 
 
-def _evaluate_all(model, data, iteration, per_epoch, train_loss, lr, elapsed) -> dict[str, Any]:
-    val_loss, val_acc = evaluate(model, data.val) if len(data.val) else (float("nan"), float("nan"))
-    test_loss, test_acc = evaluate(model, data.test)
+def _evaluate_all(model, data, iteration, per_epoch, train_loss, lr, elapsed, loss, metric) -> dict[str, Any]:
+    val_loss, val_acc = evaluate(model, data.val, loss=loss, metric=metric) if len(data.val) \
+        else (float("nan"), float("nan"))
+    test_loss, test_acc = evaluate(model, data.test, loss=loss, metric=metric)
     model.train()
     return {"iteration": iteration, "epoch": round(iteration / per_epoch, 3), "train_loss": train_loss,
             "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,

@@ -30,7 +30,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
+from .. import imports
 from ..errors import DataError, DataNotFoundError
+from ..imports import is_import_path
 from .idx import read_idx_pair
 
 IDX_FILES = {
@@ -160,6 +162,22 @@ class DataSplits:
     @property
     def num_classes(self) -> int:
         return int(max(self.train.targets().max(), self.test.targets().max())) + 1
+
+
+def _user_splits(path: str, data_dir) -> DataSplits:
+    if data_dir is not None:
+        raise DataNotFoundError(f"data set {path!r} is the user's own code: a data directory ({data_dir}) does not "
+                                f"apply to it")
+    made = imports.call(path, "data set")
+    if isinstance(made, dict):
+        missing = [k for k in ("train", "val", "test") if k not in made]
+        if missing:
+            raise ValueError(f"data set {path!r} returned a dict without {', '.join(missing)}; it needs train, val, test")
+        made = (made["train"], made["val"], made["test"])
+    if not isinstance(made, (tuple, list)) or len(made) != 3:
+        raise ValueError(f"data set {path!r} must return (train, val, test) Datasets or a dict with those keys, "
+                         f"got {type(made).__name__}")
+    return from_datasets(*made, name=path)
 
 
 def from_datasets(train: Any, val: Any, test: Any, name: str = "custom") -> DataSplits:
@@ -329,9 +347,14 @@ def _digits() -> tuple[Split, Split]:
 
 
 def load(name: str, data_dir: str | os.PathLike | None = None, val_size: int = 5000) -> DataSplits:
-    """Load a data set by name with a held-out validation split of ``val_size`` training images."""
+    """Load a data set by name with a held-out validation split of ``val_size`` training images; or call a
+    user's ``package.module:function`` returning its (train, val, test) Datasets, as a tuple or a dict with
+    those keys (``val_size`` and ``data_dir`` do not apply to it)."""
+    if is_import_path(name):
+        return _user_splits(name, data_dir)
     if name not in DATASETS:
-        raise ValueError(f"unknown data set {name!r}; allowed: {', '.join(DATASETS)}")
+        raise ValueError(f"unknown data set {name!r}; allowed: {', '.join(DATASETS)}, or an import path "
+                         f"package.module:function returning (train, val, test)")
     if name == "digits":
         if data_dir is not None:
             raise DataNotFoundError(f"digits comes with scikit-learn; a data directory ({data_dir}) cannot "

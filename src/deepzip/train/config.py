@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ..config import check_choices, option
 from ..data import DATASETS
+from ..imports import is_import_path
 from ..models import MODELS
 from .device import device_name
 
@@ -14,8 +15,10 @@ from .device import device_name
 class TrainConfig:
     """Training hyperparameters (Frankle & Carbin 2019 defaults for LeNet)."""
 
-    model: str = option("lenet300_100", "registry model to train", tuple(MODELS.names()))
-    dataset: str = option("fashion-mnist", "data set", DATASETS)
+    model: str = option("lenet300_100", f"model: a registry name ({', '.join(MODELS.names())}) or an import path "
+                                        f"package.module:function returning an nn.Module")
+    dataset: str = option("fashion-mnist", f"data set: {', '.join(DATASETS)}, or an import path "
+                                           f"package.module:function returning (train, val, test) Datasets")
     optimizer: str = option("adam", "optimizer", ("adam", "sgd"))
     lr: float = option(1.2e-3, "learning rate")
     momentum: float = option(0.9, "SGD momentum (ignored by adam)")
@@ -34,6 +37,11 @@ class TrainConfig:
 
     def __post_init__(self):
         check_choices(self)
+        for name, known in (("model", MODELS.names()), ("dataset", DATASETS)):
+            value = getattr(self, name)
+            if value not in known and not is_import_path(value):
+                raise ValueError(f"{name}={value!r} is not allowed; choose from {', '.join(known)}, or give an "
+                                 f"import path package.module:function")
         object.__setattr__(self, "device", device_name(self.device))  # "auto" -> what this machine has
         for name in ("lr", "batch_size", "epochs", "lr_step_epochs"):
             if not getattr(self, name) > 0:

@@ -146,3 +146,32 @@ def test_parallel_run_equals_the_serial_run(experiment, digits, tmp_path):
         assert found[key]["early_stop_iteration"] == record["early_stop_iteration"], key
     with pytest.raises(ValueError, match="jobs must be >= 1"):
         parallel.run(jobs=0)
+
+
+def test_a_user_train_fn_replaces_the_loop_and_steps_resume(digits, tmp_path):
+    from deepzip.lottery import Experiment, LotteryConfig
+    from deepzip.train import TrainConfig
+
+    calls = []
+
+    def my_training(model, run_dir):  # a user's own loop: plain SGD over the digits
+        calls.append(run_dir.name)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(30):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(digits.train.x), digits.train.y).backward()
+            optimizer.step()
+
+    cfg = TrainConfig(model="lenet300_100", dataset="digits", epochs=1, val_size=300)
+    lottery_cfg = LotteryConfig(levels=2, replicates=1, controls="")
+    experiment = Experiment(tmp_path / "exp", cfg, lottery_cfg, digits, progress=False, train_fn=my_training)
+    experiment.run()
+    assert calls == ["level_0", "imp", "imp"] and all(experiment.done(*s) for s in experiment.steps())
+    ticket = experiment.trained(0, 2)
+    from deepzip import prune as P
+
+    assert P.sparsity_report(ticket)["sparsity"] > 0.3
+    Experiment(tmp_path / "exp", cfg, lottery_cfg, digits, progress=False, train_fn=my_training).run()
+    assert len(calls) == 3  # every step was finished: nothing trained again
+    with pytest.raises(ValueError, match="supports reset='init' only"):
+        Experiment(tmp_path / "x", cfg, LotteryConfig(reset="rewind", rewind_iteration=1), digits, train_fn=my_training)

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -27,7 +27,7 @@ from ..models import build
 from ..prune import apply_masks, compute_masks, enforce, prunable_weights
 from ..prune.masks import MASK_SUFFIX
 from ..quantize import load_state_dict
-from ..train import TrainConfig, lr_factor, train
+from ..train import TrainConfig, TrainResult, evaluate, lr_factor, train
 from .config import LotteryConfig
 from .parallel import dependency, run_parallel
 
@@ -65,7 +65,15 @@ class Experiment:
     """One experiment directory: trains what is missing, loads what is there."""
 
     def __init__(self, directory: str | Path, train_cfg: TrainConfig, cfg: LotteryConfig, data: DataSplits,
-                 progress: bool = True):
+                 progress: bool = True, train_fn: Callable[[nn.Module, Path], object] | None = None):
+        """``train_fn(model, run_dir)``: your own training, in place of deepzip's loop, for every step. It
+        trains the (masked) model in place; it may keep its own checkpoints in ``run_dir`` to resume a
+        killed step. The experiment evaluates the result and marks the step finished, so a rerun skips
+        it. With a train_fn, survivors restart from their initialization (``reset='init'``)."""
+        if train_fn is not None and (cfg.reset != "init" or not callable(train_fn)):
+            raise ValueError("a custom train_fn must be callable and supports reset='init' only (rewinding to an "
+                             "iteration k or replaying the schedule needs deepzip's loop)")
+        self.train_fn = train_fn
         self.dir, self.train_cfg, self.cfg, self.data, self.progress = Path(directory), train_cfg, cfg, data, progress
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.dir / "config.json", json.dumps({"train": to_dict(train_cfg), "lottery": to_dict(cfg)},
@@ -81,8 +89,27 @@ class Experiment:
 
     def _train(self, model, run_dir: Path, seed: int, start: int = 0, cfg: TrainConfig | None = None, hooks=()):
         cfg = dataclasses.replace(cfg or self.train_cfg, seed=seed)
+        if self.train_fn is not None:
+            return self._train_with_user_fn(model, run_dir, cfg)
         return train(model, self.data, cfg, run_dir=run_dir, resume=True, hooks=hooks, progress=False,
                      start_iteration=start)
+
+    def _train_with_user_fn(self, model: nn.Module, run_dir: Path, cfg: TrainConfig) -> None:
+        """The user's training for one step, then the files deepzip's loop would leave (model, metrics,
+        summary), the summary last: a step killed inside the user's function is redone on rerun."""
+        if (run_dir / "summary.json").exists():
+            state, _ = load_model_file(run_dir / "model.safetensors")
+            load_state_dict(model, state)
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.train_fn(model, run_dir)
+        val_loss, val_acc = evaluate(model, self.data.val) if len(self.data.val) else (float("nan"),) * 2
+        test_loss, test_acc = evaluate(model, self.data.test)
+        metrics = [{"iteration": self.total, "epoch": cfg.epochs, "val_loss": val_loss, "val_acc": val_acc,
+                    "test_loss": test_loss, "test_acc": test_acc}]
+        save_model(run_dir / "model.safetensors", model, {"train_config": to_dict(cfg)})
+        atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
+        atomic_write_text(run_dir / "summary.json", json.dumps(TrainResult(metrics).summary(), indent=2) + "\n")
 
     def _load(self, model: nn.Module, path: Path) -> nn.Module:
         state, _ = load_model_file(path)

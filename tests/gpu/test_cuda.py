@@ -72,3 +72,48 @@ def test_load_into_a_cuda_model_and_runtime_refuses_cuda(tmp_path):
     assert torch.allclose(fresh(x.cuda()).cpu(), model(x), atol=1e-4)
     with pytest.raises(ValueError, match="CPU inference runtime; convert a CPU copy"):
         deepzip.runtime.convert(fresh)
+
+
+def test_training_on_cuda_repeats_and_agrees_with_the_cpu(digits, tmp_path):
+    from deepzip.train import TrainConfig, train
+
+    cfg = TrainConfig(model="lenet300_100", dataset="digits", epochs=2, batch_size=32, val_size=300)
+    results = []
+    for run in range(2):
+        model = models.build("lenet300_100", (1, 8, 8), 10, seed=0)
+        results.append(train(model, digits, replace_device(cfg, "cuda"), progress=False).final)
+        results[-1]["weights"] = [p.detach().cpu() for p in model.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(results[0]["weights"], results[1]["weights"]))  # deterministic
+    cpu_model = models.build("lenet300_100", (1, 8, 8), 10, seed=0)
+    cpu = train(cpu_model, digits, cfg, progress=False).final
+    assert abs(cpu["test_acc"] - results[0]["test_acc"]) < 0.03  # same recipe, different kernels
+
+
+def test_bf16_training_on_cuda(digits):
+    from deepzip.train import TrainConfig, train
+
+    model = models.build("lenet300_100", (1, 8, 8), 10, seed=0)
+    cfg = TrainConfig(model="lenet300_100", dataset="digits", epochs=2, batch_size=32, val_size=300, device="cuda",
+                      amp="bf16")
+    assert train(model, digits, cfg, progress=False).final["test_acc"] > 0.8
+
+
+def test_lottery_level_and_compression_pipeline_on_cuda(digits, tmp_path):
+    from deepzip.lottery import Experiment, LotteryConfig
+    from deepzip.pipeline import compress
+    from deepzip.train import PruneConfig, QuantizeConfig, TrainConfig
+
+    cfg = TrainConfig(model="lenet300_100", dataset="digits", epochs=2, batch_size=32, val_size=300, device="cuda")
+    experiment = Experiment(tmp_path / "lottery", cfg, LotteryConfig(levels=1, replicates=1, controls=""), digits,
+                            progress=False)
+    experiment.run()
+    assert all(experiment.done(*s) for s in experiment.steps())
+    report = compress(cfg, PruneConfig(sparsity=0.8, steps=1, retrain_epochs=1),
+                      QuantizeConfig(bits_fc=4, finetune_epochs=1), tmp_path / "runs", splits=digits, progress=False)
+    assert report["accuracy"]["decoded"] > 0.8 and report["compression"] > 10
+
+
+def replace_device(cfg, device):
+    import dataclasses
+
+    return dataclasses.replace(cfg, device=device)

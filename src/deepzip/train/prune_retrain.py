@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import atomic_write_text
@@ -23,7 +24,7 @@ from ..prune import GradualPruning, iterative_sparsities, prunable_weights, prun
 from ..prune.configs import PruneMethod, RandomPruning, Structured, method_names as prune_method_names
 from ..registry import METHODS
 from .config import TrainConfig
-from .loop import evaluate, train
+from .loop import Loss, Metric, accuracy, evaluate, train
 
 
 @dataclass(frozen=True)
@@ -117,14 +118,17 @@ def _targets(cfg: PruneConfig, method: PruneMethod) -> list[PruneMethod]:
 
 def prune_and_retrain(model: nn.Module, data: DataSplits, cfg: PruneConfig, base: TrainConfig,
                       run_dir: str | Path | None = None, description: dict | None = None,
-                      progress: bool = True) -> list[dict[str, Any]]:
-    """Prune ``model`` in place per ``cfg`` with retraining; returns one record per step."""
+                      progress: bool = True, loss: Loss = F.cross_entropy,
+                      metric: Metric = accuracy) -> list[dict[str, Any]]:
+    """Prune ``model`` in place per ``cfg`` with retraining; returns one record per step. ``data`` may be
+    any Datasets (`deepzip.data.from_datasets`); ``loss`` and ``metric`` as for `train`."""
     run_dir = Path(run_dir) if run_dir is not None else None
+    fit = {"loss": loss, "metric": metric}
     hooks = [L1Regularization(cfg.l1, cfg.retrain_lr)] if cfg.l1 > 0 else []
     measured = {}
     if cfg.method == "sensitivity":
         exclude = cfg.method_config(curves={}, base_accuracy=0.0).exclude
-        measured = _sensitivity_options(model, data, run_dir, exclude, progress)
+        measured = _sensitivity_options(model, data, run_dir, exclude, progress, fit)
     method = cfg.method_config(**measured)
     records = []
     if cfg.schedule == "gradual" and not method.fixes_own_sparsity:
@@ -133,15 +137,15 @@ def prune_and_retrain(model: nn.Module, data: DataSplits, cfg: PruneConfig, base
         end = int(per_epoch * retrain.epochs * 0.75)  # prune over the first 3/4, then recover
         gradual = GradualPruning(cfg.sparsity, begin=0, end=end, every=max(1, end // cfg.steps), method=method)
         result = train(model, data, retrain, run_dir=run_dir and run_dir / "gradual", resume=True,
-                       hooks=[gradual, *hooks], description=description, progress=progress)
+                       hooks=[gradual, *hooks], description=description, progress=progress, **fit)
         records.append({"step": 1, "target": cfg.sparsity, **_record(model, result)})
     else:
         for step, step_method in enumerate(_targets(cfg, method), start=1):
             prune(model, step_method)
             retrain = cfg.retrain_config(base)
-            pruned_only = evaluate(model, data.test)[1]
+            pruned_only = evaluate(model, data.test, **fit)[1]
             result = train(model, data, retrain, run_dir=run_dir and run_dir / f"step_{step}", resume=True,
-                           hooks=hooks, description=description, progress=progress)
+                           hooks=hooks, description=description, progress=progress, **fit)
             records.append({"step": step, "target": getattr(step_method, "sparsity", None),
                             "test_acc_before_retrain": pruned_only, **_record(model, result)})
     if run_dir is not None:
@@ -150,7 +154,7 @@ def prune_and_retrain(model: nn.Module, data: DataSplits, cfg: PruneConfig, base
 
 
 def _sensitivity_options(model: nn.Module, data: DataSplits, run_dir: Path | None, exclude,
-                         progress: bool) -> dict[str, Any]:
+                         progress: bool, fit: dict[str, Any]) -> dict[str, Any]:
     """Curves for sensitivity allocation, measured once on the validation split of the model as given.
 
     Saved in the run directory so a resumed run allocates exactly as the interrupted one did.
@@ -160,7 +164,7 @@ def _sensitivity_options(model: nn.Module, data: DataSplits, run_dir: Path | Non
         found = json.loads(saved.read_text())
         return {"curves": {k: [tuple(p) for p in v] for k, v in found["curves"].items()},
                 "base_accuracy": found["base_accuracy"]}
-    val_acc = lambda m: evaluate(m, data.val)[1]  # noqa: E731  (allocation never sees the test set)
+    val_acc = lambda m: evaluate(m, data.val, **fit)[1]  # noqa: E731  (allocation never sees the test set)
     measured = {"curves": sensitivity_curves(model, val_acc, exclude=exclude, progress=progress),
                 "base_accuracy": val_acc(model)}
     if saved is not None:

@@ -35,7 +35,9 @@ def _stage(path: Path, model, compute):
 def compress(train_cfg: TrainConfig, prune_cfg: PruneConfig, quant_cfg: QuantizeConfig, runs_dir: str | Path = "runs",
              data_dir=None, float_dtype: str = "f32", codebook_dtype: str = "f32", progress: bool = True,
              splits: datasets.DataSplits | None = None) -> dict[str, Any]:
-    """Run (or resume) the pipeline for a registry model; returns the report (also written as JSON + Markdown).
+    """Run (or resume) the pipeline for a registry model, or a user's model named by the import path of its
+    factory in ``train_cfg.model`` (a name keeps run directories stable); returns the report (also written
+    as JSON + Markdown).
 
     Run directories are named by the configs' non-default fields and, when ``data_dir`` is given, by
     the data's location (so other data is another run; without it the names are as they always were).

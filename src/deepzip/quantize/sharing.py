@@ -112,7 +112,8 @@ def codebooks(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
 def cluster(model: nn.Module, name: str, bits: int, init: str = "linear", seed: int = 0,
             iters: int = MAX_ITERS) -> tuple[torch.Tensor, torch.Tensor]:
     """(codebook, index) clustering the surviving (unmasked) weights of parameter ``name`` into 2**bits
-    shared values; the model is not changed."""
+    shared values; the model is not changed. k-means runs on the CPU (numpy, and numba for the exact DP)
+    whatever the model's device; `install` puts the codebook and index on the layer's device."""
     module_name, param = split_name(name)
     weight = getattr(model.get_submodule(module_name), param).detach()
     mask = get_masks(model).get(name)

@@ -58,9 +58,9 @@ def device_name(spec: str) -> str:
 def make_deterministic(device: torch.device) -> None:
     """Deterministic kernels on CUDA (cuBLAS workspace, cuDNN), so a rerun repeats bit for bit.
 
-    torch then raises for an op that has no deterministic CUDA kernel instead of silently varying;
-    every op deepzip's own training uses has one. On the CPU nothing is needed: deepzip's training is
-    deterministic there at any thread count.
+    torch then raises for an op that has no deterministic CUDA kernel instead of silently varying (the
+    gpu-marked tests check that a training run repeats bit for bit; they have not yet run on a GPU). On the
+    CPU nothing is needed: deepzip's training is deterministic there at any thread count.
     """
     if device.type != "cuda":
         return

@@ -184,12 +184,9 @@ def make_seeds(directory: Path) -> list[Path]:
 # ============================================================================ mutations (in the worker)
 
 def varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | 0x80 if value else byte)
-        if not value:
-            return bytes(out)
+    from deepzip.encode.bits import varint as leb128  # the library's writer (deepzip loads in the workers)
+
+    return leb128(value)
 
 
 class Seed:

@@ -14,15 +14,7 @@ import deepzip
 from deepzip import FormatError, models
 from deepzip.encode import ModelFitError, decode_bytes, encode_model
 from deepzip.encode import container
-
-
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | 0x80 if value else byte)
-        if not value:
-            return bytes(out)
+from deepzip.encode.bits import varint
 
 
 def crafted(tensors, sections, model=None) -> bytes:

@@ -41,6 +41,13 @@ def write_varint(value: int, out: bytearray) -> None:
             return
 
 
+def varint(value: int) -> bytes:
+    """``value`` as LEB128 bytes (what `write_varint` appends)."""
+    out = bytearray()
+    write_varint(value, out)
+    return bytes(out)
+
+
 def read_varint(data: bytes, pos: int, what: str) -> tuple[int, int]:
     """(value, next position); at most 5 bytes (a u32)."""
     value = 0

@@ -97,7 +97,7 @@ def from_description(description: Any, header: dict | None = None,
         elements = sum(t.numel() for t in meta.state_dict().values())
         require(elements <= MAX_MODEL_ELEMENTS, f"model description: {name} {list(input_shape)} -> {num_classes} "
                                                 f"has {elements} elements, more than {MAX_MODEL_ELEMENTS}")
-    if device == "meta":
+    if device == "meta" or torch.get_default_device().type == "meta":  # a skeleton is all that is asked for
         meta._deepzip_description = {"model": name, "input_shape": list(input_shape), "num_classes": num_classes}
         return meta
     return build(name, input_shape, num_classes)

@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -135,12 +135,16 @@ def train(
     description: dict | None = None,
     progress: bool = True,
     start_iteration: int = 0,
+    step_with: Callable[[torch.optim.Optimizer, int], Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``data`` with ``cfg``; see the module docstring for the run files.
 
     ``start_iteration`` > 0 starts mid-schedule (lottery-ticket rewinding to iteration k): the data
     order and learning rate continue from there, and training ends at the schedule's last iteration.
     A finished run directory is not trained again: its final model is loaded and its metrics returned.
+    ``step_with(optimizer, total_iterations)`` makes an object whose ``step()`` replaces
+    ``optimizer.step()`` (e.g. `deepzip.sparse.SparseTraining`); its ``state_dict()`` goes into the
+    checkpoints and its ``finish()``, if it has one, runs when training ends.
     """
     run = _Run(run_dir, cfg, description)
     if run.done:
@@ -158,6 +162,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda it: lr_factor(cfg, it + start_iteration, total, per_epoch))
     iteration, metrics = start_iteration, []
+    stepper = step_with(optimizer, total) if step_with is not None else None
 
     checkpoint = run.path("checkpoint.safetensors") if run.dir is not None else None
     if checkpoint is not None and checkpoint.exists():
@@ -169,6 +174,8 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         iteration = state["iteration"]
+        if stepper is not None:
+            stepper.load_state_dict(state["stepper"])
         metrics = _read_metrics(run.path("metrics.jsonl"), upto=iteration)
     run.start()
 
@@ -184,7 +191,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(data.train.x[idx]), data.train.y[idx])
             loss.backward()
-            optimizer.step()
+            (stepper or optimizer).step()
             scheduler.step()
             iteration += 1
             for hook in hooks:
@@ -200,10 +207,13 @@ def train(
                 if run.dir is not None:
                     run.record(metrics)
                     save_state(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                            "scheduler": scheduler.state_dict(), "iteration": iteration})
+                                            "scheduler": scheduler.state_dict(), "iteration": iteration,
+                                            **({"stepper": stepper.state_dict()} if stepper is not None else {})})
             if iteration >= total:
                 break
     bar.close()
+    if hasattr(stepper, "finish"):
+        stepper.finish()
 
     result = TrainResult(metrics)
     if run.dir is not None:

@@ -46,7 +46,7 @@ from deepzip.train.sparse_train import sparse_train
 SPARSITIES = (0.9, 0.95, 0.98)
 SEEDS = (0, 1, 2)
 MODELS = {"lenet300_100": TrainConfig(model="lenet300_100", batch_size=100, lr=1e-3, epochs=5, lr_schedule="cosine"),
-          "lenet5": TrainConfig(model="lenet5", batch_size=100, lr=1e-3, epochs=2, lr_schedule="cosine")}
+          "lenet5": TrainConfig(model="lenet5", batch_size=100, lr=1e-3, epochs=1, lr_schedule="cosine")}
 QUICK_MODELS = {"lenet300_100": TrainConfig(model="lenet300_100", dataset="digits", val_size=300, batch_size=32,
                                             lr=1e-3, epochs=3, lr_schedule="cosine")}
 QUICK_SPARSITIES, QUICK_SEEDS = (0.9,), (0, 1)
@@ -56,7 +56,7 @@ LABELS = {"dense": "dense", "static": "static", "set": "SET", "snfs": "SNFS", "r
           "srste": "SR-STE 2:4"}
 
 
-def method_config(name: str, sparsity: float, seed: int, per_epoch: int, interval: int):
+def method_config(name: str, sparsity: float, seed: int, per_epoch: int, total: int, interval: int):
     common = dict(sparsity=sparsity, distribution="erk", seed=seed)
     if name == "static":
         return Static(**common)
@@ -64,8 +64,8 @@ def method_config(name: str, sparsity: float, seed: int, per_epoch: int, interva
         return SET(**common, update_interval=interval, drop_fraction=0.3, drop_schedule="cosine", end_fraction=0.75)
     if name == "rigl":
         return RigL(**common, update_interval=interval)
-    if name == "snfs":
-        return SNFS(**common, update_interval=per_epoch)
+    if name == "snfs":  # once an epoch (the paper's), or 4 times in all when training is shorter than 5 epochs
+        return SNFS(**common, update_interval=min(per_epoch, total // 5))
     if name == "srste":
         return SRSTE(seed=seed)
     raise ValueError(name)
@@ -81,9 +81,14 @@ INTERVAL = 100
 
 
 # ------------------------------------------------------------------------------------------- runs
-def _run_dir(root: Path, model: str, method: str, sparsity: float | None, seed: int) -> Path:
+def _model_root(root: Path, cfg: TrainConfig) -> Path:
+    """One directory per model and training budget: a changed budget never reuses other runs."""
+    return root / hash_configs(cfg.model, train=cfg)
+
+
+def _run_dir(root: Path, cfg: TrainConfig, method: str, sparsity: float | None, seed: int) -> Path:
     name = method if sparsity is None else f"{method}_{sparsity:g}"
-    return root / model / f"{name}_seed{seed}"
+    return _model_root(root, cfg) / f"{name}_seed{seed}"
 
 
 def _timed(directory: Path, fn) -> None:
@@ -96,20 +101,21 @@ def _timed(directory: Path, fn) -> None:
 
 
 def sparse_task(root: Path, train_cfg: TrainConfig, method: str, sparsity: float | None, seed: int, splits) -> None:
-    directory = _run_dir(root, train_cfg.model, method, sparsity, seed)
+    directory = _run_dir(root, train_cfg, method, sparsity, seed)
     cfg = dataclasses.replace(train_cfg, seed=seed)
     per_epoch = math.ceil(len(splits.train) / cfg.batch_size)
 
     def go():
         model = models.build(cfg.model, splits.input_shape, splits.num_classes, seed=seed)
-        sparse_train(model, splits, cfg, method_config(method, sparsity or 0.5, seed, per_epoch, INTERVAL),
+        sparse_train(model, splits, cfg, method_config(method, sparsity or 0.5, seed, per_epoch, per_epoch * cfg.epochs,
+                                                       INTERVAL),
                      run_dir=directory, resume=True, progress=False)
     _timed(directory, go)
 
 
 def imp_task(root: Path, train_cfg: TrainConfig, seed: int, splits) -> None:
     """The seed's dense run (level 0, shared by every target) and two IMP levels per target sparsity."""
-    experiments = [Experiment(root / train_cfg.model / f"imp_{s:g}", train_cfg, imp_config(s), splits, progress=False)
+    experiments = [Experiment(_model_root(root, train_cfg) / f"imp_{s:g}", train_cfg, imp_config(s), splits, progress=False)
                    for s in SPARSITIES_IN_USE]
     first = experiments[0]
     _timed(first.step_dir(seed, 0, "dense"), lambda: first.run_step(seed, 0, "dense"))
@@ -185,13 +191,13 @@ def collect(root: Path, configs: dict[str, TrainConfig]) -> dict:
         for seed in SEEDS_IN_USE:
             for method, sparsities in [("srste", [None])] + [(m, SPARSITIES_IN_USE) for m in SPARSE]:
                 for s in sparsities:
-                    d = _run_dir(root, model, method, s, seed)
+                    d = _run_dir(root, cfg, method, s, seed)
                     if (d / "bench.json").exists():
                         summary, sparse = (json.loads((d / f).read_text()) for f in ("summary.json", "sparse.json"))
                         add(method if s is not None else "srste", s if s is not None else 0.5, summary["test_acc"],
                             sparse["flops_ratio"], json.loads((d / "bench.json").read_text())["wall_s"])
             for s in SPARSITIES_IN_USE:
-                exp = Experiment(root / model / f"imp_{s:g}", cfg, imp_config(s), splits, progress=False)
+                exp = Experiment(_model_root(root, cfg) / f"imp_{s:g}", cfg, imp_config(s), splits, progress=False)
                 dense_dir = exp.step_dir(seed, 0, "dense")
                 if s == SPARSITIES_IN_USE[0] and (dense_dir / "bench.json").exists():
                     add("dense", None, json.loads((dense_dir / "summary.json").read_text())["test_acc"], 1.0,

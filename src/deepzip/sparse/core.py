@@ -3,7 +3,8 @@
 An update of one layer drops ``k`` active weights (smallest magnitude) and grows ``k`` inactive ones
 (highest score: random for SET, |dense gradient| for RigL, |momentum| for SNFS), so the layer's count of
 active weights is unchanged. Candidates for growth are the positions inactive *after* the drop, so a
-just-dropped weight can come back (as in RigL's reference code); it then restarts at zero.
+just-dropped weight can come back; as in RigL's reference code (``reinit_when_same=False``) it then keeps
+its value, and only connections that were inactive before the update start at zero.
 Ties are broken by position (stable sort), so every update is deterministic given its scores.
 """
 

@@ -11,7 +11,9 @@ Making it installs the initial masks (deepzip.prune's ``weight_mask`` state, so 
 weights are zeroed by `MaskGradients`). ``step()`` runs the optimizer step, then the method's mask
 update when one is due (every ``update_interval`` steps before ``end_fraction * total_steps``): each
 layer drops ``drop_count`` active weights by magnitude and regrows as many (SNFS: redistributed across
-layers) by the method's scores; dropped and regrown weights and their optimizer state are set to +0.0.
+layers) by the method's scores; dropped weights and new connections, and their optimizer state, are
+set to +0.0 (a weight dropped and regrown at the same update keeps its value, as in RigL's code). The
+optimizer step happens at update steps too (the order of SET's reference optimizer).
 Before a backward whose step needs the dense gradient, it switches
 `deepzip.prune.capture_dense_gradients` on (and off after). ``state_dict()`` holds the step count,
 the RNG state, the method's own state and the FLOP count, so with the model's and optimizer's state

@@ -92,6 +92,22 @@ def test_rigl_regrows_where_the_dense_gradient_is_largest_and_at_zero():
     assert sparse._needs_dense(2) and not sparse._needs_dense(10)
 
 
+def test_a_weight_dropped_and_regrown_at_once_keeps_its_value():
+    # RigL's reference (reinit_when_same=False): only connections inactive before the update start at zero
+    model = nn.Sequential(nn.Linear(4, 2, bias=False))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    sparse = SparseTraining(model, opt, RigL(sparsity=0.5, distribution="uniform", update_interval=1,
+                                             drop_fraction=0.5, drop_schedule="constant", end_fraction=1.0),
+                            total_steps=10)
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[0.5, 0.1, 0.0, 0.0], [0.4, 0.2, 0.0, 0.0]]))
+    P.apply_masks(model, {"0.weight": torch.tensor([[True, True, False, False], [True, True, False, False]])})
+    model(torch.tensor([[1.0, 100.0, 3.0, 4.0]])).sum().backward()  # the dropped positions have the largest |grad|
+    sparse.step()
+    assert P.get_masks(model)["0.weight"].tolist() == [[True, True, False, False], [True, True, False, False]]
+    assert torch.equal(model[0].weight, torch.tensor([[0.5, 0.1, 0.0, 0.0], [0.4, 0.2, 0.0, 0.0]]))
+
+
 def test_dense_gradient_capture_switch():
     model = nn.Sequential(nn.Linear(3, 1, bias=False))
     with torch.no_grad():

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..prune import masks as mask_state
 from . import core
 from .distribution import layer_sparsities
 
@@ -35,6 +36,14 @@ class Rule:
                 .to(w.device) for n, w in weights.items()}
 
     # --------------------------------------------------------------------------------- each step
+    def gradients(self, trainer: "SparseTraining") -> dict[str, torch.Tensor]:
+        """The dense gradients of this step's backward (captured before masking; see the trainer)."""
+        return mask_state.captured_gradients(trainer.model)
+
+    def current_masks(self, trainer: "SparseTraining") -> dict[str, torch.Tensor] | None:
+        """The masks, where the method keeps them itself (None: the model's ``weight_mask`` buffers)."""
+        return None
+
     def before_step(self, trainer: "SparseTraining") -> None:
         """Called after the backward, before the optimizer step."""
 

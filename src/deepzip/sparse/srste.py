@@ -52,7 +52,11 @@ class SRSTERule(Rule):
         self.dense = {n: p.detach().clone() for n, p in weights.items()}
         self._remask(weights)
 
-    def current_masks(self) -> dict[str, torch.Tensor]:
+    def gradients(self, trainer) -> dict[str, torch.Tensor]:
+        # no gradient masks while training: .grad is dL/dW~ at every position, the dense gradient
+        return {n: w.grad for n, w in trainer.weights().items() if w.grad is not None}
+
+    def current_masks(self, trainer) -> dict[str, torch.Tensor]:
         return dict(self.masks)
 
     def export_masks(self, trainer) -> dict[str, torch.Tensor]:

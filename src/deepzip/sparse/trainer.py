@@ -76,9 +76,9 @@ class SparseTraining:
 
     def masks(self) -> dict[str, torch.Tensor]:
         """The current mask of every sparse layer."""
-        current = getattr(self.rule, "current_masks", None)
+        current = self.rule.current_masks(self)
         if current is not None:
-            return current()
+            return current
         installed = mask_state.get_masks(self.model)
         return {n: installed[n] for n in self.names}
 
@@ -117,10 +117,8 @@ class SparseTraining:
         """The optimizer step, then the method's bookkeeping and any mask update that is due."""
         step = self.step_count + 1
         dense = self._needs_dense(step)
-        captured = mask_state.captured_gradients(self.model)
-        if self.config.method == "srste":  # no gradient masks: .grad is already the dense gradient
-            captured = {n: w.grad for n, w in self.weights().items() if w.grad is not None}
-        self.dense_gradients = {n: captured[n] for n in self.names if n in captured} if dense else {}
+        captured = self.rule.gradients(self) if dense else {}
+        self.dense_gradients = {n: captured[n] for n in self.names if n in captured}
         self.train_flops += flops.step_flops(self.macs, self.densities(), dense)
         self.rule.before_step(self)
         loss = self.optimizer.step(closure)

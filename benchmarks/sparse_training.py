@@ -248,7 +248,14 @@ def markdown(results: dict, configs: dict[str, TrainConfig], quick: bool) -> str
           "seeds). Same budget for every run: " +
           "; ".join(f"{m}: {c.epochs} epochs, Adam {c.lr:g}, batch {c.batch_size}, cosine lr" for m, c in configs.items()) +
           ". IMP = dense run + 2 levels (global magnitude, rewind to init), its FLOPs are the sum. "
-          "SR-STE 2:4 runs at its natural 50% only.\n"]
+          "SR-STE 2:4 runs at its natural 50% only.\n",
+          "The budget is a few epochs (sized so that the whole study fits in about an hour on 2 shared cores), far "
+          "below the papers' (RigL: hundreds of epochs, and its claims are for long training); IMP gets three such "
+          "runs, the sparse-from-scratch methods one. All sparse methods start from the same ERK random mask; "
+          "SET and RigL update every 100 steps (drop fraction 0.3, cosine, to 75% of training), SNFS 4 times "
+          "(0.5, cosine, momentum redistribution). FLOPs count the prunable layers only (RigL's dense-gradient "
+          "steps, SNFS's and SR-STE's dense weight gradients included). Wall time: one run on one thread, while "
+          "other jobs shared the 2 cores (a resumed run counts its last segment only).\n"]
     for model, rows in results.items():
         md.append(f"## {model}\n")
         header = ["method"] + [f"{100 * s:g}%" for s in SPARSITIES_IN_USE] + ["wall s / run (mean)"]

@@ -20,7 +20,7 @@ COMMANDS_WITH = {  # every command (and lottery action) with an option its help 
     ("sensitivity",): "--sparsities", ("quantize",): "--method {kmeans,uniform}", ("compress",): "--prune-method",
     ("inspect",): "file", ("evaluate",): "--data-dir", ("decompress",): "--output", ("bench",): "--repeats",
     ("lottery",): "ACTION", ("lottery", "run"): "--jobs", ("lottery", "status"): "directory",
-    ("lottery", "plot"): "directory",
+    ("lottery", "plot"): "directory", ("sparse-train",): "--method {static,set,rigl,snfs,srste}",
 }
 
 
@@ -134,3 +134,33 @@ def test_help_of_every_command_and_subcommand(capsys):
             main([*path, "--help"])
         assert info.value.code == 0, path
         assert "usage: deepzip" in capsys.readouterr().out
+
+
+def test_sparse_train_command_on_digits_and_resume_skip(tmp_path, capsys):
+    argv = ["sparse-train", "--method", "rigl", "--sparsity", "0.8", "--update-interval", "10", "--dataset", "digits",
+            "--val-size", "300", "--epochs", "2", "--batch-size", "32", "--runs-dir", str(tmp_path), "--quiet"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["method"] == "rigl" and out["iterations"] == 2 * 38 and out["mask_updates"] == 5  # 10..50 < 57
+    assert abs(out["sparsity"] - 0.8) < 1e-3 and 0.2 < out["flops_ratio"] < 0.3
+    run_dir = tmp_path / out["run_dir"].split("/")[-1]
+    assert {p.name for p in run_dir.iterdir()} >= {"config.json", "metrics.jsonl", "model.safetensors", "sparse.json"}
+    assert main(argv) == 0  # finished: loaded, not retrained; the same numbers
+    assert json.loads(capsys.readouterr().out) == out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "set", "--snfs-momentum", "0.5"],
+     "deepzip sparse-train: error: --method: option snfs_momentum=0.5 does not apply to method 'set'; its options: dense_first, "
+     "dense_last, distribution, drop_fraction, drop_schedule, end_fraction, exclude, sparsity, update_interval"),
+    (["--method", "srste", "--sparsity", "0.95"],
+     "deepzip sparse-train: error: --method: option sparsity=0.95 does not apply to method 'srste'; its options: decay, "
+     "exclude, m, n"),
+    (["--method", "rigl", "--distribution", "gaussian"],
+     "deepzip sparse-train: error: --distribution: distribution='gaussian' is not allowed; choose from uniform, er, erk"),
+    (["--method", "rigl", "--sparsity", "1.2"], "deepzip sparse-train: error: --sparsity must be in [0.0, 1.0), got 1.2"),
+])
+def test_sparse_train_bad_options_are_one_line_errors(args, message):
+    result = subprocess.run([sys.executable, "-m", "deepzip", "sparse-train", *args], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == message

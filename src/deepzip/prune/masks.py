@@ -33,6 +33,7 @@ class MaskGradients:
 
     def __init__(self) -> None:
         self._hooked: dict[str, tuple[weakref.ref, Any]] = {}  # param name -> (that Parameter, its hook handle)
+        self.dense: dict[str, torch.Tensor] | None = None  # see `capture_dense_gradients`
 
     def __call__(self, module: nn.Module, _inputs: Any = None) -> None:
         for buffer in module._buffers:
@@ -52,12 +53,38 @@ class MaskGradients:
             hooked[1].remove()
 
     def __getstate__(self) -> dict:
-        # A copy starts with no hooked Parameters: its own Parameters are new objects.
-        return {"_hooked": {}}
+        # A copy starts with no hooked Parameters (its own Parameters are new objects) and captures nothing.
+        return {"_hooked": {}, "dense": None}
 
 
 def _masked_gradient(module: nn.Module, buffer: str, grad: torch.Tensor) -> torch.Tensor:
+    hook = _mask_hook(module)
+    if hook is not None and getattr(hook, "dense", None) is not None:  # capturing: keep the dense gradient before masking it
+        name = buffer[: -len(MASK_SUFFIX)]
+        hook.dense[name] = grad.detach().clone() if name not in hook.dense else hook.dense[name] + grad.detach()
     return grad.masked_fill(~module._buffers[buffer], 0.0)
+
+
+def capture_dense_gradients(model: nn.Module, on: bool = True) -> None:
+    """A switch for sparse training (RigL's regrowth needs the dense gradient at its update steps).
+
+    While on, each backward also keeps every masked parameter's gradient from *before* masking (summed
+    over backwards), read with `captured_gradients`; ``.grad`` stays masked, so no optimizer sees the
+    dense values. Switching on starts empty; ``on=False`` stops capturing and drops what was kept."""
+    for module in model.modules():
+        hook = _mask_hook(module)
+        if hook is not None:
+            hook.dense = {} if on else None
+
+
+def captured_gradients(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The dense gradients captured so far (see `capture_dense_gradients`), keyed by parameter name."""
+    out: dict[str, torch.Tensor] = {}
+    for module_name, module in model.named_modules():
+        hook = _mask_hook(module)
+        if hook is not None and hook.dense:
+            out.update({f"{module_name}.{k}" if module_name else k: v for k, v in hook.dense.items()})
+    return out
 
 
 def _mask_hook(module: nn.Module) -> MaskGradients | None:

@@ -160,6 +160,7 @@ def train(
     start_iteration: int = 0,
     loss: Loss = F.cross_entropy,
     metric: Metric = accuracy,
+    step_with: Callable[[torch.optim.Optimizer, int], Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``data`` with ``cfg``; see the module docstring for the run files.
 
@@ -169,6 +170,9 @@ def train(
     ``data`` may hold any Datasets (`deepzip.data.from_datasets`); ``loss(outputs, targets)`` and
     ``metric(outputs, targets)`` default to cross-entropy and accuracy. The model is moved to
     ``cfg.device``; a data set held as tensors that fits (under 2 GiB) is moved there once.
+    ``step_with(optimizer, total_iterations)`` makes an object whose ``step()`` replaces
+    ``optimizer.step()`` (e.g. `deepzip.sparse.SparseTraining`); its ``state_dict()`` goes into the
+    checkpoints and its ``finish()``, if it has one, runs when training ends.
     """
     device = resolve_device(cfg.device)
     make_deterministic(device)
@@ -190,6 +194,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda it: lr_factor(cfg, it + start_iteration, total, per_epoch))
     iteration, metrics = start_iteration, []
+    stepper = step_with(optimizer, total) if step_with is not None else None
 
     checkpoint = run.path("checkpoint.safetensors") if run.dir is not None else None
     if checkpoint is not None and checkpoint.exists():
@@ -199,6 +204,8 @@ def train(
         state = _resume_state(load_state(checkpoint), checkpoint, total)
         _resume_into(checkpoint, model, optimizer, scheduler, state)
         iteration = state["iteration"]
+        if stepper is not None:
+            stepper.load_state_dict(state["stepper"])
         metrics = _read_metrics(run.path("metrics.jsonl"), upto=iteration)
     run.start()
 
@@ -216,7 +223,7 @@ def train(
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16"):
                 batch_loss = loss(model(x.to(device)), y.to(device))
             batch_loss.backward()
-            optimizer.step()
+            (stepper or optimizer).step()
             scheduler.step()
             iteration += 1
             for hook in hooks:
@@ -233,10 +240,13 @@ def train(
                 if run.dir is not None:
                     run.record(metrics)
                     save_state(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                            "scheduler": scheduler.state_dict(), "iteration": iteration})
+                                            "scheduler": scheduler.state_dict(), "iteration": iteration,
+                                            **({"stepper": stepper.state_dict()} if stepper is not None else {})})
             if iteration >= total:
                 break
     bar.close()
+    if hasattr(stepper, "finish"):
+        stepper.finish()
 
     result = TrainResult(metrics)
     if run.dir is not None:

@@ -59,14 +59,14 @@ def run_experiment(args) -> int:
     if args.jobs < 1:
         raise checks.option_error("--jobs", f"must be >= 1, got {args.jobs}")
     if args.executor == "ray":
-        if not ray_available():
-            raise checks.option_error("--executor ray", INSTALL_HINT)
         if args.jobs != 1:
             raise checks.option_error("--jobs", "applies to the local executor; with --executor ray the cluster's "
                                                 "resources and --cpus-per-step decide how many steps run at once")
         for option in ("cpus_per_step", "gpus_per_step"):
             if getattr(args, option) < 0:
                 raise checks.option_error("--" + option.replace("_", "-"), f"must be >= 0, got {getattr(args, option)}")
+        if not ray_available():
+            raise checks.option_error("--executor ray", INSTALL_HINT)
     elif args.ray_address is not None or args.cpus_per_step != 1 or args.gpus_per_step != 0:
         raise checks.option_error("--executor", "--ray-address, --cpus-per-step and --gpus-per-step need --executor ray")
     train_cfg = _train_config(args, preset=False)

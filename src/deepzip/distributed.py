@@ -65,7 +65,7 @@ def _execute(functions: tuple, step, *_after) -> tuple[Any, dict | None]:
     if done(step):
         return step, None
     record = {"step": list(step) if isinstance(step, tuple) else step, "host": socket.gethostname(),
-              "pid": os.getpid(), "start": time.time()}
+              "node": _ray().get_runtime_context().get_node_id(), "pid": os.getpid(), "start": time.time()}
     marker = None
     if log_dir is not None:
         starts = Path(log_dir) / "starts"

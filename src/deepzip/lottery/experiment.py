@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import socket
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -175,6 +176,10 @@ class Experiment:
         bar.close()
 
     def _run_step_tuple(self, step: tuple[int, int, str]) -> None:
+        """A step on a Ray worker: the experiment directory the driver wrote must be visible here."""
+        if not (self.dir / "config.json").exists():
+            raise RuntimeError(f"the experiment directory {self.dir} is not visible on {socket.gethostname()}: with "
+                               f"--executor ray the runs directory must be on a file system every node mounts")
         self.run_step(*step)
 
     def _done_tuple(self, step: tuple[int, int, str]) -> bool:

@@ -160,3 +160,11 @@ def test_a_driver_killed_with_sigkill_resumes_on_rerun(cluster, serial, tmp_path
     assert results(tmp_path) == {k: v for k, v in serial.items() if k.startswith("replicate_0/")}
     counts = starts(tmp_path)
     assert all(counts[key] == 1 for key in finished)  # nothing finished before the kill ran again
+
+
+def test_a_worker_that_cannot_see_the_experiment_directory_names_the_requirement(digits, tmp_path):
+    experiment = Experiment(tmp_path / "exp", TRAIN, LotteryConfig(levels=1, replicates=1), digits, progress=False)
+    (experiment.dir / "config.json").unlink()  # as on a node that does not mount the runs directory
+    with pytest.raises(RuntimeError, match="must be on a file system every node mounts"):
+        experiment._run_step_tuple((0, 0, "dense"))
+    assert not experiment.step_dir(0, 0, "dense").exists()

@@ -91,6 +91,15 @@ def _connect(ray, address: str | None, object_store_memory: int | None) -> bool:
     return True
 
 
+def _check_fits(ray, num_cpus: float, num_gpus: float) -> None:
+    """A task no node can hold would wait forever: say so instead."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if not any(r.get("CPU", 0) >= num_cpus and r.get("GPU", 0) >= num_gpus for r in nodes):
+        have = "; ".join(f"{r.get('CPU', 0):g} CPU, {r.get('GPU', 0):g} GPU" for r in nodes) or "no live nodes"
+        raise RuntimeError(f"no node of the Ray cluster has {num_cpus:g} CPU and {num_gpus:g} GPU for a step "
+                           f"(its nodes: {have}); lower --cpus-per-step / --gpus-per-step or add such a node")
+
+
 def run_on_ray(steps: Iterable, run_step: Callable[[Any], object], dependency: Callable[[Any], Any],
                done: Callable[[Any], bool], *, address: str | None = None, num_cpus: float = 1,
                num_gpus: float = 0, max_retries: int = 3, log_dir: str | Path | None = None,
@@ -114,6 +123,7 @@ def run_on_ray(steps: Iterable, run_step: Callable[[Any], object], dependency: C
         return {}
     started = _connect(ray, address, object_store_memory)
     try:
+        _check_fits(ray, num_cpus, num_gpus)
         functions = ray.put((run_step, done, str(log_dir) if log_dir is not None else None))
         task = ray.remote(_execute).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries,
                                             retry_exceptions=False)

@@ -209,6 +209,7 @@ ROWS = [
     ("lottery jobs with ray", [*LOTTERY, "--executor", "ray", "--jobs", "2"], "--jobs: applies to the local executor"),
     ("lottery ray-address locally", [*LOTTERY, "--ray-address", "auto"], "--executor: --ray-address, --cpus-per-step"),
     ("lottery gpus-per-step -1", [*LOTTERY, "--executor", "ray", "--gpus-per-step", "-1"], "--gpus-per-step: must be >= 0"),
+    ("lottery gpus without cuda", [*LOTTERY, "--executor", "ray", "--gpus-per-step", "1"], "--gpus-per-step: needs --device cuda"),
     ("lottery executor dask", [*LOTTERY, "--executor", "dask"], "invalid choice: 'dask'"),
     ("lottery reset nosuch", [*LOTTERY, "--reset", "nosuch"], "invalid choice: 'nosuch'"),
     ("lottery controls foo", [*LOTTERY, "--controls", "foo"], "--controls: unknown controls foo; allowed: reinit, random"),

@@ -99,6 +99,14 @@ def test_ray_sweep_equals_the_serial_run(cluster, serial, tmp_path, capsys):
     assert len(starts(tmp_path)) == 14 and set(starts(tmp_path).values()) == {1}
 
 
+def test_a_step_no_node_can_hold_is_an_error_not_a_hang(cluster, digits, tmp_path):
+    experiment = Experiment(tmp_path / "lottery_gpu", TRAIN, LotteryConfig(levels=1, replicates=1), digits,
+                            progress=False)
+    with pytest.raises(RuntimeError, match="no node of the Ray cluster has 1 CPU and 1 GPU"):
+        experiment.run(executor="ray", gpus_per_step=1)
+    assert not any(experiment.done(*s) for s in experiment.steps())
+
+
 def test_a_worker_node_lost_mid_sweep_loses_and_recomputes_nothing_finished(cluster, serial, digits, tmp_path):
     experiment = Experiment(tmp_path / "lottery_lost", TRAIN, LotteryConfig(levels=2, replicates=2), digits,
                             progress=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -65,11 +66,19 @@ def run_experiment(args) -> int:
         for option in ("cpus_per_step", "gpus_per_step"):
             if getattr(args, option) < 0:
                 raise checks.option_error("--" + option.replace("_", "-"), f"must be >= 0, got {getattr(args, option)}")
+        if args.gpus_per_step > 0 and not str(args.device).startswith("cuda"):
+            raise checks.option_error("--gpus-per-step", "needs --device cuda (or cuda:0): the Ray workers train on "
+                                                         "the GPU each task is given; 'auto' would be resolved here")
         if not ray_available():
             raise checks.option_error("--executor ray", INSTALL_HINT)
     elif args.ray_address is not None or args.cpus_per_step != 1 or args.gpus_per_step != 0:
         raise checks.option_error("--executor", "--ray-address, --cpus-per-step and --gpus-per-step need --executor ray")
+    worker_device = None
+    if args.executor == "ray" and args.gpus_per_step > 0:  # the GPU is on the workers: not checked on this driver
+        worker_device, args.device = args.device, "cpu"
     train_cfg = _train_config(args, preset=False)
+    if worker_device is not None:
+        train_cfg = dataclasses.replace(train_cfg, device=worker_device)
     cfg = from_args(LotteryConfig, args)
     checks.writable_dir(args.runs_dir, "--runs-dir")
     splits = checks.load_splits(train_cfg.dataset, args.data_dir, train_cfg.val_size, val_option="--train-val-size")

@@ -145,6 +145,7 @@ def main() -> None:
     rounds = 1 if args.quick else 2
     torch.set_num_threads(1)
     splits = data.load(train_cfg.dataset, val_size=train_cfg.val_size)
+    load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="scale_out_", dir=RUNS if RUNS.exists() else None))
     names = ["local --jobs 1", "local --jobs 2", "ray, 1 worker", "ray, 2 workers"]
     runs: dict = {name: [] for name in names}
@@ -178,6 +179,7 @@ def main() -> None:
         cluster.shutdown()
         shutil.rmtree(work, ignore_errors=True)
 
+    load = {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]}
     walls = {name: min(times) for name, times in runs.items()}  # the least disturbed of the rounds
     per_step = {s: min(r[s] for r in per_step_rounds) for s in per_step_rounds[0]}
     reference = results["local --jobs 1", 0]
@@ -205,6 +207,7 @@ def main() -> None:
         "critical_path_s": round(path, 2),
         "estimate_s": {str(n): round(t, 1) for n, t in estimate.items()},
         "paper_sweep_estimate_h": {str(n): round(t / 3600, 2) for n, t in paper_estimate.items()},
+        "load_average_1_5_15_min": load,
         "note": "this machine has 2 cores shared with other jobs: 2 workers cannot show more than ~2x",
     }
     if not identical:
@@ -217,7 +220,9 @@ def main() -> None:
           f"directory (the local ones in a fresh process, timed around `Experiment.run` only); the table gives "
           f"each one's best round. Every run gave the same numbers as `--jobs 1` "
           f"({'checked: identical' if identical else 'DIFFERENT'}).", "",
-          "**This machine has 2 cores, shared with other jobs: 2 workers cannot show more than ~2x.** The Ray "
+          f"**This machine has {os.cpu_count()} cores, shared with other jobs: 2 workers cannot show more than ~2x** "
+          f"(load average before the runs {load['before'][0]:.1f}, after {load['after'][0]:.1f}: other jobs took "
+          f"cores too, so the ratios are lower bounds of what 2 free cores give). The Ray "
           "cluster is local (a head with no CPUs and one-CPU worker nodes on 127.0.0.1); its workers are "
           "started before the timings.", "",
           table(["executor", "wall (s), best round", "every round (s)", "speedup vs --jobs 1"], rows), "",

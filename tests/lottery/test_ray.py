@@ -64,7 +64,8 @@ def cluster():
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])
+    before = os.environ.get("PYTHONPATH")  # the nodes' workers import deepzip from this checkout
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), before or ""])
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "include_dashboard": False, "object_store_memory": STORE})  # steps run on the workers
     workers = [cluster.add_node(num_cpus=1, object_store_memory=STORE) for _ in range(2)]
@@ -74,6 +75,10 @@ def cluster():
     yield cluster
     ray.shutdown()
     cluster.shutdown()
+    if before is None:
+        del os.environ["PYTHONPATH"]
+    else:
+        os.environ["PYTHONPATH"] = before
 
 
 @pytest.fixture(scope="module")

@@ -23,5 +23,5 @@ def test_quick_scale_out_benchmark_gives_identical_results_and_an_estimate(tmp_p
     estimate = report["estimate_s"]
     assert estimate["32"] >= report["critical_path_s"] - 0.01  # no number of machines beats the critical path
     assert estimate["1"] >= estimate["2"] >= estimate["32"]
-    assert "2 cores" in done.stdout and "| ray, 2 workers |" in done.stdout
+    assert "2 workers cannot show more than ~2x" in done.stdout and "| ray, 2 workers |" in done.stdout
     assert not list(tmp_path.glob("scale_out_*/"))  # the sweep directories are removed

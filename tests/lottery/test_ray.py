@@ -112,6 +112,17 @@ def test_a_step_no_node_can_hold_is_an_error_not_a_hang(cluster, digits, tmp_pat
     assert not any(experiment.done(*s) for s in experiment.steps())
 
 
+def test_a_failing_step_is_named_and_its_dependents_do_not_run(cluster, tmp_path):
+    def run_step(step):  # a local function: pickled by value for the workers
+        if step == "a":
+            raise ValueError("boom in a")
+        (tmp_path / step).write_text("ran")
+
+    with pytest.raises(RuntimeError, match=r"(?s)failed on a Ray worker.*boom in a"):
+        run_on_ray(["a", "b", "c"], run_step, lambda s: "a" if s == "b" else None, lambda s: False)
+    assert not (tmp_path / "b").exists()  # b builds on a: never started
+
+
 def test_a_worker_node_lost_mid_sweep_loses_and_recomputes_nothing_finished(cluster, serial, digits, tmp_path):
     experiment = Experiment(tmp_path / "lottery_lost", TRAIN, LotteryConfig(levels=2, replicates=2), digits,
                             progress=False)

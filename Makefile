@@ -46,6 +46,7 @@ bench: setup
 	$(PY) benchmarks/lottery.py
 	$(PY) benchmarks/runtime.py
 	$(PY) benchmarks/fuzz_dz.py
+	$(PY) benchmarks/scale_out.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

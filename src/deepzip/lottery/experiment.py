@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import socket
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 from ..checkpoint import atomic_write_text, load_model_file, read_json, save_model
 from ..config import to_dict
 from ..data import DataSplits
+from ..distributed import run_on_ray
 from ..errors import CheckpointError
 from ..models import build
 from ..prune import apply_masks, compute_masks, enforce, prunable_weights
@@ -29,7 +31,7 @@ from ..prune.masks import MASK_SUFFIX
 from ..quantize import load_state_dict
 from ..train import TrainConfig, TrainResult, evaluate, lr_factor, train
 from .config import LotteryConfig
-from .parallel import dependency, run_parallel
+from .parallel import dependency, priority, run_parallel
 
 
 def level_sparsities(model: nn.Module, cfg: LotteryConfig, level: int) -> dict[str, float]:
@@ -59,6 +61,9 @@ def random_masks(like: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Te
         flat[order] = True
         out[name] = flat.reshape(mask.shape)
     return out
+
+
+RAY_OBJECT_STORE = 200 * 2**20  # a Ray instance started for one sweep holds only the experiment and its data
 
 
 class Experiment:
@@ -136,22 +141,49 @@ class Experiment:
         return (self.step_dir(replicate, level, variant) / "summary.json").exists()
 
     # ------------------------------------------------------------------------------------ steps
-    def run(self, jobs: int = 1) -> None:
-        """Run every unfinished step; ``jobs`` > 1 runs independent steps in that many processes."""
+    def run(self, jobs: int = 1, executor: str = "local", ray_address: str | None = None, cpus_per_step: float = 1,
+            gpus_per_step: float = 0) -> None:
+        """Run every unfinished step; ``jobs`` > 1 runs independent steps in that many processes.
+
+        ``executor="ray"`` runs the steps as Ray tasks instead (``deepzip.distributed``; the ``ray`` extra)
+        on the cluster at ``ray_address`` (default: a Ray instance of this machine's own), each task with
+        ``cpus_per_step`` CPUs and ``gpus_per_step`` GPUs. The experiment directory must be on a file
+        system every node mounts: each task writes its step there and reads the step it builds on."""
         if jobs < 1:
             raise ValueError(f"jobs must be >= 1, got {jobs}")
+        if executor not in ("local", "ray"):
+            raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
         steps = list(self.steps())
         bar = tqdm(steps, desc="lottery", unit="run", disable=None if self.progress else True)
-        if jobs > 1:
+
+        def on_done(step):
+            bar.set_postfix(replicate=step[0], level=step[1], variant=step[2])
+            bar.update(1)
+
+        if executor == "ray":
             bar.update(sum(self.done(*s) for s in steps))
-            run_parallel(self, steps, jobs, on_done=lambda step: (bar.set_postfix(replicate=step[0], level=step[1],
-                                                                                  variant=step[2]), bar.update(1)))
+            run_on_ray(steps, self._run_step_tuple, dependency, self._done_tuple, address=ray_address,
+                       num_cpus=cpus_per_step, num_gpus=gpus_per_step, log_dir=self.dir / "ray_log",
+                       on_done=on_done, priority=priority, object_store_memory=RAY_OBJECT_STORE)
+        elif jobs > 1:
+            bar.update(sum(self.done(*s) for s in steps))
+            run_parallel(self, steps, jobs, on_done=on_done)
         else:
             for replicate, level, variant in bar:
                 bar.set_postfix(replicate=replicate, level=level, variant=variant)
                 if not self.done(replicate, level, variant):
                     self.run_step(replicate, level, variant)
         bar.close()
+
+    def _run_step_tuple(self, step: tuple[int, int, str]) -> None:
+        """A step on a Ray worker: the experiment directory the driver wrote must be visible here."""
+        if not (self.dir / "config.json").exists():
+            raise RuntimeError(f"the experiment directory {self.dir} is not visible on {socket.gethostname()}: with "
+                               f"--executor ray the runs directory must be on a file system every node mounts")
+        self.run_step(*step)
+
+    def _done_tuple(self, step: tuple[int, int, str]) -> bool:
+        return self.done(*step)
 
     def _dense(self, replicate: int) -> nn.Module:
         seed = self.cfg.seed + replicate

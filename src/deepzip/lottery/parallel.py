@@ -32,7 +32,7 @@ def dependency(step: Step) -> Step | None:
     return replicate, level - 1, "imp"
 
 
-def _priority(step: Step) -> tuple:
+def priority(step: Step) -> tuple:
     # The winning-ticket chain is the critical path of every replicate: its steps go first.
     replicate, level, variant = step
     return (variant not in ("dense", "imp"), level, replicate)
@@ -55,7 +55,7 @@ def run_parallel(experiment: "Experiment", steps: list[Step], jobs: int,
                  on_done: Callable[[Step], object] = lambda step: None) -> None:
     """Run the unfinished ``steps`` with ``jobs`` worker processes; ``on_done(step)`` after each."""
     finished = {s for s in steps if experiment.done(*s)}
-    pending = sorted((s for s in steps if s not in finished), key=_priority)
+    pending = sorted((s for s in steps if s not in finished), key=priority)
     # fork: workers share the parent's data set in memory instead of each unpickling a copy.
     context = multiprocessing.get_context("fork")
     tasks, results = context.Queue(), context.Queue()

@@ -65,7 +65,7 @@ Metric = Callable[[torch.Tensor, torch.Tensor], float]
 
 def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
     """The default metric: the fraction of rows whose largest output is the target class."""
-    return (outputs.argmax(1) == targets).float().mean().item()
+    return (outputs.argmax(1) == targets).double().mean().item()
 
 
 def model_device(model: nn.Module) -> torch.device:

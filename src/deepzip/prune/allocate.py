@@ -7,7 +7,7 @@ Every allocator returns ``{layer: sparsity}`` whose weighted mean over the layer
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 MAX_LAYER_SPARSITY = 0.999  # a layer keeps at least 0.1% of its weights
 
@@ -48,17 +48,26 @@ def erk(shapes: Mapping[str, Sequence[int]], target: float, scales: Mapping[str,
     scales = scales or {}
     numels = {n: math.prod(s) for n, s in shapes.items()}
     ratio = {n: sum(s) / math.prod(s) for n, s in shapes.items()}
+    return proportional(numels, ratio, target, {n for n in shapes if scales.get(n, 1.0) == 0})
+
+
+def proportional(numels: Mapping[str, int], ratio: Mapping[str, float], target: float,
+                 dense: Collection[str] = ()) -> dict[str, float]:
+    """Densities proportional to ``ratio``: d_l = min(1, eps * r_l) with sum(d_l n_l) = (1 - target) N.
+    Layers in ``dense`` stay dense; layers that would exceed density 1 are made dense and the rest
+    re-solved (ERK, Erdos-Renyi and uniform allocations are this with their own ratios)."""
     total = sum(numels.values())
-    dense = {n for n in shapes if scales.get(n, 1.0) == 0}
+    dense = set(dense)
     while True:
-        sparse = [n for n in shapes if n not in dense]
+        sparse = [n for n in numels if n not in dense]
         budget = (1 - target) * total - sum(numels[n] for n in dense)
         if not sparse or budget <= 0:
-            raise ValueError(f"cannot reach sparsity {target}: the excluded layers alone exceed the budget")
+            raise ValueError(f"cannot reach sparsity {target}: the dense layers ({', '.join(sorted(dense))}) "
+                             f"alone hold more than {1 - target:.2%} of the weights")
         eps = budget / sum(ratio[n] * numels[n] for n in sparse)
         over = [n for n in sparse if eps * ratio[n] > 1]
         if not over:
-            return {n: 0.0 if n in dense else min(MAX_LAYER_SPARSITY, 1 - eps * ratio[n]) for n in shapes}
+            return {n: 0.0 if n in dense else min(MAX_LAYER_SPARSITY, 1 - eps * ratio[n]) for n in numels}
         dense.update(over)
 
 

@@ -16,23 +16,6 @@ from typing import Collection, Mapping, Sequence
 from ..prune import allocate
 
 
-def _scaled(numels: Mapping[str, int], ratio: Mapping[str, float], target: float, dense: Collection[str]) -> dict[str, float]:
-    """d_l = min(1, eps * ratio_l) with sum(d_l n_l) = (1 - target) N; layers over density 1 made dense."""
-    total = sum(numels.values())
-    dense = set(dense)
-    while True:
-        sparse = [n for n in numels if n not in dense]
-        budget = (1 - target) * total - sum(numels[n] for n in dense)
-        if not sparse or budget <= 0:
-            raise ValueError(f"cannot reach sparsity {target}: the dense layers ({', '.join(sorted(dense))}) "
-                             f"alone hold more than {1 - target:.2%} of the weights")
-        eps = budget / sum(ratio[n] * numels[n] for n in sparse)
-        over = [n for n in sparse if eps * ratio[n] > 1]
-        if not over:
-            return {n: 0.0 if n in dense else min(allocate.MAX_LAYER_SPARSITY, 1 - eps * ratio[n]) for n in numels}
-        dense.update(over)
-
-
 def layer_sparsities(shapes: Mapping[str, Sequence[int]], target: float, distribution: str = "erk",
                      dense: Collection[str] = ()) -> dict[str, float]:
     """{layer: sparsity} with the weighted mean ``target``; ``dense`` layers kept at 0."""
@@ -48,4 +31,4 @@ def layer_sparsities(shapes: Mapping[str, Sequence[int]], target: float, distrib
         ratio = {n: sum(s) / math.prod(s) for n, s in shapes.items()}
     else:
         raise ValueError(f"distribution={distribution!r} is not allowed; choose from uniform, er, erk")
-    return _scaled(numels, ratio, target, dense)
+    return allocate.proportional(numels, ratio, target, dense)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, ClassVar, Generic, Iterator, Sequence, TypeVar
+
+from .validate import names
 
 T = TypeVar("T")
 
@@ -124,6 +126,33 @@ class MethodRegistry:
             if isinstance(config, tuple(names.values())):
                 return family
         return None
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodConfig:
+    """Base of every method config: which parameters are targets, checked when the config is made, then
+    the method's own fields (`validate`). Frozen; subclasses add fields with the paper's defaults."""
+
+    family: ClassVar[str] = ""
+    method: ClassVar[str] = ""
+
+    exclude: Sequence[str] | None = ()  # layer or parameter names left alone (None: the method's own choice)
+    extra: Sequence[str] = ()  # parameters that are not the weight of a Linear / Conv / Embedding
+
+    def __post_init__(self) -> None:
+        if self.exclude is not None:
+            self._set("exclude", names(self.exclude, "exclude"))
+        self._set("extra", names(self.extra, "extra"))
+        self.validate()
+
+    def validate(self) -> None:
+        """Check the method's own fields; raise ValueError / TypeError naming the field and what is allowed."""
+
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+
+    def _check(self, name: str, checker: Callable, *args: Any) -> None:
+        self._set(name, checker(getattr(self, name), name, *args))
 
 
 METHODS = MethodRegistry()

@@ -43,7 +43,7 @@ def test_paper_bits_and_per_kind_bits():
         Q.resolve_bits(model, 17)
     with pytest.raises(ValueError, match=r"bits\['fc1'\] must be an integer in 1..16, got 2.7"):
         Q.quantize(model, {"fc1": 2.7})
-    with pytest.raises(TypeError, match="quantize method 'uniform' takes no option 'init'; its options: bits, exclude, extra"):
+    with pytest.raises(TypeError, match="quantize method 'uniform' takes no option 'init'; its options: exclude, extra, bits"):
         Q.quantize(model, 4, "uniform", init="density")
     assert not Q.shared_layers(model)
     with pytest.raises(ValueError, match="bits: unknown layer"):

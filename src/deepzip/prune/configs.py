@@ -15,37 +15,18 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping, Sequence
 
-from ..registry import METHODS
-from ..validate import choice, integer, names, number, per_layer_numbers
+from ..registry import METHODS, MethodConfig
+from ..validate import choice, integer, number, per_layer_numbers
 
 FAMILY = "prune"
 
 
 @dataclass(frozen=True)
-class PruneMethod:
+class PruneMethod(MethodConfig):
     """Base of every pruning config: which parameters are targets."""
 
     family: ClassVar[str] = FAMILY
-    method: ClassVar[str] = ""
     fixes_own_sparsity: ClassVar[bool] = False  # True: no global target; schedules prune once
-
-    exclude: Sequence[str] | None = ()
-    extra: Sequence[str] = ()
-
-    def __post_init__(self) -> None:
-        if self.exclude is not None:
-            self._set("exclude", names(self.exclude, "exclude"))
-        self._set("extra", names(self.extra, "extra"))
-        self.validate()
-
-    def validate(self) -> None:
-        """Check the method's own fields (ranges, types); raise ValueError / TypeError."""
-
-    def _set(self, name: str, value: Any) -> None:
-        object.__setattr__(self, name, value)
-
-    def _check(self, name: str, checker, *args) -> None:
-        self._set(name, checker(getattr(self, name), name, *args))
 
 
 @dataclass(frozen=True)

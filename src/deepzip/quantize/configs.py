@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping, Sequence
 
-from ..registry import METHODS
-from ..validate import choice, integer, names
+from ..registry import METHODS, MethodConfig
+from ..validate import choice, integer
 from .kmeans import INITS, check_bits
 
 FAMILY = "quantize"
@@ -43,24 +43,19 @@ def check_bits_value(value: Any, field: str) -> int:
 
 
 @dataclass(frozen=True)
-class QuantizeMethod:
+class QuantizeMethod(MethodConfig):
     """Base of every quantization config: bits per layer, which parameters are targets."""
 
     family: ClassVar[str] = FAMILY
-    method: ClassVar[str] = ""
 
-    bits: int | Mapping[str, int] | None = None
     exclude: Sequence[str] = ()
-    extra: Sequence[str] = ()
+    bits: int | Mapping[str, int] | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "bits", _bits(self.bits))
-        object.__setattr__(self, "exclude", names(self.exclude, "exclude"))
-        object.__setattr__(self, "extra", names(self.extra, "extra"))
-        self.validate()
-
-    def validate(self) -> None:
-        """Check the method's own fields."""
+        if self.exclude is None:
+            raise TypeError("exclude must be a list of layer or parameter names, got None")
+        self._set("bits", _bits(self.bits))
+        super().__post_init__()
 
 
 @METHODS.register(FAMILY, "kmeans")
@@ -74,8 +69,8 @@ class KMeans(QuantizeMethod):
     seed: int = 0
 
     def validate(self) -> None:
-        object.__setattr__(self, "init", choice(self.init, "init", INITS))
-        object.__setattr__(self, "seed", integer(self.seed, "seed", 0))
+        self._check("init", choice, INITS)
+        self._check("seed", integer, 0)
 
 
 @METHODS.register(FAMILY, "uniform")

@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
-from ..registry import METHODS
-from ..validate import choice, integer, names, number
+from ..registry import METHODS, MethodConfig
+from ..validate import choice, integer, number
 
 FAMILY = "sparse"
 DISTRIBUTIONS = ("uniform", "er", "erk")
@@ -24,32 +24,21 @@ SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
-class SparseMethod:
+class SparseMethod(MethodConfig):
     """Base of every sparse-training config: which parameters are sparse, and the seed of the masks."""
 
     family: ClassVar[str] = FAMILY
-    method: ClassVar[str] = ""
     dynamic: ClassVar[bool] = True  # False: the mask never changes after initialization
     dense_gradient: ClassVar[str] = "never"  # never | update | always: when the dense gradient is needed
 
     exclude: Sequence[str] = ()
-    extra: Sequence[str] = ()
     seed: int = 0
 
     def __post_init__(self) -> None:
-        self._set("exclude", names(self.exclude, "exclude"))
-        self._set("extra", names(self.extra, "extra"))
+        if self.exclude is None:
+            raise TypeError("exclude must be a list of layer or parameter names, got None")
         self._check("seed", integer, 0)
-        self.validate()
-
-    def validate(self) -> None:
-        """Check the method's own fields; raise ValueError / TypeError naming the field and what is allowed."""
-
-    def _set(self, name: str, value: Any) -> None:
-        object.__setattr__(self, name, value)
-
-    def _check(self, name: str, checker, *args) -> None:
-        self._set(name, checker(getattr(self, name), name, *args))
+        super().__post_init__()
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import ClassVar, Mapping, Sequence
 
 from ..registry import METHODS, MethodConfig
 from ..validate import choice, integer, number, per_layer_numbers

@@ -13,7 +13,7 @@ regrow as many, until ``end_fraction`` of training. SR-STE trains N:M masks reco
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import ClassVar, Sequence
 
 from ..registry import METHODS, MethodConfig
 from ..validate import choice, integer, number

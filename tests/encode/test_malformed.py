@@ -234,3 +234,14 @@ def test_model_description_checked_before_building(lenet_file, tmp_path, descrip
     with pytest.raises(FormatError, match=message):
         deepzip.load(path)
     assert peak_mb() - before < 50
+
+
+def test_an_empty_shape_whose_other_sizes_overflow_strides():
+    # found by the fuzz campaign (stacked edits on a huffman-coded shared embedding): numel 0, yet
+    # reshaping to [0, 2^31-1, 2^31-1, 2^31-1] overflowed torch's stride calculation (RuntimeError)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    data, _ = encode_model(model)
+    big = 2**31 - 1
+    bad = repacked(data, lambda h: record_of(h, "0.bias").__setitem__("shape", [0, big, big, big]))
+    with pytest.raises(FormatError, match=r"'0.bias': shape \[0, 2147483647, .*nonzero sizes multiply to more than"):
+        decode_bytes(bad)

@@ -149,6 +149,10 @@ def check_shape(shape: Any, what: str) -> int:
     require(isinstance(shape, list) and len(shape) <= MAX_DIMS and all(is_uint(s) for s in shape),
             f"{what}: shape must be a list of at most {MAX_DIMS} non-negative integers")
     require(all(s <= MAX_ELEMENTS for s in shape), f"{what}: shape {_short(shape)}: a size exceeds the limit {MAX_ELEMENTS}")
+    # A zero size makes the tensor empty, but its other sizes still make strides: bound them too
+    # (found by fuzzing: [0, 2^31-1, 2^31-1, 2^31-1] overflowed torch's stride calculation).
+    require(element_count([max(s, 1) for s in shape]) <= MAX_ELEMENTS,
+            f"{what}: shape {_short(shape)}: its nonzero sizes multiply to more than {MAX_ELEMENTS}")
     numel = element_count(shape)
     require(numel <= MAX_ELEMENTS, f"{what}: {numel} elements exceed the limit {MAX_ELEMENTS}")
     return numel

@@ -151,7 +151,7 @@ def check_shape(shape: Any, what: str) -> int:
     require(all(s <= MAX_ELEMENTS for s in shape), f"{what}: shape {_short(shape)}: a size exceeds the limit {MAX_ELEMENTS}")
     # A zero size makes the tensor empty, but its other sizes still make strides: bound them too
     # (found by fuzzing: [0, 2^31-1, 2^31-1, 2^31-1] overflowed torch's stride calculation).
-    require(element_count([max(s, 1) for s in shape]) <= MAX_ELEMENTS,
+    require(0 not in shape or element_count([max(s, 1) for s in shape]) <= MAX_ELEMENTS,
             f"{what}: shape {_short(shape)}: its nonzero sizes multiply to more than {MAX_ELEMENTS}")
     numel = element_count(shape)
     require(numel <= MAX_ELEMENTS, f"{what}: {numel} elements exceed the limit {MAX_ELEMENTS}")

@@ -170,11 +170,13 @@ def test_a_worker_node_lost_mid_sweep_loses_and_recomputes_nothing_finished(clus
 def test_a_driver_killed_with_sigkill_resumes_on_rerun(cluster, serial, tmp_path):
     command = [*ARGS, "--replicates", "1", "--runs-dir", str(tmp_path), "--executor", "ray",
                "--ray-address", cluster.address]
-    driver = subprocess.Popen([sys.executable, "-m", "deepzip", *command], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    log = tmp_path / "driver.log"
+    with open(log, "w") as out:
+        driver = subprocess.Popen([sys.executable, "-m", "deepzip", *command], stdout=out, stderr=out)
     deadline = time.monotonic() + 120
     while len(list(tmp_path.glob("lottery_*/replicate_*/level_*/**/summary.json"))) < 2:
-        assert driver.poll() is None and time.monotonic() < deadline, "the driver ended before it was killed"
+        assert driver.poll() is None and time.monotonic() < deadline, \
+            f"the driver ended (exit {driver.poll()}) before it was killed: {log.read_text()[-2000:]}"
         time.sleep(0.02)
     driver.send_signal(signal.SIGKILL)
     driver.wait()

@@ -23,13 +23,13 @@ def machine() -> dict:
             "date": time.strftime("%Y-%m-%d")}
 
 
-def write_results(name: str, payload: dict, markdown: str) -> None:
-    """Write benchmarks/results/<name>.json and <name>.md."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def write_results(name: str, payload: dict, markdown: str, directory: Path = RESULTS) -> None:
+    """Write <directory>/<name>.json and <name>.md (directory: benchmarks/results unless told)."""
+    directory.mkdir(parents=True, exist_ok=True)
     payload = {"benchmark": name, "machine": machine(), **payload}
-    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (directory / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     header = f"<!-- written by benchmarks/{name}.py; re-run it to update -->\n"
-    (RESULTS / f"{name}.md").write_text(header + markdown.rstrip() + "\n")
+    (directory / f"{name}.md").write_text(header + markdown.rstrip() + "\n")
     print(markdown)
 
 

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The one prepared run on a lent GPU machine (its python3 holds CUDA PyTorch and Triton), from the repo
+# root. Writes into $OUT: the gpu tests' JUnit XML, each part's JSON, gpu_runtime.{json,md}, logs.txt.
+# Afterwards, here: python benchmarks/gpu.py report --out <those files>  (writes benchmarks/results/gpu.*).
+# What the machine lacks travels in .devcarry/ (git-ignored): fashion-mnist/ (Debian's IDX files) and whl/
+# (constriction's wheel for its Python). Every part has its own time limit, so one that hangs or fails
+# costs only itself; the CPU compression runs beside the GPU parts on the other half of the cores.
+set -u
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+LOGS=$(mktemp -d)
+export PYTHONUNBUFFERED=1 DEEPZIP_OFFLINE=1 DEEPZIP_DATA=${DEEPZIP_DATA:-$PWD/.devcarry/fashion-mnist}
+export PYTHONPATH=$PWD/src
+if ls .devcarry/whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .devcarry/whl/*.whl \
+    && export PYTHONPATH=$PYTHONPATH:/tmp/site
+fi
+cores=$(nproc); half=$((cores / 2))
+gpu_side="taskset -c 0-$((half - 1))"; cpu_side="taskset -c $half-$((cores - 1))"
+command -v taskset >/dev/null || { gpu_side=""; cpu_side=""; }
+section() { echo "== $1 ($(date +%T))" >>"$LOGS/all"; }
+trap 'cat "$LOGS"/all "$LOGS"/*.log > "$OUT/logs.txt" 2>/dev/null' EXIT
+
+section "machine"
+{ nvidia-smi; python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'; } >>"$LOGS/all" 2>&1
+
+section "CPU compression (background, cores $half-$((cores - 1)))"
+$cpu_side timeout 540 python3 benchmarks/gpu.py compress --out "$OUT" --device cpu \
+  --threads "$half" --quiet >"$LOGS/compress_cpu.log" 2>&1 &
+cpu_job=$!
+
+section "gpu tests"
+$gpu_side timeout 120 python3 -m pytest -m gpu tests/gpu -p no:cacheprovider -q --junitxml="$OUT/gpu_tests.xml" \
+  >"$LOGS/gpu_tests.log" 2>&1
+section "lottery level, LeNet-5"
+$gpu_side timeout 110 python3 benchmarks/gpu.py lottery --out "$OUT" --device cuda --quiet >"$LOGS/lottery.log" 2>&1
+section "compression on the GPU"
+$gpu_side timeout 130 python3 benchmarks/gpu.py compress --out "$OUT" --device cuda --quiet >"$LOGS/compress_cuda.log" 2>&1
+section "GPU runtime kernels"
+if [ -f benchmarks/gpu_runtime.py ]; then
+  $gpu_side timeout 210 python3 benchmarks/gpu_runtime.py --out "$OUT" >"$LOGS/gpu_runtime.log" 2>&1
+fi
+section "waiting for the CPU compression"
+wait "$cpu_job"
+section "done"

@@ -85,3 +85,14 @@ def test_sensitivity_method_measures_curves_once_and_resumes_with_them(digits, d
     rerun = prune_and_retrain(again, digits, cfg, BASE, run_dir=tmp_path, progress=False)
     assert [l["nonzero"] for l in rerun[-1]["layers"]] == [l["nonzero"] for l in records[-1]["layers"]]
     assert (tmp_path / "sensitivity.json").read_text() == saved
+
+
+def test_an_iterative_schedule_steps_every_layer_of_a_fraction_to_its_own_target():
+    from deepzip.train.prune_retrain import _targets
+
+    cfg = PruneConfig(method="fraction", layer_sparsity="fc1=0.9,fc2=0.5,fc3=0", steps=2)
+    steps = [s.layer_sparsity for s in _targets(cfg, cfg.method_config())]
+    assert steps[0] == pytest.approx({"fc1": 1 - 0.1 ** 0.5, "fc2": 1 - 0.5 ** 0.5, "fc3": 0.0})
+    assert steps[1] == pytest.approx({"fc1": 0.9, "fc2": 0.5, "fc3": 0.0})
+    one_shot = PruneConfig(method="fraction", layer_sparsity="0.8", schedule="oneshot")
+    assert [s.layer_sparsity for s in _targets(one_shot, one_shot.method_config())] == [0.8]

@@ -11,10 +11,10 @@ from ..checkpoint import save_model
 from ..config import add_arguments as add_config_arguments, from_args
 from ..api import load, load_with_header
 from ..encode import format_table
-from ..pipeline import compress, format_report, inspect
+from ..pipeline import check_budget_options, compress, compress_to_budget, format_report, inspect
 from ..prune import remove
 from ..quantize import finalize
-from ..train import BASELINES, PruneConfig, QuantizeConfig, TrainConfig, evaluate
+from ..train import BASELINES, BudgetConfig, PruneConfig, QuantizeConfig, TrainConfig, evaluate
 from . import checks
 from .common import add_common_arguments, add_device_arguments, device_of
 
@@ -34,6 +34,7 @@ def add_arguments(parser) -> None:
     add_device_arguments(parser)
     add_config_arguments(parser, PruneConfig, prefix="prune_")
     add_config_arguments(parser, QuantizeConfig, prefix="quant_")
+    add_config_arguments(parser, BudgetConfig)
     _storage_arguments(parser)
     add_common_arguments(parser)
 
@@ -75,9 +76,16 @@ def _checked(args, train_cfg: TrainConfig, prune_cfg: PruneConfig, quant_cfg: Qu
 def run(args) -> int:
     train_cfg = _train_config(args)
     prune_cfg, quant_cfg = from_args(PruneConfig, args, "prune_"), from_args(QuantizeConfig, args, "quant_")
+    budget_cfg = from_args(BudgetConfig, args)
+    if budget_cfg.active:
+        check_budget_options(prune_cfg, quant_cfg, budget_cfg, {"prune": "prune_", "quantize": "quant_"})
     splits = _checked(args, train_cfg, prune_cfg, quant_cfg)
-    report = compress(train_cfg, prune_cfg, quant_cfg, args.runs_dir, args.data_dir, args.float_dtype,
-                      args.codebook_dtype, progress=not args.quiet, splits=splits)
+    if budget_cfg.active:
+        report = compress_to_budget(train_cfg, prune_cfg, quant_cfg, budget_cfg, args.runs_dir, args.data_dir,
+                                    args.float_dtype, args.codebook_dtype, progress=not args.quiet, splits=splits)
+    else:
+        report = compress(train_cfg, prune_cfg, quant_cfg, args.runs_dir, args.data_dir, args.float_dtype,
+                          args.codebook_dtype, progress=not args.quiet, splits=splits)
     return _print(report)
 
 

@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,7 @@ from ..checkpoint import atomic_write_text
 from ..config import check_choices, option, parse_spec
 from ..data import DataSplits
 from ..prune import GradualPruning, iterative_sparsities, prunable_weights, prune, sensitivity_curves, sparsity_report
-from ..prune.configs import PruneMethod, RandomPruning, Structured, method_names as prune_method_names
+from ..prune.configs import LayerFraction, PruneMethod, RandomPruning, Structured, method_names as prune_method_names
 from ..registry import METHODS
 from .config import TrainConfig
 from .loop import Loss, Metric, accuracy, evaluate, train
@@ -109,11 +109,22 @@ class L1Regularization:
 
 
 def _targets(cfg: PruneConfig, method: PruneMethod) -> list[PruneMethod]:
-    """The pruning config of each step: one step for methods that fix their own sparsity."""
+    """The pruning config of each step: iterative schedules step every layer of a per-layer fraction
+    towards its own target; other methods that fix their own sparsity prune in one step."""
+    if isinstance(method, LayerFraction) and cfg.schedule == "iterative":
+        return [dataclasses.replace(method, layer_sparsity=_step_of(method.layer_sparsity, cfg.steps, k))
+                for k in range(cfg.steps)]
     if method.fixes_own_sparsity:
         return [method]
     targets = iterative_sparsities(cfg.sparsity, cfg.steps) if cfg.schedule == "iterative" else [cfg.sparsity]
     return [dataclasses.replace(method, sparsity=target) for target in targets]
+
+
+def _step_of(layer_sparsity, steps: int, k: int):
+    """Step k (from 0) of the geometric schedule to each layer's final sparsity."""
+    if isinstance(layer_sparsity, Mapping):
+        return {name: iterative_sparsities(s, steps)[k] if s > 0 else 0.0 for name, s in layer_sparsity.items()}
+    return iterative_sparsities(layer_sparsity, steps)[k] if layer_sparsity > 0 else 0.0
 
 
 def prune_and_retrain(model: nn.Module, data: DataSplits, cfg: PruneConfig, base: TrainConfig,

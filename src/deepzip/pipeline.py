@@ -123,7 +123,11 @@ def compress_to_budget(train_cfg: TrainConfig, prune_cfg: PruneConfig, quant_cfg
         if budget - fixed - slack <= 0:
             raise ValueError(f"no choice of the measured options fits {budget:,} bytes: the file's header, biases "
                              f"and unpruned layers alone take {fixed + slack:,}; give a larger budget")
-        chosen = choose(options, budget - fixed - slack)
+        try:
+            chosen = choose(options, budget - fixed - slack)
+        except ValueError as error:
+            raise ValueError(f"a budget of {budget:,} bytes leaves {budget - fixed - slack:,} for the weights of "
+                             f"the chosen layers after the rest of the file ({fixed + slack:,}): {error}") from None
         layer_sparsity, bits = settings_specs(chosen)
         prune_round = dataclasses.replace(prune_cfg, method="fraction", layer_sparsity=layer_sparsity)
         quant_round = dataclasses.replace(quant_cfg, bits=bits)

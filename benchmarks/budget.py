@@ -1,0 +1,121 @@
+"""Compression to a size budget on Fashion-MNIST (issue 19): test accuracy vs file bytes.
+
+    python benchmarks/budget.py                       # LeNet-300-100, budgets 40x .. 200x
+    python benchmarks/budget.py --models lenet5 --ratios 40 64 100
+    python benchmarks/budget.py --quick               # seconds, on the digits data (the tests run it)
+
+Each budget runs `deepzip.pipeline.compress_to_budget` from the model's dense preset (the same dense run
+as every other benchmark), with the demo's retraining recipe (4 iterative steps of 5 epochs, lr 1e-3,
+L2 5e-4; 2 epochs of centroid fine-tuning): the pipeline measures every layer's bytes and loss at each
+candidate (sparsity, bits), chooses per layer under the budget, prunes, retrains, quantizes, fine-tunes,
+encodes and decodes; the accuracy is the decoded file's on the test set. The hand-tuned Deep Compression
+recipe (benchmarks/compress.py, one sparsity and one bit width per layer kind) is the reference row.
+Targets within 0.5 points of dense: LeNet-300-100 >= 64x, LeNet-5 >= 100x; budgeted compression of
+LeNet-300-100 under 10 minutes on 2 cores. Runs resume (every round is an ordinary pipeline run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+
+import _common  # noqa: F401  (sys.path)
+import torch
+
+from _common import RESULTS, RUNS, table, write_results
+from deepzip import data
+from deepzip.pipeline import compress_to_budget
+from deepzip.train import BASELINES, BudgetConfig, PruneConfig, QuantizeConfig, TrainConfig
+
+TARGETS = {"lenet300_100": 64.0, "lenet5": 100.0}
+RATIOS = (40, 64, 100, 150, 200)
+PRUNE = PruneConfig(steps=4, retrain_epochs=5, retrain_lr=1e-3, weight_decay=5e-4)  # the demo's recipe
+QUANT = QuantizeConfig(finetune_epochs=2)
+
+
+def run_budget(train_cfg: TrainConfig, ratio: float, splits, prune_cfg=PRUNE, quant_cfg=QUANT,
+               budget_options: dict | None = None, runs=RUNS) -> dict:
+    budget = BudgetConfig(target_ratio=float(ratio), **(budget_options or {}))
+    started = time.perf_counter()
+    report = compress_to_budget(train_cfg, prune_cfg, quant_cfg, budget, runs, progress=False, splits=splits)
+    return {"ratio_target": ratio, "seconds": time.perf_counter() - started, "file_bytes": report["file_bytes"],
+            "compression": report["compression"], "accuracy": report["accuracy"], "budget": report["budget"]}
+
+
+def reference(name: str) -> dict | None:
+    """The hand-tuned recipe's row, as benchmarks/compress.py last measured it."""
+    path = RESULTS / "compress.json"
+    if not path.exists():
+        return None
+    row = json.loads(path.read_text())["results"].get(name)
+    return row and {"compression": row["compression"], "file_bytes": row["file_bytes"],
+                    "test_acc": row["decoded_test_acc"], "setting": row["chosen"]}
+
+
+def markdown(results: dict, quick: bool) -> str:
+    md = ["# Compression to a size budget (Fashion-MNIST)" + (" — quick run on digits" if quick else ""), "",
+          "Each row: `compress_to_budget` at that target (per-layer sparsity and bits chosen together, "
+          "sizes by the real encoder), accuracy of the decoded file on the test set. Wall time includes "
+          "the per-layer measurements on the first budget (later budgets reuse them) and every retraining.",
+          ""]
+    for name, result in results.items():
+        dense = result["dense_test_acc"]
+        rows = []
+        ref = result.get("reference")
+        if ref:
+            rows.append(["Deep Compression recipe (benchmarks/compress.py)", f"{ref['compression']:.1f}x",
+                         f"{ref['file_bytes']:,}", f"{ref['test_acc']:.2%}", f"{100 * (ref['test_acc'] - dense):+.2f}",
+                         "-", "-", ref["setting"]])
+        for r in result["budgets"]:
+            acc = r["accuracy"]["decoded"]
+            last = r["budget"]["rounds"][-1]
+            rows.append([f"budget {r['ratio_target']:g}x", f"{r['compression']:.1f}x", f"{r['file_bytes']:,}",
+                         f"{acc:.2%}", f"{100 * (acc - dense):+.2f}", "met" if r["budget"]["met"] else "**missed**",
+                         f"{r['seconds']:.0f}", f"sparsity {last['layer_sparsity']}; bits {last['bits']}"])
+        within = [r["compression"] for r in result["budgets"] if dense - r["accuracy"]["decoded"] <= 0.005]
+        best = max(within, default=None)
+        target = TARGETS.get(name)
+        verdict = ("no budget stayed within 0.5 points" if best is None else
+                   f"highest ratio within 0.5 points of dense: **{best:.1f}x**")
+        if target and not quick:
+            verdict += f" (target {target:.0f}x: {'met' if best and best >= target else '**missed**'})"
+        md += [f"## {name}", "", f"Dense test accuracy {dense:.2%}; {verdict}.", "",
+               table(["run", "compression", "file bytes", "test acc (decoded)", "vs dense (points)", "budget",
+                      "wall s", "chosen per layer"], rows), ""]
+    return "\n".join(md)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["lenet300_100"], choices=list(BASELINES))
+    parser.add_argument("--ratios", nargs="+", type=float, default=list(RATIOS), help="budgets, as compression ratios")
+    parser.add_argument("--quick", action="store_true", help="seconds on the digits data (the tests run it)")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    results = {}
+    for name in (["lenet300_100"] if args.quick else args.models):
+        if args.quick:
+            train_cfg = TrainConfig(dataset="digits", val_size=300, epochs=2, batch_size=32)
+            splits = data.load("digits", val_size=300)
+            prune_cfg, quant_cfg = PruneConfig(steps=1, retrain_epochs=1), QuantizeConfig(finetune_epochs=1)
+            options = {"budget_sparsities": "0.5,0.9", "budget_bits": "3,5", "budget_eval_size": 200}
+            ratios, runs = [15, 25], RUNS / "budget_quick"
+        else:
+            train_cfg = BASELINES[name]
+            splits = data.load(train_cfg.dataset, val_size=train_cfg.val_size)
+            prune_cfg, quant_cfg, options, ratios, runs = PRUNE, QUANT, None, args.ratios, RUNS
+        budgets = [run_budget(train_cfg, ratio, splits, prune_cfg, quant_cfg, options, runs) for ratio in ratios]
+        dense = budgets[0]["accuracy"]["dense"]
+        results[name] = {"dense_test_acc": dense, "budgets": budgets,
+                         "reference": None if args.quick else reference(name),
+                         "settings": {"prune": dataclasses.asdict(prune_cfg), "quantize": dataclasses.asdict(quant_cfg)}}
+        if not args.quick:
+            write_results("budget", {"results": results}, markdown(results, args.quick))
+    if args.quick:
+        print(markdown(results, True))
+
+
+if __name__ == "__main__":
+    main()

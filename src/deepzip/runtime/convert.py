@@ -127,7 +127,8 @@ def convert(model: nn.Module, example: torch.Tensor | None = None, mode: str = "
         return _convert_gpu(model, example, mode, cuda)
     if any(p.device.type != "cpu" for p in model.parameters()):
         raise ValueError("deepzip.runtime is a CPU inference runtime; convert a CPU copy: "
-                         "runtime.convert(copy.deepcopy(model).cpu(), example)")
+                         "runtime.convert(copy.deepcopy(model).cpu(), example), or run it on the GPU with "
+                         "runtime.convert(model, example, device='cuda')")
     masks, shared = get_masks(model), codebooks(model)
     candidates = [n for n, m in model.named_modules() if isinstance(m, CONVERTIBLE)
                   and (f"{n}.weight" in masks or f"{n}.weight" in shared)]

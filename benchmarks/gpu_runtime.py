@@ -5,9 +5,9 @@
                                                                                 # the kernels in Triton's interpreter (no timings)
 
 Every operation is timed the same way: captured in a CUDA graph (launch overhead out of all), replayed
-in a shuffled order, medians of CUDA-event times. Each graph cycles through enough copies of its
-operation's weights (>= 256 MiB in all, several times the L2 cache) that every call reads its weights
-from HBM, as a layer in a model whose other layers have evicted it. Achieved bandwidth is (compact
+in a shuffled order, medians of CUDA-event times. Each graph sweeps through enough copies of its
+operation's weights (>= 256 MiB in all, several times the L2 cache; at most 256 copies) that every call
+reads its weights from HBM, as a layer in a model whose other layers have evicted it. Achieved bandwidth is (compact
 weight bytes + x + y) / time, as a fraction of the card's peak, measured in the same run with a
 device-to-device copy. The layers have random masks and random 256-entry codebooks; the 50% layer also
 runs as 4-bit dense codes (a 15-centroid codebook + the pruned entries' 0.0). The whole LeNets are
@@ -54,6 +54,7 @@ LAYERS = [  # name, (rows, width), density kept
 QUICK_LAYERS = [("tiny 96x160", (96, 160), 0.1), ("tiny 64x48", (64, 48), 0.5)]
 TARGET_LAYERS = ("AlexNet fc7 4096x4096", "AlexNet fc6 4096x9216")  # the 9%-kept AlexNet layers
 ROTATE_BYTES = 256 << 20
+MAX_COPIES = 256
 DEVICE = "cuda"
 LENET_DENSITY = {  # Deep Compression (Han et al. 2016), Table 2 / 3: fraction of weights kept per layer
     "lenet300_100": {"fc1": 0.08, "fc2": 0.09, "fc3": 0.26},
@@ -111,18 +112,15 @@ def coded_weight(rows: int, width: int, density: float, k: int, seed: int):
 
 
 def _copies(make, op_bytes: int, quick: bool) -> list:
-    count = 1 if quick else int(min(max(math.ceil(ROTATE_BYTES / max(op_bytes, 1)), 1), 64))
+    count = 1 if quick else int(min(max(math.ceil(ROTATE_BYTES / max(op_bytes, 1)), 1), MAX_COPIES))
     return [make() for _ in range(count)]
 
 
-def _rotating(ops: list, x) -> callable:
-    """A callable that runs the next copy each call (captured in a graph: a fixed sequence of copies)."""
-    state = {"i": 0}
-
+def _sweep(ops: list, x) -> callable:
+    """One call runs every copy once (so a graph of it reads >= ROTATE_BYTES); time per op = time / len(ops)."""
     def call():
-        op = ops[state["i"] % len(ops)]
-        state["i"] += 1
-        return op(x)
+        for op in ops:
+            op(x)
     return call
 
 
@@ -139,7 +137,8 @@ def layer_contenders(weight: torch.Tensor, matrix, batch: int, quick: bool, code
     def add(name, make, weight_bytes, x, element):
         try:
             ops = _copies(make, weight_bytes, quick)
-            out[name] = {"call": _rotating(ops, x), "bytes": weight_bytes + io(element), "first": lambda: ops[0](x)}
+            out[name] = {"call": _sweep(ops, x), "ops": len(ops), "bytes": weight_bytes + io(element),
+                         "first": lambda: ops[0](x)}
         except Exception as exc:  # noqa: BLE001  (recorded; the other contenders still run)
             out[name] = {"error": f"{type(exc).__name__}: {exc}"}
 
@@ -189,21 +188,23 @@ def bench_layer(name, shape, density, batch, quick, gpu_timing, peak) -> dict:
             ref = reference_codes if "dense codes" in label else reference
             row["results"][label] = {"max_abs_error": float((y - ref).abs().max()), "bytes": entry["bytes"]}
             runnable[label] = entry["call"]
+            row["results"][label]["copies"] = entry["ops"]
         except Exception as exc:  # noqa: BLE001
             row["results"][label] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
     timed = {}
     try:
-        timed = gpu_timing.interleaved(runnable, rounds=5 if quick else 12, calls=8 if quick else 64)
+        timed = gpu_timing.interleaved(runnable, rounds=5 if quick else 12, calls=8 if quick else 4)
     except Exception as exc:  # noqa: BLE001  (e.g. one contender fails to capture and breaks the others)
         row["timing_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
         for label, call in runnable.items():  # time them one at a time, so one failure is one row's
             try:
-                timed.update(gpu_timing.interleaved({label: call}, rounds=5 if quick else 12, calls=8 if quick else 64))
+                timed.update(gpu_timing.interleaved({label: call}, rounds=5 if quick else 12, calls=8 if quick else 4))
             except Exception as inner:  # noqa: BLE001
                 row["results"][label]["error"] = f"{type(inner).__name__}: {str(inner)[:300]}"
     for label, t in timed.items():
         r = row["results"][label]
-        r.update(seconds=t["seconds"], graphed=t["graphed"], bandwidth=r["bytes"] / t["seconds"])
+        seconds = t["seconds"] / r["copies"]  # one timed call swept every copy once
+        r.update(seconds=seconds, graphed=t["graphed"], bandwidth=r["bytes"] / seconds)
         r["fraction_of_peak"] = r["bandwidth"] / peak["bytes_per_s"]
     return row
 
@@ -232,7 +233,7 @@ def compressed_lenet(name: str, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def bench_model(name: str, batch: int, quick: bool, gpu_timing, workdir: Path) -> dict:
+def bench_model(name: str, batch: int, quick: bool, gpu_timing, workdir: Path, from_dz: bool = True) -> dict:
     import deepzip
     from deepzip import models, runtime
     from deepzip.prune import remove
@@ -240,13 +241,18 @@ def bench_model(name: str, batch: int, quick: bool, gpu_timing, workdir: Path) -
 
     model = compressed_lenet(name)
     path = workdir / f"{name}.dz"
-    deepzip.save(model, path)
+    if from_dz:
+        deepzip.save(model, path)
+    compressed = copy.deepcopy(model)
     dense = finalize(model)
     remove(dense)
     dense = dense.to(DEVICE).eval()
     example = torch.randn(batch, 1, 28, 28, device=DEVICE)
     started = time.perf_counter()
-    fast = runtime.load(path, models.from_description, example=example, device=DEVICE)
+    if from_dz:
+        fast = runtime.load(path, models.from_description, example=example, device=DEVICE)
+    else:  # no constriction here: the same layers converted from the module instead of read from a .dz
+        fast = runtime.convert(compressed, example=example, device=DEVICE)
     load_s = time.perf_counter() - started
     with torch.inference_mode():
         error = float((fast(example) - dense(example)).abs().max())
@@ -260,7 +266,8 @@ def bench_model(name: str, batch: int, quick: bool, gpu_timing, workdir: Path) -
                                                                  "model_s")} for d in runtime.decisions(fast)],
             "graph_seconds": {k: v["seconds"] for k, v in timed.items()},
             "graphed": {k: v["graphed"] for k, v in timed.items()}, "eager_seconds": eager,
-            "dz_bytes": path.stat().st_size}
+            "source": ".dz file" if from_dz else "module (runtime.convert; constriction missing)",
+            "dz_bytes": path.stat().st_size if from_dz else None}
 
 
 def _sync() -> None:
@@ -371,9 +378,11 @@ def markdown(report: dict) -> str:
         if errors:
             lines += ["", "Errors (recorded, the rest ran):", ""] + [f"- {a} b{b} {c}: `{d}`" for a, b, c, d in errors]
     if report.get("models"):
+        source = "runtime.load(.dz, device='cuda')" if report.get("constriction", True) else \
+            "runtime.convert(module, device='cuda') (constriction missing on this machine, so no .dz)"
         lines += ["", "Whole models (random weights pruned to Deep Compression's per-layer densities, conv 8 / fc 5 "
-                  "bits; no trained checkpoint), runtime.load(.dz, device='cuda') with calibration vs the dense model "
-                  "on CUDA:", ""]
+                  f"bits; no trained checkpoint), {source} with calibration on the batch, vs the dense model on "
+                  "CUDA; graph = CUDA-graph replays, eager = plain calls (Python launch costs in):", ""]
         body = []
         for m in report["models"]:
             if "error" in m:
@@ -418,7 +427,8 @@ def main(argv=None) -> int:
         log("benchmarks/gpu_runtime.py needs Triton (pip install 'deepzip[gpu]'; it ships with PyTorch's CUDA builds)")
         return 2
     started = time.perf_counter()
-    report = {"mode": "quick" if args.quick else "full", "environment": environment()}
+    constriction = _constriction_or_placeholder()
+    report = {"mode": "quick" if args.quick else "full", "environment": environment(), "constriction": constriction}
     if not torch.cuda.is_available():
         if not args.quick:
             log("no CUDA GPU here: the full benchmark measures GPU time; run --quick for the interpreter check")
@@ -449,18 +459,13 @@ def main(argv=None) -> int:
             log(f"{name} batch {batch}: {row.get('speedups', row.get('error'))} ({row['wall_s']:.1f} s)")
             torch.cuda.empty_cache()
             write(args.out, report)  # nothing lost if a later row kills the process
-    constriction = _has("constriction")
     report["models"] = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in ("lenet300_100", "lenet5"):
             for batch in (1, 16):
                 t0 = time.perf_counter()
-                if not constriction:
-                    report["models"].append({"model": name, "batch": batch,
-                                             "error": "constriction is not installed: deepzip.encode needs it for .dz files"})
-                    continue
                 try:
-                    report["models"].append(bench_model(name, batch, args.quick, gpu_timing, Path(tmp)))
+                    report["models"].append(bench_model(name, batch, args.quick, gpu_timing, Path(tmp), constriction))
                 except Exception as exc:  # noqa: BLE001
                     report["models"].append({"model": name, "batch": batch, "error": f"{type(exc).__name__}: {exc}",
                                              "traceback": traceback.format_exc()[-2000:]})
@@ -473,10 +478,23 @@ def main(argv=None) -> int:
     return 0
 
 
-def _has(module: str) -> bool:
+def _constriction_or_placeholder() -> bool:
+    """deepzip.encode (imported by deepzip.runtime) imports constriction, which only .dz entropy coding uses.
+    Where it is missing, a placeholder lets the package import; the models are then converted from their
+    modules instead of loaded from .dz files (stated in the output). True when the real one is there."""
     import importlib.util
+    import types
 
-    return importlib.util.find_spec(module) is not None
+    if importlib.util.find_spec("constriction") is not None:
+        return True
+
+    def missing(name):
+        raise ImportError(f"constriction is not installed (constriction.{name}); no .dz file is used in this run")
+    placeholder = types.ModuleType("constriction")
+    placeholder.__getattr__ = missing
+    sys.modules["constriction"] = placeholder
+    log("constriction is not installed: the models are converted from modules, not loaded from .dz files")
+    return False
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from ..encode.records import decode_entries
 from ..prune.masks import get_masks
 from ..prune.targets import replace_module
 from ..quantize.sharing import codebooks
+from . import gpu
 from .kernels import column_dtype
 from .layers import SparseConv2d, SparseLinear, SparseMatrix
 from .timing import interleaved
@@ -109,18 +110,25 @@ def decisions(model: nn.Module) -> list[dict]:
     return found
 
 
-def convert(model: nn.Module, example: torch.Tensor | None = None, mode: str = "auto") -> nn.Module:
+def convert(model: nn.Module, example: torch.Tensor | None = None, mode: str = "auto",
+            device: str | torch.device = "cpu") -> nn.Module:
     """Turn ``model`` into an inference model in place and return it; `decisions(model)` tells per layer
     what was chosen. ``mode``: auto (calibrate on ``example``, or the density rule without it), sparse, or dense.
 
     ``example``: a sample input batch for calibration, at the batch size the model will serve.
     Linear and Conv2d layers with a mask or a codebook are candidates. The model is switched to eval
     mode. If anything raises, the model is left as it was.
+    ``device``: ``cpu`` (numba kernels), or ``cuda`` (Triton kernels or cuBLAS per layer; see
+    `runtime.gpu`): the model moves there, the converted layers' weights go there compact.
     """
     _check_mode(mode)
+    cuda = _cuda(device)
+    if cuda is not None:
+        return _convert_gpu(model, example, mode, cuda)
     if any(p.device.type != "cpu" for p in model.parameters()):
         raise ValueError("deepzip.runtime is a CPU inference runtime; convert a CPU copy: "
-                         "runtime.convert(copy.deepcopy(model).cpu(), example)")
+                         "runtime.convert(copy.deepcopy(model).cpu(), example), or run it on the GPU with "
+                         "runtime.convert(model, example, device='cuda')")
     masks, shared = get_masks(model), codebooks(model)
     candidates = [n for n, m in model.named_modules() if isinstance(m, CONVERTIBLE)
                   and (f"{n}.weight" in masks or f"{n}.weight" in shared)]
@@ -143,6 +151,46 @@ def convert(model: nn.Module, example: torch.Tensor | None = None, mode: str = "
         raise
     model.__dict__[DECISIONS] = found
     return model
+
+
+def _cuda(device) -> torch.device | None:
+    """None for the CPU runtime, else the checked CUDA device (an error says what is missing)."""
+    if torch.device(device).type == "cpu":
+        return None
+    return gpu.check_device(device)
+
+
+def _convert_gpu(model: nn.Module, example: torch.Tensor | None, mode: str, device: torch.device) -> nn.Module:
+    masks, shared = get_masks(model), codebooks(model)
+    candidates = [n for n, m in model.named_modules() if isinstance(m, CONVERTIBLE)
+                  and (f"{n}.weight" in masks or f"{n}.weight" in shared)]
+    originals = {name: model.get_submodule(name) for name in candidates}
+    first = next(iter(model.parameters()), None)
+    home = first.device if first is not None else torch.device("cpu")
+    was_training = model.training
+    try:
+        found, pending = [], {}
+        for name in candidates:
+            module = originals[name]
+            codebook, index = shared.get(f"{name}.weight", (None, None))
+            mask = masks.get(f"{name}.weight")
+            matrix = SparseMatrix.from_dense(module.weight.detach().cpu(), _cpu(codebook), _cpu(index), _cpu(mask))
+            found.append(_decision(name, matrix))
+            pending[name] = (matrix, gpu.layer_bias(module), module)
+            replace_module(model, name, nn.Identity())  # its dense weight never goes to the GPU
+        model.to(device).eval()
+        gpu.place(model, found, pending, None if example is None else example.to(device), mode, device)
+    except BaseException:
+        for name, module in originals.items():
+            replace_module(model, name, module)
+        model.to(home).train(was_training)
+        raise
+    model.__dict__[DECISIONS] = found
+    return model
+
+
+def _cpu(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    return None if tensor is None else tensor.detach().cpu()
 
 
 def _check_mode(mode: str) -> None:
@@ -198,16 +246,19 @@ def _check_whole_model(model: nn.Module, kept: dict[str, tuple[nn.Module, nn.Mod
             replace_module(model, d["layer"], kept[d["layer"]][0 if wins else 1])
 
 
-def load(path: str | Path, model: ModelOrBuilder, example: torch.Tensor | None = None, mode: str = "auto") -> nn.Module:
+def load(path: str | Path, model: ModelOrBuilder, example: torch.Tensor | None = None, mode: str = "auto",
+         device: str | torch.device = "cpu") -> nn.Module:
     """A runnable inference model straight from a .dz file; `decisions(model)` tells per layer what was chosen.
 
     ``model``: an instance of the saved architecture (its weights are not used: build it under
     ``torch.device("meta")`` to skip allocating them), or a builder called with the file's model
     description (``deepzip.models.from_description`` for deepzip's registry models). Sparse layers are
     built from the decoded positions and codes: no dense fp32 weight is made for them (only,
-    temporarily, when calibrating against dense with ``example``).
+    temporarily, when calibrating against dense with ``example``). ``device``: as in `convert`; on
+    ``cuda`` the compact layers are copied to the GPU from the decoded positions and codes.
     """
     _check_mode(mode)
+    cuda = _cuda(device)
     header, sections, _ = open_file(path)  # the whole header checked, nothing decoded yet
     # a skeleton (layer hyperparameters without weight memory), checked against the records first
     model = model_for(header, model, path, device="meta")
@@ -224,12 +275,18 @@ def load(path: str | Path, model: ModelOrBuilder, example: torch.Tensor | None =
         matrix = _matrix_from_entries(entries, rows, width)
         found.append({**_decision(module_name, matrix), "module": module, "matrix": matrix})
     for key, value in dense_state.items():  # biases and plain layers
+        value = value if cuda is None else value.to(cuda)
         owner, _, attr = key.rpartition(".")
         target = model.get_submodule(owner) if owner else model
         if attr in target._parameters:
             target._parameters[attr] = nn.Parameter(value, requires_grad=False)
         else:
             target._buffers[attr] = value
+    if cuda is not None:
+        pending = {d["layer"]: (d.pop("matrix"), dense_state.get(f"{d['layer']}.bias"), d.pop("module")) for d in found}
+        gpu.place(model, found, pending, None if example is None else example.to(cuda), mode, cuda)
+        model.__dict__[DECISIONS] = found
+        return model
     for d in found:
         bias = dense_state.get(f"{d['layer']}.bias")
         module, matrix = d.pop("module"), d.pop("matrix")

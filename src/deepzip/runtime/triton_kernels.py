@@ -1,0 +1,283 @@
+"""GPU kernels (Triton) on deepzip's compact weights: CSR with codebook codes or values, and dense packed codes.
+
+The same layouts as the CPU kernels (`runtime.kernels`): ``indptr`` int32 (rows + 1), ``cols`` uint16
+(int32 past 65,536 columns), and either ``codes`` uint8/uint16 into an fp32 ``codebook`` or ``values``
+fp32/fp16. The dense-codes layout holds one 1/2/4/8-bit codebook index per weight, pruned or not,
+packed into bytes (code of column c in byte c // per_byte, bits from (c % per_byte) * bits up), each
+row padded to a multiple of 16 bytes so row starts are aligned for vector loads.
+
+At batch 1 a layer's time is the bytes it reads, so each program sums a block of rows at once as a
+[rows, entries] tile (every lane busy with an independent weight, no serial dependence per row), with
+fp32 accumulation whatever the input dtype; the input vector and the codebook stay in L1/L2. Batch > 1
+(small batches) adds a batch axis to the tile; the dense-codes kernel then decodes a tile of weights once
+and multiplies it with ``tl.dot`` (fp32 in IEEE precision, as cuBLAS does by default).
+
+Block sizes and warps are tuned per shape with ``triton.autotune`` on the GPU the first time a shape is
+seen (timed with cold caches, as in a model); off the GPU (Triton's interpreter, ``TRITON_INTERPRET=1``,
+used by the CPU tests) the kernels run with a fixed small configuration.
+
+Triton is optional: without it this module imports, defines nothing, and `MISSING` says what is missing.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError as error:  # the CPU runtime does not need it
+    triton = tl = None
+    MISSING = (f"Triton is not installed ({error}); it ships with PyTorch's CUDA builds, or install the "
+               f"extra: pip install 'deepzip[gpu]'")
+else:
+    MISSING = None
+
+MAX_CODEBOOK = 1 << 16  # codes are uint8 (<= 256 entries) or uint16
+PACK_BITS = (1, 2, 4, 8)  # a dense code's storage width; 3 bits are stored in 4, 5-7 in 8
+ROW_ALIGN = 16  # bytes: packed rows start on 16-byte boundaries
+
+
+def packed_bits(levels: int) -> int:
+    """The storage width (1, 2, 4 or 8 bits) for codes taking ``levels`` values; 0 when more than 8 bits."""
+    needed = max(int(levels) - 1, 1).bit_length()
+    return next((b for b in PACK_BITS if b >= needed), 0)
+
+
+def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """(rows, cols) integer codes < 2**bits -> (rows, row_bytes) uint8, ``8 // bits`` codes per byte, low bits first."""
+    if bits not in PACK_BITS:
+        raise ValueError(f"bits must be one of {PACK_BITS}, got {bits}")
+    rows, cols = codes.shape
+    per = 8 // bits
+    row_bytes = -(-max(-(-cols // per), 1) // ROW_ALIGN) * ROW_ALIGN
+    padded = torch.zeros(rows, row_bytes * per, dtype=torch.int32, device=codes.device)
+    padded[:, :cols] = codes.to(torch.int32)
+    shifts = torch.arange(per, dtype=torch.int32, device=codes.device) * bits
+    packed = (padded.reshape(rows, row_bytes, per) << shifts).sum(-1)
+    return packed.to(torch.uint8)
+
+
+def unpack_codes(packed: torch.Tensor, bits: int, cols: int) -> torch.Tensor:
+    """The inverse of `pack_codes` (int64 codes), for tests and dense fallbacks."""
+    per = 8 // bits
+    shifts = torch.arange(per, device=packed.device) * bits
+    codes = (packed.to(torch.int64)[..., None] >> shifts) & ((1 << bits) - 1)
+    return codes.reshape(packed.shape[0], -1)[:, :cols]
+
+
+def _bench(kernel_call, quantiles):
+    # Shorter than Triton's default (25 + 100 ms per config): a batch-1 kernel runs in microseconds,
+    # and many layers are tuned when a model is converted.
+    return triton.testing.do_bench(kernel_call, warmup=5, rep=25, quantiles=quantiles)
+
+
+if triton is not None:
+    @triton.jit
+    def _csr_mv(indptr, cols, data, codebook, x, bias, y, rows, nnz_bucket,
+                CODED: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
+        """y[r] = sum_j w(r, j) * x[cols[j]] (+ bias[r]) for a block of BLOCK_R rows, batch 1."""
+        r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        live = r < rows
+        start = tl.load(indptr + r, mask=live, other=0)
+        length = tl.load(indptr + r + 1, mask=live, other=0) - start
+        longest = tl.max(length, axis=0)
+        acc = tl.zeros([BLOCK_R, BLOCK_N], dtype=tl.float32)
+        j0 = longest * 0  # an int32 scalar, as the loop keeps it
+        while j0 < longest:  # (a while loop: Triton's interpreter cannot take a reduced bound in range())
+            j = j0 + tl.arange(0, BLOCK_N)
+            inside = j[None, :] < length[:, None]
+            at = start[:, None] + j[None, :]
+            c = tl.load(cols + at, mask=inside, other=0).to(tl.int32)
+            if CODED:
+                k = tl.load(data + at, mask=inside, other=0).to(tl.int32)
+                w = tl.load(codebook + k)  # a <= 256-entry table: cached
+            else:
+                w = tl.load(data + at, mask=inside, other=0.0).to(tl.float32)
+            xv = tl.load(x + c, mask=inside, other=0.0).to(tl.float32)
+            acc += w * xv
+            j0 += BLOCK_N
+        out = tl.sum(acc, axis=1)
+        if HAS_BIAS:
+            out += tl.load(bias + r, mask=live, other=0.0).to(tl.float32)
+        tl.store(y + r, out.to(y.dtype.element_ty), mask=live)
+
+    @triton.jit
+    def _csr_mm(indptr, cols, data, codebook, x, bias, y, rows, batch, stride_x, stride_y, nnz_bucket,
+                CODED: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+                BLOCK_B: tl.constexpr):
+        """y[b, r] = sum_j w(r, j) * x[b, cols[j]] (+ bias[r]): a block of rows times a block of the batch."""
+        r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        b = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+        live, in_batch = r < rows, b < batch
+        start = tl.load(indptr + r, mask=live, other=0)
+        length = tl.load(indptr + r + 1, mask=live, other=0) - start
+        longest = tl.max(length, axis=0)
+        acc = tl.zeros([BLOCK_R, BLOCK_N, BLOCK_B], dtype=tl.float32)
+        j0 = longest * 0  # an int32 scalar, as the loop keeps it
+        while j0 < longest:  # (a while loop: Triton's interpreter cannot take a reduced bound in range())
+            j = j0 + tl.arange(0, BLOCK_N)
+            inside = j[None, :] < length[:, None]
+            at = start[:, None] + j[None, :]
+            c = tl.load(cols + at, mask=inside, other=0).to(tl.int32)
+            if CODED:
+                k = tl.load(data + at, mask=inside, other=0).to(tl.int32)
+                w = tl.load(codebook + k)
+            else:
+                w = tl.load(data + at, mask=inside, other=0.0).to(tl.float32)
+            xv = tl.load(x + b[None, None, :] * stride_x + c[:, :, None],
+                         mask=inside[:, :, None] & in_batch[None, None, :], other=0.0).to(tl.float32)
+            acc += w[:, :, None] * xv
+            j0 += BLOCK_N
+        out = tl.sum(acc, axis=1)  # [BLOCK_R, BLOCK_B]
+        if HAS_BIAS:
+            out += tl.load(bias + r, mask=live, other=0.0).to(tl.float32)[:, None]
+        tl.store(y + b[None, :] * stride_y + r[:, None], out.to(y.dtype.element_ty),
+                 mask=live[:, None] & in_batch[None, :])
+
+    @triton.jit
+    def _codes_mv(packed, codebook, x, bias, y, rows, width: tl.constexpr, row_bytes: tl.constexpr,
+                  BITS: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+        """y[r] = sum_c codebook[code(r, c)] * x[c] (+ bias[r]), batch 1; BLOCK_K packed bytes per step."""
+        PER: tl.constexpr = 8 // BITS
+        MASK: tl.constexpr = (1 << BITS) - 1
+        r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        live = r < rows
+        acc = tl.zeros([BLOCK_R, BLOCK_K], dtype=tl.float32)
+        for k0 in range(0, row_bytes, BLOCK_K):
+            i = k0 + tl.arange(0, BLOCK_K)
+            byte = tl.load(packed + r[:, None] * row_bytes + i[None, :],
+                           mask=live[:, None] & (i[None, :] < row_bytes), other=0).to(tl.int32)
+            for s in tl.static_range(PER):
+                col = i * PER + s
+                xv = tl.load(x + col, mask=col < width, other=0.0).to(tl.float32)
+                w = tl.load(codebook + ((byte >> (s * BITS)) & MASK))
+                acc += w * xv[None, :]
+        out = tl.sum(acc, axis=1)
+        if HAS_BIAS:
+            out += tl.load(bias + r, mask=live, other=0.0).to(tl.float32)
+        tl.store(y + r, out.to(y.dtype.element_ty), mask=live)
+
+    @triton.jit
+    def _codes_mm(packed, codebook, x, bias, y, rows, width: tl.constexpr, row_bytes: tl.constexpr, batch,
+                  stride_x, stride_y, BITS: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+                  BLOCK_B: tl.constexpr):
+        """y[b, r] for a block of rows and of the batch: each weight tile decoded once, then ``tl.dot``."""
+        PER: tl.constexpr = 8 // BITS
+        MASK: tl.constexpr = (1 << BITS) - 1
+        r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        b = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+        live, in_batch = r < rows, b < batch
+        acc = tl.zeros([BLOCK_R, BLOCK_B], dtype=tl.float32)
+        for k0 in range(0, row_bytes, BLOCK_K):
+            i = k0 + tl.arange(0, BLOCK_K)
+            byte = tl.load(packed + r[:, None] * row_bytes + i[None, :],
+                           mask=live[:, None] & (i[None, :] < row_bytes), other=0).to(tl.int32)
+            for s in tl.static_range(PER):
+                col = i * PER + s
+                xv = tl.load(x + b[None, :] * stride_x + col[:, None],
+                             mask=(col[:, None] < width) & in_batch[None, :], other=0.0).to(tl.float32)
+                w = tl.load(codebook + ((byte >> (s * BITS)) & MASK))
+                acc += tl.dot(w, xv, input_precision="ieee")
+        if HAS_BIAS:
+            acc += tl.load(bias + r, mask=live, other=0.0).to(tl.float32)[:, None]
+        tl.store(y + b[None, :] * stride_y + r[:, None], acc.to(y.dtype.element_ty),
+                 mask=live[:, None] & in_batch[None, :])
+
+    # The tuned versions, used on the GPU. Keys: the shape (and nonzeros, which set the work per row).
+    _csr_mv_tuned = triton.autotune(
+        configs=[triton.Config({"BLOCK_R": r, "BLOCK_N": n}, num_warps=w)
+                 for r, n, w in [(4, 64, 2), (8, 64, 4), (8, 128, 4), (16, 32, 4), (16, 64, 8), (32, 32, 8),
+                                 (4, 128, 4), (2, 256, 4)]],
+        key=["rows", "nnz_bucket", "CODED"], do_bench=_bench)(_csr_mv)
+    _csr_mm_tuned = triton.autotune(
+        configs=[triton.Config({"BLOCK_R": r, "BLOCK_N": n, "BLOCK_B": bb}, num_warps=w)
+                 for r, n, bb, w in [(4, 32, 16, 4), (8, 32, 16, 8), (4, 64, 16, 8), (8, 16, 16, 4),
+                                     (16, 16, 16, 8), (8, 64, 4, 4)]],
+        key=["rows", "nnz_bucket", "batch", "CODED"], do_bench=_bench)(_csr_mm)
+    _codes_mv_tuned = triton.autotune(
+        configs=[triton.Config({"BLOCK_R": r, "BLOCK_K": k}, num_warps=w)
+                 for r, k, w in [(4, 64, 2), (8, 64, 4), (8, 128, 4), (16, 64, 4), (16, 128, 8), (32, 32, 4)]],
+        key=["rows", "width", "BITS"], do_bench=_bench)(_codes_mv)
+    _codes_mm_tuned = triton.autotune(
+        configs=[triton.Config({"BLOCK_R": r, "BLOCK_K": k, "BLOCK_B": 16}, num_warps=w)
+                 for r, k, w in [(16, 32, 4), (32, 32, 4), (16, 64, 4), (64, 32, 8)]],
+        key=["rows", "width", "batch", "BITS"], do_bench=_bench)(_codes_mm)
+
+
+# Off the GPU (the interpreter) there is nothing to tune and no benchmarker: one small configuration.
+_INTERPRETED = {"csr_mv": {"BLOCK_R": 4, "BLOCK_N": 16}, "csr_mm": {"BLOCK_R": 4, "BLOCK_N": 16, "BLOCK_B": 4},
+                "codes_mv": {"BLOCK_R": 4, "BLOCK_K": 16}, "codes_mm": {"BLOCK_R": 16, "BLOCK_K": 16, "BLOCK_B": 16}}
+
+
+def require() -> None:
+    """Raise a clear error when the kernels cannot run here (Triton missing)."""
+    if MISSING is not None:
+        raise RuntimeError(MISSING)
+
+
+def _nnz_bucket(nnz: int, rows: int) -> int:
+    """Mean nonzeros per row, rounded to a power of two: tuning is shared by layers of similar density."""
+    return 1 << max(nnz // max(rows, 1), 1).bit_length()
+
+
+def _launch(name: str, tuned, plain, grid, *args, **constants) -> None:
+    if args[0].is_cuda:
+        tuned[grid](*args, **constants)
+    else:
+        config = _INTERPRETED[name]
+        plain[grid(config)](*args, **constants, **config)
+
+
+def _output(x2: torch.Tensor, rows: int, out: torch.Tensor | None) -> torch.Tensor:
+    return torch.empty(x2.shape[0], rows, dtype=x2.dtype, device=x2.device) if out is None else out
+
+
+def csr_matmul(indptr: torch.Tensor, cols: torch.Tensor, data: torch.Tensor, codebook: torch.Tensor | None,
+               x: torch.Tensor, bias: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """(batch, in) ``x`` times the CSR weight's transpose (+ bias): (batch, rows), in ``x``'s dtype.
+
+    ``data``: codes into ``codebook`` (uint8/uint16), or values (fp32/fp16/bf16) with ``codebook`` None.
+    Every tensor on one device, ``x`` 2-D with contiguous rows.
+    """
+    require()
+    rows, batch = indptr.shape[0] - 1, x.shape[0]
+    y = _output(x, rows, out)
+    if rows == 0 or batch == 0:
+        return y
+    coded = codebook is not None
+    book = codebook if coded else data  # an unused pointer must still be a tensor
+    has_bias = bias is not None
+    bias_arg = bias if has_bias else y
+    bucket = _nnz_bucket(data.shape[0], rows)
+    if batch == 1:
+        grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_R"]),)  # noqa: E731
+        _launch("csr_mv", _csr_mv_tuned, _csr_mv, grid, indptr, cols, data, book, x, bias_arg, y, rows, bucket,
+                CODED=coded, HAS_BIAS=has_bias)
+    else:
+        grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_R"]), triton.cdiv(batch, meta["BLOCK_B"]))  # noqa: E731
+        _launch("csr_mm", _csr_mm_tuned, _csr_mm, grid, indptr, cols, data, book, x, bias_arg, y, rows, batch,
+                x.stride(0), y.stride(0), bucket, CODED=coded, HAS_BIAS=has_bias)
+    return y
+
+
+def codes_matmul(packed: torch.Tensor, bits: int, width: int, codebook: torch.Tensor, x: torch.Tensor,
+                 bias: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """(batch, width) ``x`` times the transpose of the weight ``codebook[unpack(packed)]`` (+ bias)."""
+    require()
+    rows, row_bytes = packed.shape
+    batch = x.shape[0]
+    y = _output(x, rows, out)
+    if rows == 0 or batch == 0:
+        return y
+    has_bias = bias is not None
+    bias_arg = bias if has_bias else y
+    if batch == 1:
+        grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_R"]),)  # noqa: E731
+        _launch("codes_mv", _codes_mv_tuned, _codes_mv, grid, packed, codebook, x, bias_arg, y, rows, width,
+                row_bytes, BITS=bits, HAS_BIAS=has_bias)
+    else:
+        grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_R"]), triton.cdiv(batch, meta["BLOCK_B"]))  # noqa: E731
+        _launch("codes_mm", _codes_mm_tuned, _codes_mm, grid, packed, codebook, x, bias_arg, y, rows, width,
+                row_bytes, batch, x.stride(0), y.stride(0), BITS=bits, HAS_BIAS=has_bias)
+    return y

@@ -1,0 +1,61 @@
+"""The Triton kernels on a real GPU against cuBLAS, and the CUDA runtime end to end. Marked ``gpu``:
+run where CUDA is present (`pytest -m gpu`); skipped elsewhere."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import deepzip
+from deepzip import models, runtime
+from deepzip import prune as P
+from deepzip import quantize as Q
+from deepzip.runtime import SparseMatrix, gpu_layers
+
+pytest.importorskip("triton")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+def coded(rows, width, density, k, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(rows, width, generator=g) < density
+    codebook, index = torch.randn(k, generator=g), torch.randint(0, k, (rows, width), generator=g)
+    weight = torch.where(mask, codebook[index], torch.zeros(()))
+    return weight, SparseMatrix.from_dense(weight, codebook, index, mask)
+
+
+@pytest.mark.parametrize("shape, density, k", [((4096, 4096), 0.09, 256), ((1000, 4096), 0.25, 256),
+                                               ((1536, 384), 0.5, 15), ((300, 784), 0.08, 32)])
+@pytest.mark.parametrize("batch", [1, 16])
+def test_kernels_match_cublas(shape, density, k, batch):
+    weight, matrix = coded(*shape, density, k)
+    bias = torch.randn(shape[0])
+    x = torch.randn(batch, shape[1], device="cuda")
+    expected = F.linear(x.double(), weight.double().cuda(), bias.double().cuda())
+    for kind in gpu_layers.kinds_for(matrix):
+        layer = gpu_layers.build(kind, matrix, bias, nn.Linear(shape[1], shape[0]), "cuda")
+        got = layer(x).double()
+        assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item()), kind
+        half = layer(x.half())
+        assert half.dtype == torch.float16
+        assert torch.allclose(half.double(), expected, rtol=1e-2, atol=1e-2 * expected.abs().max().item()), kind
+
+
+def test_convert_and_load_on_cuda_with_calibration_are_never_slower_than_dense(tmp_path):
+    model = models.build("lenet5", seed=0)
+    P.prune(model, method="fraction", layer_sparsity={"conv1": 0.34, "conv2": 0.88, "fc1": 0.92, "fc2": 0.81})
+    Q.quantize(model, {"conv": 8, "fc": 5})
+    model.eval()
+    deepzip.save(model, tmp_path / "m.dz")
+    x = torch.randn(1, 1, 28, 28)
+    expected = model(x)
+    for fast in (runtime.convert(copy.deepcopy(model), example=x, device="cuda"),
+                 runtime.load(tmp_path / "m.dz", models.from_description, example=x.cuda(), device="cuda")):
+        assert torch.allclose(fast(x.cuda()).cpu(), expected, atol=1e-4)
+        for d in runtime.decisions(fast):
+            times = d["model_s"]
+            if d["kernel"] != "dense":
+                assert times[d["kernel"]] < times["dense"]
+            assert d["graphed"]

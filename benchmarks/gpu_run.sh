@@ -30,12 +30,12 @@ $cpu_side timeout 540 python3 benchmarks/gpu.py compress --out "$OUT" --device c
 cpu_job=$!
 
 section "gpu tests"
-$gpu_side timeout 120 python3 -m pytest -m gpu tests/gpu -p no:cacheprovider -q --junitxml="$OUT/gpu_tests.xml" \
+$gpu_side timeout 150 python3 -m pytest -m gpu tests/gpu -p no:cacheprovider -q --junitxml="$OUT/gpu_tests.xml" \
   >"$LOGS/gpu_tests.log" 2>&1
 section "lottery level, LeNet-5"
-$gpu_side timeout 110 python3 benchmarks/gpu.py lottery --out "$OUT" --device cuda --quiet >"$LOGS/lottery.log" 2>&1
+$gpu_side timeout 100 python3 benchmarks/gpu.py lottery --out "$OUT" --device cuda --quiet >"$LOGS/lottery.log" 2>&1
 section "compression on the GPU"
-$gpu_side timeout 130 python3 benchmarks/gpu.py compress --out "$OUT" --device cuda --quiet >"$LOGS/compress_cuda.log" 2>&1
+$gpu_side timeout 100 python3 benchmarks/gpu.py compress --out "$OUT" --device cuda --quiet >"$LOGS/compress_cuda.log" 2>&1
 section "GPU runtime kernels"
 if [ -f benchmarks/gpu_runtime.py ]; then
   $gpu_side timeout 210 python3 benchmarks/gpu_runtime.py --out "$OUT" >"$LOGS/gpu_runtime.log" 2>&1

@@ -188,7 +188,10 @@ if triton is not None:
     _csr_mv_tuned = triton.autotune(
         configs=[triton.Config({"BLOCK_R": r, "BLOCK_N": n}, num_warps=w)
                  for r, n, w in [(4, 64, 2), (8, 64, 4), (8, 128, 4), (16, 32, 4), (16, 64, 8), (32, 32, 8),
-                                 (4, 128, 4), (2, 256, 4)]],
+                                 (4, 128, 4), (2, 256, 4),
+                                 # whole rows in one or two steps, many programs: fewer dependent
+                                 # column-then-gather round trips per row (the first H200 run was latency-bound)
+                                 (1, 256, 2), (1, 512, 4), (2, 512, 8), (4, 256, 8), (1, 1024, 8), (2, 128, 2)]],
         key=["rows", "nnz_bucket", "CODED"], do_bench=_bench)(_csr_mv)
     _csr_mm_tuned = triton.autotune(
         configs=[triton.Config({"BLOCK_R": r, "BLOCK_N": n, "BLOCK_B": bb}, num_warps=w)

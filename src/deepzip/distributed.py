@@ -231,7 +231,7 @@ def run_in_processes(steps: Iterable, run_step: Callable[[Any], object], depende
     """Run the unfinished ``steps`` with ``jobs`` forked worker processes, each step as soon as its
     dependency is finished; ``on_done(step)`` after each. A failed step raises RuntimeError naming it."""
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"jobs must be an int >= 1, got {jobs!r}")
+        raise ValueError(f"jobs must be >= 1 (an int), got {jobs!r}")
     steps = list(steps)
     finished = {s for s in steps if done(s)}
     pending = [s for s in steps if s not in finished]

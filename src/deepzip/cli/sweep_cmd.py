@@ -6,11 +6,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 from .. import data
-from ..config import add_arguments as add_config_arguments, from_args, hash_configs
-from ..sweep import Sweep, SweepConfig, status
+from ..config import add_arguments as add_config_arguments, flag, from_args, hash_configs
+from ..sweep import Sweep, SweepConfig, plan, status
 from ..sweep.config import OPTIONS
 from ..train import TrainConfig
 from ..train.sparse_train import SparseTrainConfig
@@ -45,6 +46,13 @@ def _options(args) -> dict:
     return {name: getattr(args, name) for name in OPTIONS if getattr(args, name) != defaults[name]}
 
 
+def _as_flags(message: str) -> str:
+    """A grid error with the options it names spelled as flags (``update_interval=10`` -> ``--update-interval=10``)."""
+    names = sorted((*OPTIONS, "methods", "sparsities", "seeds"), key=len, reverse=True)
+    pattern = r"(?<![\w.-])(" + "|".join(names) + r")(?==| must\b)"
+    return re.sub(pattern, lambda m: flag(m.group(1)), message.replace("SweepConfig.", "--"))
+
+
 def run_sweep(args) -> int:
     worker_device = check_executor_arguments(args)
     grid = from_args(SweepConfig, args)
@@ -52,16 +60,17 @@ def run_sweep(args) -> int:
     if worker_device is not None:
         train_cfg = dataclasses.replace(train_cfg, device=worker_device)
     options = _options(args)
+    try:  # the grid checked before the data is loaded
+        plan(train_cfg, grid, options)
+    except ValueError as exc:  # the fields as the flags the user typed
+        raise ValueError(_as_flags(str(exc))) from None
     checks.writable_dir(args.runs_dir, "--runs-dir")
     splits = checks.load_splits(train_cfg.dataset, args.data_dir, train_cfg.val_size, val_option="--val-size")
     checks.build_registry_model(train_cfg, splits)
     identity = {"data": data.data_identity(train_cfg.dataset, args.data_dir),
                 "options": json.dumps(options, sort_keys=True) if options else None}
     directory = Path(args.runs_dir) / hash_configs("sweep", identity=identity, train=train_cfg, sweep=grid)
-    try:
-        sweep = Sweep(directory, train_cfg, grid, splits, options=options, progress=not args.quiet)
-    except ValueError as exc:  # a grid error: the fields as the flags the user typed
-        raise checks.option_error("sweep", str(exc).replace("SweepConfig.", "--")) from None
+    sweep = Sweep(directory, train_cfg, grid, splits, options=options, progress=not args.quiet)
     print(f"sweep directory: {directory}  ({len(sweep.steps())} runs)")
     sweep.run(**executor_options(args))
     print(sweep.status())

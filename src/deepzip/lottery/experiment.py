@@ -153,7 +153,7 @@ class Experiment:
         to ``max_retries`` times. The experiment directory must be on a file system every node mounts: each
         task writes its step there and reads the step it builds on."""
         if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-            raise ValueError(f"jobs must be an int >= 1, got {jobs!r}")
+            raise ValueError(f"jobs must be >= 1 (an int), got {jobs!r}")
         if executor not in ("local", "ray"):
             raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
         check_max_retries(max_retries)

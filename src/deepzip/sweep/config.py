@@ -7,6 +7,7 @@ Each run is exactly one ``deepzip sparse-train`` run: the same `SparseTrainConfi
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,9 +67,9 @@ class SweepConfig:
             try:
                 value = float(item)
             except ValueError:
-                raise ValueError(f"sparsities: {item!r} is not a number; give fractions like 0.9,0.95") from None
-            if not 0 <= value < 1:
-                raise ValueError(f"sparsities: {value} is outside [0, 1); give fractions like 0.9,0.95")
+                value = math.nan
+            if not 0 <= value < 1:  # nan fails too
+                raise ValueError(f"sparsities must be numbers in [0, 1) (e.g. 0.9,0.95), got {item}")
             out.append(value)
         _unique(tuple(out), "sparsities")
         return out
@@ -76,8 +77,8 @@ class SweepConfig:
     def seed_list(self) -> list[int]:
         out = []
         for item in _items(self.seeds, "seeds"):
-            if not item.isdigit():
-                raise ValueError(f"seeds: {item!r} is not an integer >= 0; give seeds like 0,1,2")
+            if not (item.isascii() and item.isdigit()):
+                raise ValueError(f"seeds must be integers >= 0 (e.g. 0,1,2), got {item}")
             out.append(int(item))
         _unique(tuple(out), "seeds")
         return out

@@ -84,7 +84,7 @@ class Sweep:
         CPUs and ``gpus_per_step`` GPUs, rerun up to ``max_retries`` times if its worker or node is lost;
         the sweep directory must then be on a file system every node mounts."""
         if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-            raise ValueError(f"jobs must be an int >= 1, got {jobs!r}")
+            raise ValueError(f"jobs must be >= 1 (an int), got {jobs!r}")
         if executor not in ("local", "ray"):
             raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
         check_max_retries(max_retries)

@@ -92,7 +92,7 @@ def sparse_train(model: nn.Module, data: DataSplits, train_cfg: TrainConfig, met
     made: list[SparseTraining] = []
 
     def step_with(optimizer, total: int) -> SparseTraining:
-        made.append(SparseTraining(model, optimizer, method, total, example=data.train.x[:1]))
+        made.append(SparseTraining(model, optimizer, method, total, example=data.train.batch([0])[0]))
         return made[0]
 
     result = train(model, data, train_cfg, run_dir=run_dir, resume=resume, description=description,

@@ -23,12 +23,10 @@ from deepzip.lottery import Experiment, LotteryConfig
 from deepzip.lottery.parallel import dependency, priority
 from deepzip.train import TrainConfig
 
-ROOT = Path(__file__).resolve().parents[2]
 ARGS = ["lottery", "run", "--dataset", "digits", "--train-val-size", "300", "--train-batch-size", "32",
         "--train-epochs", "1", "--train-eval-every", "10", "--levels", "2", "--quiet"]
 STEPS_PER_REPLICATE = 7  # dense + 2 levels x (imp, reinit, random)
 TRAIN = TrainConfig(model="lenet300_100", dataset="digits", val_size=300, batch_size=32, epochs=1, eval_every=10)
-STORE = 80 * 2**20
 
 
 def results(directory: Path) -> dict:
@@ -57,28 +55,6 @@ def test_executor_ray_without_ray_is_a_one_line_error(monkeypatch, capsys, tmp_p
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "pip install 'deepzip[ray]'" in err and "Traceback" not in err
     assert not list(tmp_path.iterdir())  # refused before any work
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    ray = pytest.importorskip("ray")
-    from ray.cluster_utils import Cluster
-
-    before = os.environ.get("PYTHONPATH")  # the nodes' workers import deepzip from this checkout
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), before or ""])
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "include_dashboard": False, "object_store_memory": STORE})  # steps run on the workers
-    workers = [cluster.add_node(num_cpus=1, object_store_memory=STORE) for _ in range(2)]
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False)
-    cluster.workers = workers
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
-    if before is None:
-        del os.environ["PYTHONPATH"]
-    else:
-        os.environ["PYTHONPATH"] = before
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +132,7 @@ def test_a_worker_node_lost_mid_sweep_loses_and_recomputes_nothing_finished(clus
         run_on_ray(steps, experiment._run_step_tuple, dependency, experiment._done_tuple, num_cpus=1,
                    log_dir=experiment.dir / "ray_log", on_done=on_done, priority=priority)
     finally:
-        cluster.workers[1] = cluster.add_node(num_cpus=1, object_store_memory=STORE)  # for the next test
+        cluster.workers[1] = cluster.add_node(num_cpus=1, object_store_memory=cluster.store)  # for the next test
         cluster.wait_for_nodes()
     assert sorted(completed) == sorted(steps)  # every step reported once
     assert results(tmp_path) == serial

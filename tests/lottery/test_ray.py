@@ -170,3 +170,61 @@ def test_a_worker_that_cannot_see_the_experiment_directory_names_the_requirement
     with pytest.raises(RuntimeError, match="must be on a file system every node mounts"):
         experiment._run_step_tuple((0, 0, "dense"))
     assert not experiment.step_dir(0, 0, "dense").exists()
+
+
+def test_an_unpicklable_train_fn_is_named_before_any_work(digits, tmp_path):
+    pytest.importorskip("ray")
+    import threading
+
+    lock = threading.Lock()
+
+    def train_fn(model, run_dir):  # holds a lock: cannot be sent to a Ray worker
+        with lock:
+            pass
+
+    experiment = Experiment(tmp_path / "exp", TRAIN, LotteryConfig(levels=1, replicates=1), digits, progress=False,
+                            train_fn=train_fn)
+    with pytest.raises(TypeError, match=r"^train_fn \(<function .*train_fn.*\) cannot be pickled, and with --executor "
+                                        r"ray it must be sent to every worker: TypeError: cannot pickle '_thread.lock' "
+                                        r"object. Define it at module level"):
+        experiment.run(executor="ray", ray_address="127.0.0.1:1")  # refused before connecting anywhere
+    assert not any(experiment.done(*s) for s in experiment.steps()) and not (experiment.dir / "replicate_0").exists()
+
+
+@pytest.mark.parametrize("value, error, message", [
+    (-1, ValueError, "max_retries must be >= 0, got -1"), (2.5, TypeError, "max_retries must be an int >= 0, got float"),
+    (None, TypeError, "max_retries must be an int >= 0, got NoneType")])
+def test_max_retries_is_checked_before_any_work(digits, tmp_path, value, error, message):
+    experiment = Experiment(tmp_path / "exp", TRAIN, LotteryConfig(levels=1, replicates=1), digits, progress=False)
+    with pytest.raises(error, match=message):
+        experiment.run(executor="ray", max_retries=value)
+    assert not (experiment.dir / "replicate_0").exists()
+
+
+def test_max_retries_and_resources_reach_the_ray_task_options(digits, tmp_path, monkeypatch):
+    import deepzip.distributed as distributed
+
+    captured = {}
+
+    class Stop(Exception):
+        pass
+
+    class Task:
+        def options(self, **options):
+            captured.update(options)
+            return self
+
+        def remote(self, *args):
+            raise Stop
+
+    class FakeRay:  # Ray as far as run_on_ray goes before its first task
+        is_initialized = staticmethod(lambda: True)
+        nodes = staticmethod(lambda: [{"Alive": True, "Resources": {"CPU": 4.0, "GPU": 2.0}}])
+        put = staticmethod(lambda obj: obj)
+        remote = staticmethod(lambda function: Task())
+
+    monkeypatch.setattr(distributed, "_ray", FakeRay)
+    experiment = Experiment(tmp_path / "exp", TRAIN, LotteryConfig(levels=1, replicates=1), digits, progress=False)
+    with pytest.raises(Stop):
+        experiment.run(executor="ray", cpus_per_step=2, gpus_per_step=1, max_retries=7)
+    assert captured == {"num_cpus": 2, "num_gpus": 1, "max_retries": 7, "retry_exceptions": False}

@@ -1,5 +1,8 @@
-"""Sparse-training sweeps on this machine: the grid's checks, serial = forked pool = ``deepzip sparse-train``,
-finished runs skipped, the CLI's table and status."""
+"""Sparse-training sweeps: the grid's checks, serial = forked pool = ``deepzip sparse-train``, finished runs
+skipped, the CLI's table and status; then (last: no fork after Ray) as Ray tasks on the local cluster of
+tests/conftest.py (a head and two one-CPU worker nodes on 127.0.0.1): the same numbers, each run started
+once, a rerun starts none; and the per-step resources and retries reach Ray's task options (checked with
+a stand-in for Ray: there is no GPU here, so no GPU sweep is ever run by these tests)."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from deepzip import data
+from deepzip import data, distributed
 from deepzip.cli import main
 from deepzip.distributed import check_picklable
 from deepzip.sweep import Sweep, SweepConfig, plan, records
@@ -202,3 +205,67 @@ def test_check_picklable_skips_none_and_passes_module_level_objects():
     check_picklable({"train_fn": None, "fn": json.dumps, "lambda": lambda x: x})  # cloudpickle takes lambdas
     with pytest.raises(TypeError, match=r"^lock \(<unlocked _thread.lock object .*\) cannot be pickled"):
         check_picklable({"lock": threading.Lock()})
+
+
+# ------------------------------------------------------------------------------------ on Ray (keep last)
+def test_ray_sweep_equals_the_serial_run_and_a_rerun_starts_nothing(cluster, serial, tmp_path, capsys):
+    command = [*CLI, "--runs-dir", str(tmp_path), "--executor", "ray", "--ray-address", cluster.address,
+               "--max-retries", "1"]
+    assert main(command) == 0
+    out = capsys.readouterr().out
+    directory = Path(out.splitlines()[0].split("sweep directory: ")[1].split()[0])
+    assert "6 finished runs of 6" in out and "complete" in out
+    assert numbers(records(directory)) == numbers(records(serial.dir))
+    markers = [json.loads(m.read_text()) for m in directory.glob("ray_log/starts/*.json")]
+    assert sorted(tuple(m["step"]) for m in markers) == sorted(KEYS)  # each run started exactly once
+    assert all(m["seconds"] > 0 for m in markers) and len({m["node"] for m in markers}) == 2  # on both workers
+    assert main(command) == 0  # the rerun: everything finished, no task starts
+    assert len(list(directory.glob("ray_log/starts/*.json"))) == 6
+
+
+class Stop(Exception):
+    pass
+
+
+class FakeRay:
+    """Ray as far as run_on_ray uses it before the first task: records the task options, then stops."""
+
+    def __init__(self):
+        self.options = None
+
+    def is_initialized(self):
+        return True  # "connected": nothing started
+
+    def nodes(self):
+        return [{"Alive": True, "Resources": {"CPU": 8.0, "GPU": 1.0}}]
+
+    def put(self, obj):
+        return obj
+
+    def remote(self, function):
+        fake = self
+
+        class Task:
+            def options(self, **options):
+                fake.options = options
+                return self
+
+            def remote(self, *args):
+                raise Stop
+
+        return Task()
+
+
+def test_gpus_cpus_and_retries_reach_the_ray_task_options(digits, tmp_path, monkeypatch):
+    fake = FakeRay()
+    monkeypatch.setattr(distributed, "_ray", lambda: fake)
+    with pytest.raises(Stop):
+        main([*CLI, "--runs-dir", str(tmp_path), "--executor", "ray", "--gpus-per-step", "1", "--cpus-per-step", "2",
+              "--max-retries", "5", "--device", "cuda"])
+    assert fake.options == {"num_cpus": 2.0, "num_gpus": 1.0, "max_retries": 5, "retry_exceptions": False}
+    config = json.loads(next(tmp_path.glob("sweep_*/config.json")).read_text())
+    assert config["train"]["device"] == "cuda"  # the workers train on the GPU each task is given
+    sweep = Sweep(tmp_path / "api", TRAIN, GRID, digits, options=OPTIONS, progress=False)
+    with pytest.raises(Stop):
+        sweep.run(executor="ray", gpus_per_step=0.5)
+    assert fake.options == {"num_cpus": 1, "num_gpus": 0.5, "max_retries": 3, "retry_exceptions": False}  # defaults

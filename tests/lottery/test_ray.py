@@ -8,7 +8,6 @@ without it.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

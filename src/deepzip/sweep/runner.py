@@ -26,7 +26,7 @@ from ..models import build
 from ..train import TrainConfig
 from ..train.sparse_train import sparse_train
 from . import results
-from .config import Key, Run, SweepConfig, plan
+from .config import Key, SweepConfig, plan
 
 
 def no_dependency(key: Key) -> None:

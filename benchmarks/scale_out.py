@@ -288,7 +288,7 @@ def main() -> None:
     if not (identical and sweep_identical):
         raise SystemExit(f"results differ between executors: {payload}")
     rows = [[k, f"{v:.1f}", " / ".join(f"{t:.1f}" for t in runs[k]), f"{serial / v:.2f}x"] for k, v in walls.items()]
-    md = [f"# Scale-out of a lottery sweep: Ray vs the local process pool ({machine()['date']})", "",
+    md = [f"# Scale-out of a lottery sweep and a sparse-training sweep: Ray vs the local process pool ({machine()['date']})", "",
           f"Sweep: {train_cfg.model} on {train_cfg.dataset}, {cfg.replicates} replicates x {cfg.levels} levels x "
           f"(imp, {cfg.controls}) + dense = {len(reference)} steps, {train_cfg.epochs} epochs a step. The four "
           f"executors run one after the other in one benchmark run, {rounds} round(s), each run into a fresh "

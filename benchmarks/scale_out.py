@@ -1,4 +1,5 @@
-"""Scale-out of a lottery sweep (issue 20): Ray with 1 and 2 worker nodes vs the local process pool.
+"""Scale-out of a lottery sweep and a sparse-training sweep (issue 20): Ray with 1 and 2 worker nodes vs
+the local process pool.
 
     python benchmarks/scale_out.py            # ~5 min on 2 cores; writes results/scale_out.{json,md}
     python benchmarks/scale_out.py --quick    # a tiny sweep, for the tests; prints, writes RUNS/scale_out_quick.json
@@ -11,6 +12,10 @@ numbers (checked). The Ray 1-worker run's start markers give each step's time; f
 dependency structure (``lottery.parallel.dependency``) the sweep's wall time on N machines is
 estimated by list-scheduling the DAG (chain first, as both executors do); the critical path (dense ->
 imp level 1 -> ... -> the last level) bounds it from below whatever N is.
+
+The sparse-training sweep (``deepzip.sweep``: methods x sparsities x seeds on digits, every run
+independent) runs the same four ways in the same rounds, beside the lottery sweep; its runs have no
+dependencies, so on N machines its wall time is bounded by max(longest run, total / N).
 """
 
 from __future__ import annotations
@@ -33,12 +38,18 @@ from _common import ROOT, RUNS, machine, table, write_results
 from deepzip import data
 from deepzip.lottery import Experiment, LotteryConfig, steps
 from deepzip.lottery.parallel import dependency, priority
+from deepzip.sweep import Sweep, SweepConfig, records
 from deepzip.train import TrainConfig
 
 FULL = (TrainConfig(model="lenet300_100", dataset="digits", val_size=300, batch_size=32, epochs=10, eval_every=38),
         LotteryConfig(levels=4, replicates=2))
 QUICK = (TrainConfig(model="lenet300_100", dataset="digits", val_size=300, batch_size=32, epochs=1, eval_every=20),
          LotteryConfig(levels=2, replicates=1, controls="reinit"))
+SWEEP_FULL = (TrainConfig(model="lenet300_100", dataset="digits", val_size=300, batch_size=32, epochs=10,
+                          eval_every=38), SweepConfig(methods="static,set,rigl", sparsities="0.9,0.95", seeds="0,1"))
+SWEEP_QUICK = (TrainConfig(model="lenet300_100", dataset="digits", val_size=300, batch_size=32, epochs=1,
+                           eval_every=20), SweepConfig(methods="static,rigl", sparsities="0.9", seeds="0"))
+SWEEP_OPTIONS = {"update_interval": 20}
 PAPER_STEP_S = 55.0  # results/lottery.md: one LeNet-300-100 Fashion-MNIST run (15 epochs) on one core here
 STORE = 80 * 2**20
 
@@ -46,6 +57,20 @@ STORE = 80 * 2**20
 def numbers(directory: Path) -> dict:
     return {(r["replicate"], r["level"], r["variant"]): (r["test_acc"], r["early_stop_iteration"])
             for r in steps(directory)}
+
+
+def sweep_numbers(directory: Path) -> dict:
+    return {(r["method"], r["sparsity"], r["seed"]): (r["test_acc"], r["achieved_sparsity"], r["flops_ratio"])
+            for r in records(directory)}
+
+
+def simulate_independent(durations: dict, n: int) -> float:
+    """Wall time of independent runs on ``n`` workers, each run to the first free worker, in order."""
+    free = [0.0] * n
+    for step in durations:
+        worker = min(range(n), key=free.__getitem__)
+        free[worker] += durations[step]
+    return max(free)
 
 
 def simulate(durations: dict, n: int, overhead: float = 0.0) -> float:
@@ -78,21 +103,28 @@ def critical_path(durations: dict) -> float:
     return max(until(s) for s in durations)
 
 
-def run_local(quick: bool, directory: Path, jobs: int) -> tuple[float, dict]:
+def run_local(quick: bool, directory: Path, jobs: int, kind: str = "lottery") -> tuple[float, dict]:
     """The local executor in a fresh process (forking workers from a process connected to Ray is unsafe)."""
-    done = subprocess.run([sys.executable, __file__, "--local-run", str(jobs), str(directory)]
+    done = subprocess.run([sys.executable, __file__, "--local-run", kind, str(jobs), str(directory)]
                           + (["--quick"] if quick else []), capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])["wall_s"], numbers(directory)
+    found = numbers(directory) if kind == "lottery" else sweep_numbers(directory)
+    return json.loads(done.stdout.strip().splitlines()[-1])["wall_s"], found
 
 
-def local_child(quick: bool, jobs: int, directory: Path) -> None:
+def make_sweep(quick: bool, splits, directory: Path) -> Sweep:
+    train_cfg, grid = SWEEP_QUICK if quick else SWEEP_FULL
+    return Sweep(directory, train_cfg, grid, splits, options=SWEEP_OPTIONS, progress=False)
+
+
+def local_child(quick: bool, kind: str, jobs: int, directory: Path) -> None:
     train_cfg, cfg = QUICK if quick else FULL
     torch.set_num_threads(1)  # one core, like one worker
     splits = data.load(train_cfg.dataset, val_size=train_cfg.val_size)
     warm_up(train_cfg, splits, directory.parent)
-    experiment = Experiment(directory, train_cfg, cfg, splits, progress=False)
+    job = Experiment(directory, train_cfg, cfg, splits, progress=False) if kind == "lottery" \
+        else make_sweep(quick, splits, directory)
     start = time.perf_counter()
-    experiment.run(jobs=jobs)
+    job.run(jobs=jobs)
     print(json.dumps({"wall_s": time.perf_counter() - start}))
 
 
@@ -130,14 +162,24 @@ def run_ray(train_cfg, cfg, splits, directory: Path, address: str) -> tuple[floa
     return wall, numbers(directory), per_step
 
 
+def run_ray_sweep(quick: bool, splits, directory: Path, address: str) -> tuple[float, dict, dict]:
+    sweep = make_sweep(quick, splits, directory)
+    start = time.perf_counter()
+    sweep.run(executor="ray", ray_address=address)
+    wall = time.perf_counter() - start
+    per_run = {tuple(json.loads(m.read_text())["step"]): json.loads(m.read_text())["seconds"]
+               for m in (directory / "ray_log" / "starts").glob("*.json")}
+    return wall, sweep_numbers(directory), per_run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a tiny sweep (for the tests); results not written")
-    parser.add_argument("--local-run", nargs=2, metavar=("JOBS", "DIR"), help=argparse.SUPPRESS)
+    parser.add_argument("--local-run", nargs=3, metavar=("KIND", "JOBS", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.local_run:
-        return local_child(args.quick, int(args.local_run[0]), Path(args.local_run[1]))
+        return local_child(args.quick, args.local_run[0], int(args.local_run[1]), Path(args.local_run[2]))
     import ray  # the 'ray' extra
     from ray.cluster_utils import Cluster
 
@@ -149,7 +191,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="scale_out_", dir=RUNS if RUNS.exists() else None))
     names = ["local --jobs 1", "local --jobs 2", "ray, 1 worker", "ray, 2 workers"]
     runs: dict = {name: [] for name in names}
-    results, per_step_rounds = {}, []
+    sweep_runs: dict = {name: [] for name in names}
+    results, per_step_rounds, sweep_results, per_run_rounds = {}, [], {}, []
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
                                                             "object_store_memory": STORE})
@@ -162,17 +205,29 @@ def main() -> None:
                 name = f"local --jobs {jobs}"
                 wall, results[name, round_] = run_local(args.quick, work / f"local{jobs}_{round_}", jobs)
                 runs[name].append(wall)
+                wall, sweep_results[name, round_] = run_local(args.quick, work / f"sweep_local{jobs}_{round_}", jobs,
+                                                              kind="sweep")
+                sweep_runs[name].append(wall)
             warm_ray_workers(ray, train_cfg, splits, work)  # worker processes started and warm before the timings
             wall, results["ray, 1 worker", round_], per_step = run_ray(train_cfg, cfg, splits, work / f"ray1_{round_}",
                                                                      cluster.address)
             runs["ray, 1 worker"].append(wall)
             per_step_rounds.append(per_step)
+            wall, sweep_results["ray, 1 worker", round_], per_run = run_ray_sweep(args.quick, splits,
+                                                                                  work / f"sweep_ray1_{round_}",
+                                                                                  cluster.address)
+            sweep_runs["ray, 1 worker"].append(wall)
+            per_run_rounds.append(per_run)
             second = cluster.add_node(num_cpus=1, object_store_memory=STORE)
             cluster.wait_for_nodes()
             warm_ray_workers(ray, train_cfg, splits, work)
             wall, results["ray, 2 workers", round_], _ = run_ray(train_cfg, cfg, splits, work / f"ray2_{round_}",
                                                                  cluster.address)
             runs["ray, 2 workers"].append(wall)
+            wall, sweep_results["ray, 2 workers", round_], _ = run_ray_sweep(args.quick, splits,
+                                                                             work / f"sweep_ray2_{round_}",
+                                                                             cluster.address)
+            sweep_runs["ray, 2 workers"].append(wall)
             cluster.remove_node(second)
     finally:
         ray.shutdown()
@@ -190,6 +245,14 @@ def main() -> None:
     path = critical_path(per_step)
     ns = [1, 2, 4, 8, 16, 32]
     estimate = {n: simulate(per_step, n, overhead) for n in ns}
+    sweep_walls = {name: min(times) for name, times in sweep_runs.items()}
+    sweep_reference = sweep_results["local --jobs 1", 0]
+    sweep_identical = all(found == sweep_reference for found in sweep_results.values())
+    sweep_serial = sweep_walls["local --jobs 1"]
+    per_run = {s: min(r[s] for r in per_run_rounds) for s in per_run_rounds[0]}
+    sweep_total, longest = sum(per_run.values()), max(per_run.values())
+    sweep_estimate = {n: simulate_independent(per_run, n) for n in ns}
+    sweep_train, sweep_grid = SWEEP_QUICK if args.quick else SWEEP_FULL
     paper = {s: PAPER_STEP_S for s in
              [(r, 0, "dense") for r in range(3)] +
              [(r, level, v) for r in range(3) for level in range(1, 16) for v in ("imp", "reinit", "random", "oneshot")]}
@@ -207,13 +270,25 @@ def main() -> None:
         "critical_path_s": round(path, 2),
         "estimate_s": {str(n): round(t, 1) for n, t in estimate.items()},
         "paper_sweep_estimate_h": {str(n): round(t / 3600, 2) for n, t in paper_estimate.items()},
+        "sparse_sweep": {
+            "sweep": {"model": sweep_train.model, "dataset": sweep_train.dataset, "epochs": sweep_train.epochs,
+                      "methods": sweep_grid.methods, "sparsities": sweep_grid.sparsities, "seeds": sweep_grid.seeds,
+                      "options": SWEEP_OPTIONS, "runs": len(sweep_reference)},
+            "wall_s": {k: round(v, 2) for k, v in sweep_walls.items()},
+            "wall_s_every_round": {k: [round(t, 2) for t in v] for k, v in sweep_runs.items()},
+            "speedup_vs_local_jobs1": {k: round(sweep_serial / v, 2) for k, v in sweep_walls.items()},
+            "identical_results": sweep_identical,
+            "per_run_s": {"mean": round(statistics.mean(per_run.values()), 3), "total": round(sweep_total, 2),
+                          "longest": round(longest, 2)},
+            "estimate_s": {str(n): round(t, 1) for n, t in sweep_estimate.items()},
+        },
         "load_average_1_5_15_min": load,
         "note": "this machine has 2 cores shared with other jobs: 2 workers cannot show more than ~2x",
     }
-    if not identical:
+    if not (identical and sweep_identical):
         raise SystemExit(f"results differ between executors: {payload}")
     rows = [[k, f"{v:.1f}", " / ".join(f"{t:.1f}" for t in runs[k]), f"{serial / v:.2f}x"] for k, v in walls.items()]
-    md = [f"# Scale-out of a lottery sweep: Ray vs the local process pool ({machine()['date']})", "",
+    md = [f"# Scale-out of a lottery sweep and a sparse-training sweep: Ray vs the local process pool ({machine()['date']})", "",
           f"Sweep: {train_cfg.model} on {train_cfg.dataset}, {cfg.replicates} replicates x {cfg.levels} levels x "
           f"(imp, {cfg.controls}) + dense = {len(reference)} steps, {train_cfg.epochs} epochs a step. The four "
           f"executors run one after the other in one benchmark run, {rounds} round(s), each run into a fresh "
@@ -239,7 +314,21 @@ def main() -> None:
           f"random, one-shot + dense = {len(paper)} runs of ~{PAPER_STEP_S:.0f} s each on Fashion-MNIST): "
           + ", ".join(f"N={n}: {t / 3600:.2f} h" for n, t in paper_estimate.items())
           + f". Its critical path is 16 runs ({16 * PAPER_STEP_S / 60:.0f} min): past ~{len(paper) // 16} "
-          "workers more machines cannot help; more replicates or reset variants add width, not length."]
+          "workers more machines cannot help; more replicates or reset variants add width, not length.", "",
+          "## A sparse-training sweep (`deepzip sweep run`)", "",
+          f"Grid: {sweep_train.model} on {sweep_train.dataset}, methods {sweep_grid.methods} x sparsities "
+          f"{sweep_grid.sparsities} x seeds {sweep_grid.seeds} = {len(sweep_reference)} runs, {sweep_train.epochs} "
+          f"epochs a run, update interval {SWEEP_OPTIONS['update_interval']}; the four executors in the same rounds as "
+          f"the lottery sweep above. Every run gave the same numbers as `--jobs 1` "
+          f"({'checked: identical' if sweep_identical else 'DIFFERENT'}).", "",
+          table(["executor", "wall (s), best round", "every round (s)", "speedup vs --jobs 1"],
+                [[k, f"{v:.1f}", " / ".join(f"{t:.1f}" for t in sweep_runs[k]), f"{sweep_serial / v:.2f}x"]
+                 for k, v in sweep_walls.items()]), "",
+          f"Measured per run (Ray, 1 worker): mean {statistics.mean(per_run.values()):.2f} s, {sweep_total:.1f} s in "
+          f"all, longest {longest:.2f} s. The runs are independent, so N one-core workers take about "
+          f"max(longest run, total / N): "
+          + ", ".join(f"N={n}: {sweep_estimate[n]:.1f} s" for n in ns)
+          + f" (with {len(sweep_reference)} runs, more than {len(sweep_reference)} workers cannot help)."]
     if args.quick:
         RUNS.mkdir(parents=True, exist_ok=True)
         (RUNS / "scale_out_quick.json").write_text(json.dumps(payload, indent=2) + "\n")

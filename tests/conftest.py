@@ -21,3 +21,30 @@ def digits():
     from deepzip import data
 
     return data.load("digits", val_size=300)
+
+
+STORE = 80 * 2**20  # object store of each local Ray node: the tests' sweeps hold only settings and digits
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Ray cluster for one test module: a head with no CPUs (steps run on the workers) and two
+    one-CPU worker nodes on 127.0.0.1, the driver connected; skipped without Ray."""
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    before = os.environ.get("PYTHONPATH")  # the nodes' workers import deepzip from this checkout
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), before or ""])
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "include_dashboard": False, "object_store_memory": STORE})
+    workers = [cluster.add_node(num_cpus=1, object_store_memory=STORE) for _ in range(2)]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    cluster.workers, cluster.store = workers, STORE
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+    if before is None:
+        del os.environ["PYTHONPATH"]
+    else:
+        os.environ["PYTHONPATH"] = before

@@ -6,7 +6,7 @@ package stays fast (torch, numba and matplotlib load only when a function needs 
     deepzip.prune(model, 0.9)            deepzip.quantize(model, 5)
     deepzip.save(model, "model.dz")      deepzip.load("model.dz")
     deepzip.runtime.convert(model, example)
-    deepzip.models, deepzip.data, deepzip.train, deepzip.lottery, deepzip.pipeline
+    deepzip.models, deepzip.data, deepzip.train, deepzip.lottery, deepzip.sweep, deepzip.pipeline
 
 Convention: every operation on a model (prune, quantize, finalize, remove, convert, load_state_dict)
 changes that model in place and returns it; a call that raises leaves it exactly as it was.
@@ -22,7 +22,7 @@ from .errors import CheckpointError, DataError, DataNotFoundError, DeepzipError,
 __version__ = "0.1.0"
 
 _SUBPACKAGES = ("checkpoint", "config", "data", "encode", "lottery", "models", "pipeline", "prune", "quantize",
-                "registry", "report", "runtime", "train")
+                "registry", "report", "runtime", "sweep", "train")
 _FUNCTIONS = {"save": "deepzip.encode", "load": "deepzip.api", "load_state_dict": "deepzip.quantize",
               "METHODS": "deepzip.registry"}
 

@@ -25,6 +25,7 @@ TINY = ["--train-epochs", "1", "--prune-retrain-epochs", "1", "--quant-finetune-
 COMPRESS = ["compress", *DIGITS, *TINY]
 LOTTERY = ["lottery", "run", *DIGITS, "--levels", "1", "--replicates", "1", "--train-epochs", "1"]
 TRAIN = ["train", "--dataset", "digits", "--val-size", "300", "--epochs", "1"]
+SWEEP = ["sweep", "run", "--dataset", "digits", "--val-size", "300", "--epochs", "1"]
 
 ROWS = [
     # ---- the deepzip command itself
@@ -235,10 +236,30 @@ ROWS = [
     ("lottery status bad values", ["lottery", "status", "{LOT_BADVALUES}"], "DIRECTORY: {LOT_BADVALUES}/config.json does not hold valid experiment settings (epochs must be > 0"),
     ("lottery status missing keys", ["lottery", "status", "{LOT_NOKEYS}"], "does not hold valid experiment settings"),
     ("lottery plot corrupt config", ["lottery", "plot", "{LOT_CORRUPT}"], "is not readable JSON"),
+    # ---- sweep
+    ("sweep no action", ["sweep"], "required: ACTION"),
+    ("sweep unknown method", [*SWEEP, "--methods", "rigl,magic"], "--methods: unknown methods magic; allowed: static"),
+    ("sweep methods empty", [*SWEEP, "--methods", ","], "--methods is empty; give at least one value"),
+    ("sweep methods twice", [*SWEEP, "--methods", "set,set"], "--methods lists set more than once"),
+    ("sweep sparsity 1.5", [*SWEEP, "--sparsities", "0.9,1.5"], "--sparsities must be numbers in [0, 1) (e.g. 0.9,0.95), got 1.5"),
+    ("sweep sparsity text", [*SWEEP, "--sparsities", "ninety"], "--sparsities must be numbers in [0, 1)"),
+    ("sweep seeds -1", [*SWEEP, "--seeds", "0,-1"], "--seeds must be integers >= 0 (e.g. 0,1,2), got -1"),
+    ("sweep option for no method", [*SWEEP, "--methods", "static", "--update-interval", "10"],
+     "option --update-interval=10 applies to none of the sweep's methods (static); it applies to set, rigl, snfs"),
+    ("sweep srste sparsities", [*SWEEP, "--methods", "srste", "--sparsities", "0.8"],
+     "--sparsities='0.8' applies to none of the sweep's methods (srste)"),
+    ("sweep update-interval 0", [*SWEEP, "--update-interval", "0"], "method set: --update-interval must be >= 1, got 0"),
+    ("sweep jobs 0", [*SWEEP, "--jobs", "0"], "--jobs: must be >= 1, got 0"),
+    ("sweep max-retries locally", [*SWEEP, "--max-retries", "5"], "--executor: --ray-address, --cpus-per-step, --gpus-per-step and --max-retries need --executor ray"),
+    ("sweep max-retries -1", [*SWEEP, "--executor", "ray", "--max-retries", "-1"], "--max-retries: must be >= 0, got -1"),
+    ("sweep gpus without cuda", [*SWEEP, "--executor", "ray", "--gpus-per-step", "1"], "--gpus-per-step: needs --device cuda"),
+    ("sweep runs-dir is a file", [*SWEEP, "--runs-dir", "{W}/notes.txt"], "--runs-dir: {W}/notes.txt is a file"),
+    ("sweep status missing", ["sweep", "status", "{W}/nowhere"], "DIRECTORY: {W}/nowhere is not a sweep directory"),
+    ("lottery max-retries -1", [*LOTTERY, "--executor", "ray", "--max-retries", "-1"], "--max-retries: must be >= 0, got -1"),
     ("lottery plot -o a file", ["lottery", "plot", "{LOT_OK}", "-o", "{W}/notes.txt"], "--output: {W}/notes.txt is a file"),
 ]
 
-RUN_PREFIXES = ("train_", "prune_", "quantize_", "compress_", "lottery_")
+RUN_PREFIXES = ("train_", "prune_", "quantize_", "compress_", "lottery_", "sweep_", "sparse_")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ without it.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -23,12 +22,10 @@ from deepzip.lottery import Experiment, LotteryConfig
 from deepzip.lottery.parallel import dependency, priority
 from deepzip.train import TrainConfig
 
-ROOT = Path(__file__).resolve().parents[2]
 ARGS = ["lottery", "run", "--dataset", "digits", "--train-val-size", "300", "--train-batch-size", "32",
         "--train-epochs", "1", "--train-eval-every", "10", "--levels", "2", "--quiet"]
 STEPS_PER_REPLICATE = 7  # dense + 2 levels x (imp, reinit, random)
 TRAIN = TrainConfig(model="lenet300_100", dataset="digits", val_size=300, batch_size=32, epochs=1, eval_every=10)
-STORE = 80 * 2**20
 
 
 def results(directory: Path) -> dict:
@@ -57,28 +54,6 @@ def test_executor_ray_without_ray_is_a_one_line_error(monkeypatch, capsys, tmp_p
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "pip install 'deepzip[ray]'" in err and "Traceback" not in err
     assert not list(tmp_path.iterdir())  # refused before any work
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    ray = pytest.importorskip("ray")
-    from ray.cluster_utils import Cluster
-
-    before = os.environ.get("PYTHONPATH")  # the nodes' workers import deepzip from this checkout
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), before or ""])
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "include_dashboard": False, "object_store_memory": STORE})  # steps run on the workers
-    workers = [cluster.add_node(num_cpus=1, object_store_memory=STORE) for _ in range(2)]
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False)
-    cluster.workers = workers
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
-    if before is None:
-        del os.environ["PYTHONPATH"]
-    else:
-        os.environ["PYTHONPATH"] = before
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +131,7 @@ def test_a_worker_node_lost_mid_sweep_loses_and_recomputes_nothing_finished(clus
         run_on_ray(steps, experiment._run_step_tuple, dependency, experiment._done_tuple, num_cpus=1,
                    log_dir=experiment.dir / "ray_log", on_done=on_done, priority=priority)
     finally:
-        cluster.workers[1] = cluster.add_node(num_cpus=1, object_store_memory=STORE)  # for the next test
+        cluster.workers[1] = cluster.add_node(num_cpus=1, object_store_memory=cluster.store)  # for the next test
         cluster.wait_for_nodes()
     assert sorted(completed) == sorted(steps)  # every step reported once
     assert results(tmp_path) == serial
@@ -194,3 +169,61 @@ def test_a_worker_that_cannot_see_the_experiment_directory_names_the_requirement
     with pytest.raises(RuntimeError, match="must be on a file system every node mounts"):
         experiment._run_step_tuple((0, 0, "dense"))
     assert not experiment.step_dir(0, 0, "dense").exists()
+
+
+def test_an_unpicklable_train_fn_is_named_before_any_work(digits, tmp_path):
+    pytest.importorskip("ray")
+    import threading
+
+    lock = threading.Lock()
+
+    def train_fn(model, run_dir):  # holds a lock: cannot be sent to a Ray worker
+        with lock:
+            pass
+
+    experiment = Experiment(tmp_path / "exp", TRAIN, LotteryConfig(levels=1, replicates=1), digits, progress=False,
+                            train_fn=train_fn)
+    with pytest.raises(TypeError, match=r"^train_fn \(<function .*train_fn.*\) cannot be pickled, and with --executor "
+                                        r"ray it must be sent to every worker: TypeError: cannot pickle '_thread.lock' "
+                                        r"object. Define it at module level"):
+        experiment.run(executor="ray", ray_address="127.0.0.1:1")  # refused before connecting anywhere
+    assert not any(experiment.done(*s) for s in experiment.steps()) and not (experiment.dir / "replicate_0").exists()
+
+
+@pytest.mark.parametrize("value, error, message", [
+    (-1, ValueError, "max_retries must be >= 0, got -1"), (2.5, TypeError, "max_retries must be an int >= 0, got float"),
+    (None, TypeError, "max_retries must be an int >= 0, got NoneType")])
+def test_max_retries_is_checked_before_any_work(digits, tmp_path, value, error, message):
+    experiment = Experiment(tmp_path / "exp", TRAIN, LotteryConfig(levels=1, replicates=1), digits, progress=False)
+    with pytest.raises(error, match=message):
+        experiment.run(executor="ray", max_retries=value)
+    assert not (experiment.dir / "replicate_0").exists()
+
+
+def test_max_retries_and_resources_reach_the_ray_task_options(digits, tmp_path, monkeypatch):
+    import deepzip.distributed as distributed
+
+    captured = {}
+
+    class Stop(Exception):
+        pass
+
+    class Task:
+        def options(self, **options):
+            captured.update(options)
+            return self
+
+        def remote(self, *args):
+            raise Stop
+
+    class FakeRay:  # Ray as far as run_on_ray goes before its first task
+        is_initialized = staticmethod(lambda: True)
+        nodes = staticmethod(lambda: [{"Alive": True, "Resources": {"CPU": 4.0, "GPU": 2.0}}])
+        put = staticmethod(lambda obj: obj)
+        remote = staticmethod(lambda function: Task())
+
+    monkeypatch.setattr(distributed, "_ray", FakeRay)
+    experiment = Experiment(tmp_path / "exp", TRAIN, LotteryConfig(levels=1, replicates=1), digits, progress=False)
+    with pytest.raises(Stop):
+        experiment.run(executor="ray", cpus_per_step=2, gpus_per_step=1, max_retries=7)
+    assert captured == {"num_cpus": 2, "num_gpus": 1, "max_retries": 7, "retry_exceptions": False}

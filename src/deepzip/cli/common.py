@@ -8,11 +8,12 @@ from pathlib import Path
 from .. import data, models
 from ..checkpoint import load_model_file
 from ..config import flag, from_dict, hashname
+from ..distributed import INSTALL_HINT, MAX_RETRIES, ray_available
 from ..errors import CheckpointError, DeepzipError
 from ..quantize import load_state_dict
 from ..train import TrainConfig
 from ..train.device import DEVICE_HELP, resolve_device
-from .checks import checkpoint, load_splits
+from .checks import checkpoint, load_splits, option_error
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +30,64 @@ def add_device_arguments(parser: argparse.ArgumentParser, amp: bool = True) -> N
     if amp:
         parser.add_argument("--amp", default="off", choices=("off", "bf16"),
                             help="mixed precision while training (bf16 autocast; for GPUs)")
+
+
+def add_executor_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--jobs``, ``--executor`` and the Ray options of a command made of resumable steps (``what``)."""
+    parser.add_argument("--jobs", type=int, default=1,
+                        help=f"worker processes: {what} run side by side, one core each (local executor)")
+    parser.add_argument("--executor", choices=("local", "ray"), default="local",
+                        help="local: this machine's worker processes (--jobs); ray: one Ray task per step on "
+                             "a Ray cluster (the 'ray' extra; the runs directory must be on a file system "
+                             "every node mounts)")
+    parser.add_argument("--ray-address", default=None,
+                        help="the Ray cluster to join (e.g. 10.0.0.1:6379 or 'auto'); default: start a Ray "
+                             "instance on this machine for the sweep")
+    parser.add_argument("--cpus-per-step", type=float, default=1, help="CPUs each Ray task reserves")
+    parser.add_argument("--gpus-per-step", type=float, default=0,
+                        help="GPUs each Ray task reserves (1: one GPU per step; pass --device cuda too)")
+    parser.add_argument("--max-retries", type=int, default=MAX_RETRIES,
+                        help="how often Ray reruns a step whose worker or node was lost (a step that raises "
+                             "is not retried)")
+
+
+RAY_ONLY = ("ray_address", "cpus_per_step", "gpus_per_step", "max_retries")
+
+
+def check_executor_arguments(args) -> str | None:
+    """Check the options of `add_executor_arguments` before any work; returns the device the Ray workers
+    train on when they take GPUs (then ``args.device`` becomes 'cpu': the GPU is on the workers, not
+    here), else None."""
+    if args.jobs < 1:
+        raise option_error("--jobs", f"must be >= 1, got {args.jobs}")
+    defaults = {"ray_address": None, "cpus_per_step": 1, "gpus_per_step": 0, "max_retries": MAX_RETRIES}
+    if args.executor != "ray":
+        if any(getattr(args, name) != default for name, default in defaults.items()):
+            raise option_error("--executor", "--ray-address, --cpus-per-step, --gpus-per-step and --max-retries "
+                                             "need --executor ray")
+        return None
+    if args.jobs != 1:
+        raise option_error("--jobs", "applies to the local executor; with --executor ray the cluster's "
+                                     "resources and --cpus-per-step decide how many steps run at once")
+    for name in ("cpus_per_step", "gpus_per_step", "max_retries"):
+        if getattr(args, name) < 0:
+            raise option_error(flag(name), f"must be >= 0, got {getattr(args, name)}")
+    if args.gpus_per_step > 0 and not str(args.device).startswith("cuda"):
+        raise option_error("--gpus-per-step", "needs --device cuda (or cuda:0): the Ray workers train on "
+                                              "the GPU each task is given; 'auto' would be resolved here")
+    if not ray_available():
+        raise option_error("--executor ray", INSTALL_HINT)
+    if args.gpus_per_step > 0:  # the GPU is on the workers: not checked on this driver
+        worker_device, args.device = args.device, "cpu"
+        return worker_device
+    return None
+
+
+def executor_options(args) -> dict:
+    """The keyword arguments of ``Experiment.run`` / ``Sweep.run`` these options give."""
+    return {"jobs": args.jobs, "executor": args.executor, "ray_address": args.ray_address,
+            "cpus_per_step": args.cpus_per_step, "gpus_per_step": args.gpus_per_step,
+            "max_retries": args.max_retries}
 
 
 def device_of(args) -> str:

@@ -8,12 +8,12 @@ import json
 from pathlib import Path
 
 from .. import data
-from ..distributed import INSTALL_HINT, ray_available
 from ..config import add_arguments as add_config_arguments, from_args, from_dict, hash_configs
 from ..lottery import Experiment, LotteryConfig, plot_experiment, status
 from ..train import TrainConfig
 from . import checks
-from .common import add_common_arguments, add_device_arguments
+from .common import (add_common_arguments, add_device_arguments, add_executor_arguments, check_executor_arguments,
+                     executor_options)
 from .compress_cmd import _train_config
 
 HELP = "lottery tickets: iterative magnitude pruning with rewinding, controls, replicates, plots"
@@ -28,19 +28,7 @@ def add_arguments(parser) -> None:
     add_config_arguments(run_parser, TrainConfig, prefix="train_", skip=("model", "dataset", "device", "amp"))
     add_device_arguments(run_parser)
     add_config_arguments(run_parser, LotteryConfig)
-    run_parser.add_argument("--jobs", type=int, default=1,
-                            help="worker processes: independent steps (controls, one-shot, replicates, the next "
-                                 "level) run side by side, one core each (local executor)")
-    run_parser.add_argument("--executor", choices=("local", "ray"), default="local",
-                            help="local: this machine's worker processes (--jobs); ray: one Ray task per step on "
-                                 "a Ray cluster (the 'ray' extra; the runs directory must be on a file system "
-                                 "every node mounts)")
-    run_parser.add_argument("--ray-address", default=None,
-                            help="the Ray cluster to join (e.g. 10.0.0.1:6379 or 'auto'); default: start a Ray "
-                                 "instance on this machine for the sweep")
-    run_parser.add_argument("--cpus-per-step", type=float, default=1, help="CPUs each Ray task reserves")
-    run_parser.add_argument("--gpus-per-step", type=float, default=0,
-                            help="GPUs each Ray task reserves (1: one GPU per step; pass --device cuda too)")
+    add_executor_arguments(run_parser, "independent steps (controls, one-shot, replicates, the next level)")
     add_common_arguments(run_parser)
     run_parser.set_defaults(lottery_run=run_experiment)
     status_parser = sub.add_parser("status", help="what an experiment directory has finished")
@@ -57,25 +45,7 @@ def run(args) -> int:
 
 
 def run_experiment(args) -> int:
-    if args.jobs < 1:
-        raise checks.option_error("--jobs", f"must be >= 1, got {args.jobs}")
-    if args.executor == "ray":
-        if args.jobs != 1:
-            raise checks.option_error("--jobs", "applies to the local executor; with --executor ray the cluster's "
-                                                "resources and --cpus-per-step decide how many steps run at once")
-        for option in ("cpus_per_step", "gpus_per_step"):
-            if getattr(args, option) < 0:
-                raise checks.option_error("--" + option.replace("_", "-"), f"must be >= 0, got {getattr(args, option)}")
-        if args.gpus_per_step > 0 and not str(args.device).startswith("cuda"):
-            raise checks.option_error("--gpus-per-step", "needs --device cuda (or cuda:0): the Ray workers train on "
-                                                         "the GPU each task is given; 'auto' would be resolved here")
-        if not ray_available():
-            raise checks.option_error("--executor ray", INSTALL_HINT)
-    elif args.ray_address is not None or args.cpus_per_step != 1 or args.gpus_per_step != 0:
-        raise checks.option_error("--executor", "--ray-address, --cpus-per-step and --gpus-per-step need --executor ray")
-    worker_device = None
-    if args.executor == "ray" and args.gpus_per_step > 0:  # the GPU is on the workers: not checked on this driver
-        worker_device, args.device = args.device, "cpu"
+    worker_device = check_executor_arguments(args)
     train_cfg = _train_config(args, preset=False)
     if worker_device is not None:
         train_cfg = dataclasses.replace(train_cfg, device=worker_device)
@@ -88,8 +58,7 @@ def run_experiment(args) -> int:
                                                    lottery=cfg)
     print(f"experiment directory: {directory}")
     experiment = Experiment(directory, train_cfg, cfg, splits, progress=not args.quiet)
-    experiment.run(jobs=args.jobs, executor=args.executor, ray_address=args.ray_address,
-                   cpus_per_step=args.cpus_per_step, gpus_per_step=args.gpus_per_step)
+    experiment.run(**executor_options(args))
     print(status(directory, list(experiment.steps())))
     return 0
 

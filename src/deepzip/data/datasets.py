@@ -163,6 +163,12 @@ class DataSplits:
     def num_classes(self) -> int:
         return int(max(self.train.targets().max(), self.test.targets().max())) + 1
 
+    def user_datasets(self) -> dict[str, Any]:
+        """{"the train data set": dataset, ...}: the user's own Dataset objects (tensor splits left out),
+        which a Ray executor must pickle; `deepzip.distributed.check_picklable` names one that cannot be."""
+        return {f"the {name} data set {self.name!r}": split.dataset for name, split in
+                (("train", self.train), ("val", self.val), ("test", self.test)) if isinstance(split, DatasetSplit)}
+
 
 def _user_splits(path: str, data_dir) -> DataSplits:
     if data_dir is not None:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ..checkpoint import atomic_write_text, load_model_file, read_json, save_model
 from ..config import to_dict
 from ..data import DataSplits
-from ..distributed import run_on_ray
+from ..distributed import LOCAL_OBJECT_STORE, MAX_RETRIES, check_max_retries, check_picklable, run_on_ray
 from ..errors import CheckpointError
 from ..models import build
 from ..prune import apply_masks, compute_masks, enforce, prunable_weights
@@ -63,7 +63,7 @@ def random_masks(like: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Te
     return out
 
 
-RAY_OBJECT_STORE = 200 * 2**20  # a Ray instance started for one sweep holds only the experiment and its data
+RAY_OBJECT_STORE = LOCAL_OBJECT_STORE  # a Ray instance started for one sweep holds only the experiment and its data
 
 
 class Experiment:
@@ -74,7 +74,9 @@ class Experiment:
         """``train_fn(model, run_dir)``: your own training, in place of deepzip's loop, for every step. It
         trains the (masked) model in place; it may keep its own checkpoints in ``run_dir`` to resume a
         killed step. The experiment evaluates the result and marks the step finished, so a rerun skips
-        it. With a train_fn, survivors restart from their initialization (``reset='init'``)."""
+        it. With a train_fn, survivors restart from their initialization (``reset='init'``). With
+        ``run(executor="ray")`` the train_fn and a custom data set are pickled for the workers: define
+        them at module level (a TypeError names the one that cannot be pickled, before any work)."""
         if train_fn is not None and (cfg.reset != "init" or not callable(train_fn)):
             raise ValueError("a custom train_fn must be callable and supports reset='init' only (rewinding to an "
                              "iteration k or replaying the schedule needs deepzip's loop)")
@@ -142,17 +144,21 @@ class Experiment:
 
     # ------------------------------------------------------------------------------------ steps
     def run(self, jobs: int = 1, executor: str = "local", ray_address: str | None = None, cpus_per_step: float = 1,
-            gpus_per_step: float = 0) -> None:
+            gpus_per_step: float = 0, max_retries: int = MAX_RETRIES) -> None:
         """Run every unfinished step; ``jobs`` > 1 runs independent steps in that many processes.
 
         ``executor="ray"`` runs the steps as Ray tasks instead (``deepzip.distributed``; the ``ray`` extra)
         on the cluster at ``ray_address`` (default: a Ray instance of this machine's own), each task with
-        ``cpus_per_step`` CPUs and ``gpus_per_step`` GPUs. The experiment directory must be on a file
-        system every node mounts: each task writes its step there and reads the step it builds on."""
-        if jobs < 1:
-            raise ValueError(f"jobs must be >= 1, got {jobs}")
+        ``cpus_per_step`` CPUs and ``gpus_per_step`` GPUs; a task whose worker or node is lost is rerun up
+        to ``max_retries`` times. The experiment directory must be on a file system every node mounts: each
+        task writes its step there and reads the step it builds on."""
+        if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+            raise ValueError(f"jobs must be >= 1 (an int), got {jobs!r}")
         if executor not in ("local", "ray"):
             raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
+        check_max_retries(max_retries)
+        if executor == "ray":  # before any work: what the workers cannot receive is named
+            check_picklable({"train_fn": self.train_fn, **self.data.user_datasets()})
         steps = list(self.steps())
         bar = tqdm(steps, desc="lottery", unit="run", disable=None if self.progress else True)
 
@@ -163,7 +169,8 @@ class Experiment:
         if executor == "ray":
             bar.update(sum(self.done(*s) for s in steps))
             run_on_ray(steps, self._run_step_tuple, dependency, self._done_tuple, address=ray_address,
-                       num_cpus=cpus_per_step, num_gpus=gpus_per_step, log_dir=self.dir / "ray_log",
+                       num_cpus=cpus_per_step, num_gpus=gpus_per_step, max_retries=max_retries,
+                       log_dir=self.dir / "ray_log",
                        on_done=on_done, priority=priority, object_store_memory=RAY_OBJECT_STORE)
         elif jobs > 1:
             bar.update(sum(self.done(*s) for s in steps))

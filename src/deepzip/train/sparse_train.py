@@ -77,6 +77,13 @@ class SparseTrainConfig:
         return METHODS.build("sparse", self.method, **options)
 
 
+def method_options(method: str) -> tuple[str, ...]:
+    """The `SparseTrainConfig` options (all but ``method``) that apply to ``method``."""
+    takes = {f.name for f in dataclasses.fields(METHODS.config_class("sparse", method))}
+    return tuple(f.name for f in dataclasses.fields(SparseTrainConfig)
+                 if f.name != "method" and _RENAMED.get(f.name, f.name) in takes)
+
+
 def sparse_train(model: nn.Module, data: DataSplits, train_cfg: TrainConfig, method: SparseMethod,
                  run_dir: str | Path | None = None, resume: bool = False, description: dict | None = None,
                  progress: bool = True) -> tuple[TrainResult, dict[str, Any]]:
@@ -85,7 +92,7 @@ def sparse_train(model: nn.Module, data: DataSplits, train_cfg: TrainConfig, met
     made: list[SparseTraining] = []
 
     def step_with(optimizer, total: int) -> SparseTraining:
-        made.append(SparseTraining(model, optimizer, method, total, example=data.train.x[:1]))
+        made.append(SparseTraining(model, optimizer, method, total, example=data.train.batch([0])[0]))
         return made[0]
 
     result = train(model, data, train_cfg, run_dir=run_dir, resume=resume, description=description,

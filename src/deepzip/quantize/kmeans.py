@@ -141,7 +141,7 @@ def _check_weights(weights: torch.Tensor | None, shape: torch.Size) -> np.ndarra
     if not isinstance(weights, torch.Tensor) or weights.shape != shape:
         raise ValueError(f"weights must be a tensor of the values' shape {tuple(shape)}, "
                          f"got {getattr(weights, 'shape', type(weights).__name__)}")
-    out = weights.detach().cpu().double().numpy()
+    out = weights.detach().cpu().double().contiguous().numpy()
     if not np.isfinite(out).all() or (out < 0).any():
         raise ValueError("weights (importances) must be finite and >= 0")
     return out

@@ -21,7 +21,7 @@ from ..encode.api import ModelOrBuilder, decode_records, model_for, open_file
 from ..encode.records import decode_entries
 from ..prune.masks import get_masks
 from ..prune.targets import replace_module
-from ..quantize.sharing import codebooks
+from ..quantize.sharing import codebooks, outliers
 from .kernels import column_dtype
 from .layers import SparseConv2d, SparseLinear, SparseMatrix
 from .timing import interleaved
@@ -121,7 +121,7 @@ def convert(model: nn.Module, example: torch.Tensor | None = None, mode: str = "
     if any(p.device.type != "cpu" for p in model.parameters()):
         raise ValueError("deepzip.runtime is a CPU inference runtime; convert a CPU copy: "
                          "runtime.convert(copy.deepcopy(model).cpu(), example)")
-    masks, shared = get_masks(model), codebooks(model)
+    masks, shared, with_outliers = get_masks(model), codebooks(model), outliers(model)
     candidates = [n for n, m in model.named_modules() if isinstance(m, CONVERTIBLE)
                   and (f"{n}.weight" in masks or f"{n}.weight" in shared)]
     originals = {name: model.get_submodule(name) for name in candidates}
@@ -131,6 +131,8 @@ def convert(model: nn.Module, example: torch.Tensor | None = None, mode: str = "
         for name in candidates:
             module = originals[name]
             codebook, index = shared.get(f"{name}.weight", (None, None))
+            if codebook is not None and (codebook.dim() != 1 or f"{name}.weight" in with_outliers):
+                codebook, index = None, None  # per-row codebooks / outliers: the kernel takes fp32 values
             sparse = build_sparse(module, codebook, index, masks.get(f"{name}.weight"))
             found.append(_decision(name, sparse.matrix))
             replace_module(model, name, sparse)

@@ -17,7 +17,7 @@ def test_train_help_shows_defaults(capsys):
 
 COMMANDS_WITH = {  # every command (and lottery action) with an option its help must explain
     (): "COMMAND", ("demo",): "--runs-dir", ("train",): "--epochs", ("prune",): "--method {global,uniform,erk",
-    ("sensitivity",): "--sparsities", ("quantize",): "--method {kmeans,uniform}", ("compress",): "--prune-method",
+    ("sensitivity",): "--sparsities", ("quantize",): "--method {kmeans,weighted,uniform}", ("compress",): "--prune-method",
     ("inspect",): "file", ("evaluate",): "--data-dir", ("decompress",): "--output", ("bench",): "--repeats",
     ("lottery",): "ACTION", ("lottery", "run"): "--jobs", ("lottery", "status"): "directory",
     ("lottery", "plot"): "directory", ("sparse-train",): "--method {static,set,rigl,snfs,srste}",

@@ -66,7 +66,7 @@ def test_specific_messages():
     with pytest.raises(FormatError, match="not a deepzip file"):
         decode_bytes(b"PK\x03\x04" + DATA[4:])
     newer = DATA[:8] + struct.pack("<HH", 2, 0) + DATA[12:]
-    with pytest.raises(UnsupportedVersionError, match="version 2.0 is not supported; this deepzip reads 1.0 to 1.0"):
+    with pytest.raises(UnsupportedVersionError, match="version 2.0 is not supported; this deepzip reads 1.0 to 1.1"):
         decode_bytes(newer)
     with pytest.raises(TruncatedFileError):
         decode_bytes(DATA[:-1])

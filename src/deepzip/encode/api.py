@@ -13,7 +13,7 @@ from .. import __version__
 from ..checkpoint import atomic_write
 from ..errors import FormatError
 from ..prune.masks import MASK_SUFFIX
-from ..quantize.sharing import CODEBOOK, INDEX, load_state_dict
+from ..quantize.sharing import CODEBOOK, INDEX, OUTLIER_MASK, OUTLIERS, load_state_dict
 from . import container, records, schema
 from .report import build_report
 
@@ -26,13 +26,14 @@ def _records(state: dict[str, torch.Tensor], writer: records.Writer, float_dtype
     pruned layer's weight + mask each become a single record."""
     shared = {k[: -len(CODEBOOK)] for k in state if k.endswith(CODEBOOK) and k[: -len(CODEBOOK)] + INDEX in state}
     masked = {k[: -len(MASK_SUFFIX)] for k in state if k.endswith(MASK_SUFFIX) and k[: -len(MASK_SUFFIX)] in state}
-    parts = {p + suffix for p in shared for suffix in (INDEX, MASK_SUFFIX)} | {p + MASK_SUFFIX for p in masked}
+    parts = {p + suffix for p in shared for suffix in (INDEX, MASK_SUFFIX, OUTLIER_MASK, OUTLIERS)} \
+        | {p + MASK_SUFFIX for p in masked}
     out = []
     for key, tensor in state.items():
         base = key[: -len(CODEBOOK)]
         if key.endswith(CODEBOOK) and base in shared:
-            out.append(records.shared_record(writer, base, tensor, state[base + INDEX],
-                                             state.get(base + MASK_SUFFIX), codebook_dtype))
+            out.append(records.shared_record(writer, base, tensor, state[base + INDEX], state.get(base + MASK_SUFFIX),
+                                             codebook_dtype, state.get(base + OUTLIER_MASK), state.get(base + OUTLIERS)))
         elif key in masked:
             out.append(records.sparse_record(writer, key, tensor, state[key + MASK_SUFFIX], float_dtype))
         elif key not in parts:

@@ -16,7 +16,8 @@ from .schema import MAX_SECTIONS, check_header
 
 MAGIC = b"\x89DZP\r\n\x1a\n"
 END_MAGIC = b"DZEN"
-VERSION = (1, 0)
+VERSION = (1, 1)  # the newest version this code reads and writes
+FIRST_VERSION = (1, 0)
 MAX_HEADER = 4 << 20
 MAX_DIGITS = 20  # the longest integer a header may hold (a u64 has 20 digits)
 PREAMBLE = struct.Struct("<8sHHI")
@@ -37,16 +38,26 @@ class UnsupportedVersionError(FormatError):
 
 
 def pack(header: dict[str, Any], sections: list[bytes]) -> bytes:
+    """The file's bytes, marked with the lowest version whose features the header uses."""
     header = {**header, "sections": [[len(payload), zlib.crc32(payload)] for payload in sections]}
     text = json.dumps(header, separators=(",", ":"), sort_keys=False, allow_nan=False).encode()
     if len(text) > MAX_HEADER:
         raise ValueError(f"header of {len(text)} bytes exceeds the format's {MAX_HEADER}-byte cap")
-    return frame(zlib.compress(text, 9), sections)
+    return frame(zlib.compress(text, 9), sections, needed_version(header))
 
 
-def frame(deflated_header: bytes, sections: list[bytes]) -> bytes:
+def needed_version(header: dict[str, Any]) -> tuple[int, int]:
+    """1.1 when a record uses per-row codebooks or outliers, else 1.0 (readable by a 1.0 reader)."""
+    for record in header.get("tensors", ()):
+        if isinstance(record, dict) and (record.get("outliers") is not None
+                                         or (isinstance(record.get("codebook"), dict) and "rows" in record["codebook"])):
+            return VERSION
+    return FIRST_VERSION
+
+
+def frame(deflated_header: bytes, sections: list[bytes], version: tuple[int, int] = VERSION) -> bytes:
     """Preamble, header, checksums and trailer around an already deflated header."""
-    head = PREAMBLE.pack(MAGIC, *VERSION, len(deflated_header)) + deflated_header
+    head = PREAMBLE.pack(MAGIC, *version, len(deflated_header)) + deflated_header
     body = head + struct.pack("<I", zlib.crc32(head)) + b"".join(sections)
     return body + TRAILER.pack(zlib.crc32(body), END_MAGIC)
 
@@ -115,7 +126,7 @@ def unpack(data: bytes) -> tuple[dict, list[bytes]]:
     if zlib.crc32(data[: len(data) - TRAILER.size]) != file_crc:
         raise ChecksumError("file checksum mismatch: the data is corrupted")
     sections = _sections(header, data, data_start, len(data) - TRAILER.size)
-    check_header(header, [len(payload) for payload in sections], len(data))
+    check_header(header, [len(payload) for payload in sections], len(data), minor)
     return header, sections
 
 

@@ -86,21 +86,42 @@ def _positions(w: Writer, name: str, flat_mask: np.ndarray, index: np.ndarray | 
 
 
 def shared_record(w: Writer, name: str, codebook: torch.Tensor, index: torch.Tensor, mask: torch.Tensor | None,
-                  codebook_dtype: str) -> dict[str, Any]:
-    k = len(codebook)
+                  codebook_dtype: str, outlier_mask: torch.Tensor | None = None,
+                  outliers: torch.Tensor | None = None) -> dict[str, Any]:
+    """A shared record: a layer ([k]) or per-row ([rows, k]) codebook, indices, optional pruning positions
+    and exact outliers (format 1.1: the outlier symbol in the index stream, values in position order)."""
+    k = codebook.shape[-1]
     flat_index = index.reshape(-1).long().numpy()
-    record = {"name": name, "shape": list(index.shape), "encoding": "shared",
-              "codebook": {"dtype": codebook_dtype, "size": k, "section": w.add(_raw_bytes(codebook, codebook_dtype))}}
+    spec = {"dtype": codebook_dtype, "size": k, "section": w.add(_raw_bytes(codebook, codebook_dtype))}
+    if codebook.dim() == 2:
+        spec["rows"] = codebook.shape[0]
+    record = {"name": name, "shape": list(index.shape), "encoding": "shared", "codebook": spec}
+    extra = 0
+    if outlier_mask is not None:
+        flat_outliers = outlier_mask.reshape(-1).numpy()
+        if mask is not None and (flat_outliers & ~mask.reshape(-1).numpy()).any():
+            raise ValueError(f"{name}: an outlier sits on a pruned position")
+        flat_index = flat_index.copy()
+        flat_index[flat_outliers] = k if mask is None else k + 1  # the outlier symbol
+        record["outliers"] = {"dtype": codebook_dtype, "count": int(flat_outliers.sum()),
+                              "section": w.add(_raw_bytes(outliers, codebook_dtype))}
+        extra = 1
     if mask is None:
         record["positions"] = None
-        record["indices"] = w.add_stream(encode_stream(flat_index, k))
-        return record
+        record["indices"] = w.add_stream(encode_stream(flat_index, k + extra))
+        return _ordered(record)
     flat_mask = mask.reshape(-1).numpy()
-    record["positions"], positions, is_filler = _positions(w, name, flat_mask, flat_index[flat_mask], k)
+    record["positions"], positions, is_filler = _positions(w, name, flat_mask, flat_index[flat_mask], k + extra)
     entries = np.full(len(is_filler), k, dtype=np.int64)  # fillers carry the symbol k
     entries[~is_filler] = flat_index[positions]
-    record["indices"] = w.add_stream(encode_stream(entries, k + 1))
-    return record
+    record["indices"] = w.add_stream(encode_stream(entries, k + 1 + extra))
+    return _ordered(record)
+
+
+def _ordered(record: dict[str, Any]) -> dict[str, Any]:
+    """The record's keys in the spec's order (outliers last), so files repeat byte for byte."""
+    order = ["name", "shape", "encoding", "codebook", "positions", "indices", "outliers"]
+    return {key: record[key] for key in order if key in record}
 
 
 def sparse_record(w: Writer, name: str, weight: torch.Tensor, mask: torch.Tensor, dtype: str) -> dict[str, Any]:
@@ -150,25 +171,11 @@ def decode_entries(record: dict, sections: list[bytes]) -> Entries:
     numel = int(np.prod(shape)) if shape else 1
     what = f"tensor {name!r}"
     if record["encoding"] == "shared":
-        cb = record["codebook"]
-        data = sections[cb["section"]]
-        if len(data) != cb["size"] * (2 if cb["dtype"] == "f16" else 4):
-            raise FormatError(f"{what}: codebook section has {len(data)} bytes for {cb['size']} {cb['dtype']} values")
-        codebook = _from_bytes(data, cb["dtype"], [cb["size"]]).float()
-        k = cb["size"]
-        if record["positions"] is None:
-            symbols = read_stream(record["indices"], sections, numel, f"{what} indices")
-            if record["indices"]["alphabet"] != k or len(symbols) != numel:
-                raise FormatError(f"{what}: a dense shared layer needs {numel} indices over {k} values")
-            return Entries(np.arange(numel), symbols, None, codebook)
-        positions = _read_positions(record, sections, numel, what)
-        symbols = read_stream(record["indices"], sections, numel, f"{what} indices")
-        if record["indices"]["alphabet"] != k + 1 or len(symbols) != len(positions):
-            raise FormatError(f"{what}: {len(symbols)} indices (alphabet {record['indices']['alphabet']}) "
-                              f"for {len(positions)} positions and {k} values")
-        real = symbols != k
-        _check_positions(positions, real, numel, what)
-        return Entries(positions[real], symbols[real], None, codebook)
+        shared = decode_shared(record, sections)
+        if shared.codebook.dim() == 1 and shared.outlier_values is None:
+            return Entries(shared.positions, shared.codes, None, shared.codebook)
+        # per-row codebooks or outliers: the runtime takes the decoded values
+        return Entries(shared.positions, None, shared.values(), None)
     positions = _read_positions(record, sections, numel, what)
     data = sections[record["values"]]
     size = 2 if record["dtype"] == "f16" else 4
@@ -178,6 +185,75 @@ def decode_entries(record: dict, sections: list[bytes]) -> Entries:
     real = (values != 0).numpy()
     _check_positions(positions, real, numel, what)
     return Entries(positions[real], None, values[torch.from_numpy(real)], None)
+
+
+@dataclass(frozen=True)
+class Shared:
+    """A decoded shared record: kept positions (flat, increasing), their codes (0 at outliers), the
+    codebook ([k] or [rows, k]), and the outliers (a bool per kept position, exact values) if any."""
+
+    positions: np.ndarray
+    codes: np.ndarray
+    codebook: torch.Tensor
+    numel: int
+    is_outlier: np.ndarray | None
+    outlier_values: torch.Tensor | None
+
+    def values(self) -> torch.Tensor:
+        """fp32 value of each kept position."""
+        codes = torch.from_numpy(self.codes.astype(np.int64))
+        if self.codebook.dim() == 1:
+            out = self.codebook[codes]
+        else:
+            rows, k = self.codebook.shape
+            row_of = torch.from_numpy(self.positions.astype(np.int64)) // max(self.numel // rows, 1)
+            out = self.codebook.reshape(-1)[row_of * k + codes]
+        if self.is_outlier is not None:
+            out[torch.from_numpy(self.is_outlier)] = self.outlier_values
+        return out
+
+
+def decode_shared(record: dict, sections: list[bytes]) -> Shared:
+    name, shape = record["name"], record["shape"]
+    numel = int(np.prod(shape)) if shape else 1
+    what = f"tensor {name!r}"
+    cb = record["codebook"]
+    rows = cb.get("rows")
+    k = cb["size"]
+    data = sections[cb["section"]]
+    if rows is not None and (not shape or rows != shape[0]):
+        raise FormatError(f"{what}: {rows} codebook rows for a tensor of shape {shape}")
+    if len(data) != (rows or 1) * k * (2 if cb["dtype"] == "f16" else 4):
+        raise FormatError(f"{what}: codebook section has {len(data)} bytes for {rows or 1} x {k} {cb['dtype']} values")
+    codebook = _from_bytes(data, cb["dtype"], [rows, k] if rows is not None else [k]).float()
+    extra = 1 if record.get("outliers") is not None else 0
+    if record["positions"] is None:
+        symbols = read_stream(record["indices"], sections, numel, f"{what} indices")
+        if record["indices"]["alphabet"] != k + extra or len(symbols) != numel:
+            raise FormatError(f"{what}: a dense shared layer needs {numel} indices over {k + extra} symbols")
+        positions, outlier_symbol = np.arange(numel), k
+    else:
+        positions = _read_positions(record, sections, numel, what)
+        symbols = read_stream(record["indices"], sections, numel, f"{what} indices")
+        if record["indices"]["alphabet"] != k + 1 + extra or len(symbols) != len(positions):
+            raise FormatError(f"{what}: {len(symbols)} indices (alphabet {record['indices']['alphabet']}) "
+                              f"for {len(positions)} positions and {k} values")
+        real = symbols != k
+        _check_positions(positions, real, numel, what)
+        positions, symbols, outlier_symbol = positions[real], symbols[real], k + 1
+    if not extra:
+        return Shared(positions, symbols, codebook, numel, None, None)
+    spec = record["outliers"]
+    is_outlier = symbols == outlier_symbol
+    found = int(is_outlier.sum())
+    if found != spec["count"]:
+        raise FormatError(f"{what}: {found} outlier symbols for {spec['count']} declared outliers")
+    data = sections[spec["section"]]
+    if len(data) != found * (2 if spec["dtype"] == "f16" else 4):
+        raise FormatError(f"{what}: outliers section has {len(data)} bytes for {found} {spec['dtype']} values")
+    values = _from_bytes(data, spec["dtype"], [found]).float()
+    symbols = np.where(is_outlier, 0, symbols)
+    return Shared(positions, symbols, codebook, numel, is_outlier, values)
 
 
 def read_record(record: dict, sections: list[bytes]) -> dict[str, torch.Tensor]:
@@ -194,18 +270,26 @@ def read_record(record: dict, sections: list[bytes]) -> dict[str, torch.Tensor]:
         return {name: tensor.to(DTYPES[record["as"]]) if "as" in record else tensor}
     if encoding not in ("shared", "sparse"):
         raise FormatError(f"{what}: unknown encoding {encoding!r}; this reader knows dense, shared, sparse")
-    entries = decode_entries(record, sections)
-    positions = torch.from_numpy(entries.positions)
     mask = torch.zeros(numel, dtype=torch.bool)
-    mask[positions] = True
     if encoding == "sparse":
+        entries = decode_entries(record, sections)
+        positions = torch.from_numpy(entries.positions)
+        mask[positions] = True
         weight = torch.zeros(numel)
         weight[positions] = entries.values
         return {name: weight.reshape(shape), name + "_mask": mask.reshape(shape)}
-    k = len(entries.codebook)
+    shared = decode_shared(record, sections)
+    positions = torch.from_numpy(shared.positions)
+    mask[positions] = True
+    k = shared.codebook.shape[-1]
     index = torch.zeros(numel, dtype=torch.int16 if k <= 32767 else torch.int32)
-    index[positions] = torch.from_numpy(entries.codes).to(index.dtype)
-    out = {name + "_codebook": entries.codebook, name + "_index": index.reshape(shape)}
+    index[positions] = torch.from_numpy(shared.codes).to(index.dtype)
+    out = {name + "_codebook": shared.codebook, name + "_index": index.reshape(shape)}
     if record["positions"] is not None:
         out[name + "_mask"] = mask.reshape(shape)
+    if shared.is_outlier is not None:
+        outlier_mask = torch.zeros(numel, dtype=torch.bool)
+        outlier_mask[positions[torch.from_numpy(shared.is_outlier)]] = True
+        out[name + "_outlier_mask"] = outlier_mask.reshape(shape)
+        out[name + "_outliers"] = shared.outlier_values
     return out

@@ -35,7 +35,7 @@ def _compressed_row(t: dict, sections: list[bytes], numel: int, streams: list[di
         streams.append(stats)
         k = t["codebook"]["size"]
         nonzero = int((symbols != k).sum()) if t.get("positions") else numel
-        extra = len(sections[t["codebook"]["section"]])
+        extra = len(sections[t["codebook"]["section"]]) + (len(sections[t["outliers"]["section"]]) if t.get("outliers") else 0)
         value_bytes, value_fixed, value_bits = stats["bytes"], stats["fixed_bytes"], width(k)
     else:  # sparse: raw values, fillers are zeros
         raw = len(sections[t["values"]])

@@ -25,6 +25,7 @@ FILE_ELEMENTS_PER_BYTE = 256  # ... this many per byte of the file (Deep Compres
 MAX_NAME = 1024
 MAX_WRITER = 256
 MAX_CODEBOOK = 65_536
+NEWEST_MINOR = 1  # 1.1: per-row codebooks ("rows") and outliers in shared records
 MAX_SPAN_BITS = 24
 MAX_ALPHABET = (1 << 24) + 1
 CODERS = ("raw", "huffman", "rans")
@@ -38,6 +39,9 @@ RECORD_KEYS = {
 }
 STREAM_KEYS = {"section", "coder", "count", "alphabet"}
 CODEBOOK_KEYS = {"dtype", "size", "section"}
+CODEBOOK_KEYS_1_1 = {"rows"}
+RECORD_KEYS_1_1 = {"shared": {"outliers"}}  # optional keys new in 1.1
+OUTLIER_KEYS = {"dtype", "count", "section"}
 POSITIONS_KEYS = {"span_bits", "stream"}
 
 
@@ -103,8 +107,9 @@ def file_element_limit(file_size: int) -> int:
 class _Sections:
     """Section lengths, and which record claimed each (every section belongs to exactly one field)."""
 
-    def __init__(self, sizes: list[int]):
+    def __init__(self, sizes: list[int], minor: int = NEWEST_MINOR):
         self.sizes = sizes
+        self.minor = minor  # the file's minor version: which keys it may use
         self.owner: dict[int, str] = {}
 
     def claim(self, value: Any, what: str) -> int:
@@ -120,8 +125,9 @@ class _Sections:
         require(not unused, f"sections {unused[:5]} are not used by any tensor record")
 
 
-def check_header(header: dict, section_sizes: list[int], file_size: int) -> None:
-    """The whole header against the schema, the section lengths and the file size (no decoding)."""
+def check_header(header: dict, section_sizes: list[int], file_size: int, minor: int = NEWEST_MINOR) -> None:
+    """The whole header against the schema, the section lengths and the file size (no decoding);
+    ``minor``: the file's minor version (1.1 keys are refused in a 1.0 file)."""
     require_keys(header, HEADER_KEYS, set(), "header")
     require(isinstance(header["writer"], str) and len(header["writer"]) <= MAX_WRITER,
             f"header 'writer' must be a string of at most {MAX_WRITER} characters")
@@ -130,7 +136,7 @@ def check_header(header: dict, section_sizes: list[int], file_size: int) -> None
     tensors = header["tensors"]
     require(isinstance(tensors, list) and len(tensors) <= MAX_TENSORS,
             f"header 'tensors' must be a list of at most {MAX_TENSORS}")
-    sections = _Sections(section_sizes)
+    sections = _Sections(section_sizes, minor)
     names, total = set(), 0
     for i, record in enumerate(tensors):
         require(isinstance(record, dict) and isinstance(record.get("name"), str)
@@ -163,7 +169,9 @@ def check_record(record: dict, sections: _Sections, what: str) -> int:
     encoding = record.get("encoding")
     require(isinstance(encoding, str) and encoding in RECORD_KEYS,
             f"{what}: unknown encoding {_short(encoding)}; this reader knows dense, shared, sparse")
-    require_keys(record, *RECORD_KEYS[encoding], what)
+    required, optional = RECORD_KEYS[encoding]
+    require_keys(record, required, optional | (RECORD_KEYS_1_1.get(encoding, set()) if sections.minor >= 1 else set()),
+                 what)
     numel = check_shape(record["shape"], what)
     if encoding == "dense":
         check_dense(record, sections, numel, what)
@@ -186,21 +194,40 @@ def check_dense(record: dict, sections: _Sections, numel: int, what: str) -> Non
 
 
 def check_shared(record: dict, sections: _Sections, numel: int, what: str) -> None:
-    codebook = require_keys(record["codebook"], CODEBOOK_KEYS, set(), f"{what} codebook")
+    codebook = require_keys(record["codebook"], CODEBOOK_KEYS, CODEBOOK_KEYS_1_1 if sections.minor >= 1 else set(),
+                            f"{what} codebook")
     dtype = require_choice(codebook["dtype"], FLOAT_STORAGE, f"{what} codebook dtype")
     k = require_uint(codebook["size"], 1, MAX_CODEBOOK, f"{what} codebook size")
+    rows = 1
+    if "rows" in codebook:
+        shape = record["shape"]
+        require(len(shape) >= 1, f"{what}: per-row codebooks need a tensor of at least one dimension")
+        rows = require_uint(codebook["rows"], 1, MAX_ELEMENTS, f"{what} codebook rows")
+        require(rows == shape[0], f"{what}: {rows} codebook rows for a tensor of {shape[0]} rows")
     section = sections.claim(codebook["section"], f"{what} codebook section")
-    require(sections.sizes[section] == k * ITEM_SIZE[dtype],
-            f"{what}: codebook section has {sections.sizes[section]} bytes for {k} {dtype} values")
+    require(sections.sizes[section] == rows * k * ITEM_SIZE[dtype],
+            f"{what}: codebook section has {sections.sizes[section]} bytes for {rows} x {k} {dtype} values")
+    outliers = check_outliers(record["outliers"], sections, numel, what) if "outliers" in record else 0
     if record["positions"] is None:
-        check_stream(record["indices"], sections, numel, k, f"{what} indices")
+        check_stream(record["indices"], sections, numel, k + outliers, f"{what} indices")
         require(record["indices"]["count"] == numel, f"{what} indices: a dense shared layer needs {numel} indices, "
                                                      f"the stream declares {record['indices']['count']}")
         return
     entries = check_positions(record["positions"], sections, numel, f"{what} positions")
-    check_stream(record["indices"], sections, numel, k + 1, f"{what} indices")
+    check_stream(record["indices"], sections, numel, k + 1 + outliers, f"{what} indices")
     require(record["indices"]["count"] == entries,
             f"{what} indices: {record['indices']['count']} indices for {entries} positions")
+
+
+def check_outliers(spec: Any, sections: _Sections, numel: int, what: str) -> int:
+    """A shared record's optional outliers (1.1); returns 1 when present (the extra index symbol), else 0."""
+    spec = require_keys(spec, OUTLIER_KEYS, set(), f"{what} outliers")
+    dtype = require_choice(spec["dtype"], FLOAT_STORAGE, f"{what} outliers dtype")
+    count = require_uint(spec["count"], 0, numel, f"{what} outliers count")
+    section = sections.claim(spec["section"], f"{what} outliers section")
+    require(sections.sizes[section] == count * ITEM_SIZE[dtype],
+            f"{what}: outliers section has {sections.sizes[section]} bytes for {count} {dtype} values")
+    return 1
 
 
 def check_sparse(record: dict, sections: _Sections, numel: int, what: str) -> None:
@@ -242,6 +269,7 @@ def check_stream(stream: Any, sections: _Sections, numel: int, alphabet: int, wh
 # ------------------------------------------------------------------------------------------ model fit
 
 SHARED_PARTS = ("_codebook", "_index")
+OUTLIER_PARTS = ("_outlier_mask", "_outliers")  # stripped before "_mask"
 MASK = "_mask"
 
 
@@ -266,7 +294,7 @@ def model_tensors(model) -> dict[str, tuple[tuple[int, ...], bool, bool]]:
 
 
 def _strip(key: str) -> str:
-    for suffix in (*SHARED_PARTS, MASK):
+    for suffix in (*SHARED_PARTS, *OUTLIER_PARTS, MASK):
         if key.endswith(suffix):
             return key[: -len(suffix)]
     return key

@@ -69,7 +69,8 @@ def header_of_state(state: Mapping[str, torch.Tensor]) -> dict:
         base = key[: -len("_codebook")] if key.endswith("_codebook") else None
         if base is not None and base + "_index" in state:
             tensors.append({"name": base, "shape": list(state[base + "_index"].shape), "encoding": "shared"})
-        elif key.endswith("_index") and key[: -len("_index")] + "_codebook" in state:
+        elif any(key.endswith(part) and key[: -len(part)] + "_codebook" in state
+                 for part in ("_index", "_outlier_mask", "_outliers")):
             continue
         elif key.endswith("_mask") and (key[: -len("_mask")] in state or key[: -len("_mask")] + "_codebook" in state):
             continue

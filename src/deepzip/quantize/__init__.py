@@ -10,15 +10,18 @@ import sys
 import types
 
 from .api import allocate_bits, bits_sensitivity, layer_bits, nonzero_counts, quantize, resolve, resolve_bits
-from .configs import PAPER_BITS, KMeans, QuantizeMethod, Uniform, method_names
-from .kmeans import INITS, assign, check_bits, kmeans_1d
-from .sharing import cluster, codebooks, finalize, install, load_state_dict, share, shared_layers
+from .configs import PAPER_BITS, KMeans, QuantizeMethod, Uniform, WeightedKMeans, method_names
+from .feedback import feedback_assign
+from .kmeans import INITS, assign, check_bits, kmeans_1d, kmeans_rows, weighted_error
+from .sharing import cluster, codebooks, finalize, install, load_state_dict, outliers, share, shared_layers
 from .uniform import uniform_quantize_1d
+from .weighted import fisher_diagonal
 
-__all__ = ["INITS", "PAPER_BITS", "KMeans", "QuantizeMethod", "Uniform", "allocate_bits", "assign", "bits_sensitivity",
-           "check_bits", "cluster", "codebooks", "finalize", "install", "kmeans_1d", "layer_bits", "load_state_dict",
-           "method_names", "nonzero_counts", "quantize", "resolve", "resolve_bits", "share",
-           "shared_layers", "uniform_quantize_1d"]
+__all__ = ["INITS", "PAPER_BITS", "KMeans", "QuantizeMethod", "Uniform", "WeightedKMeans", "allocate_bits", "assign",
+           "bits_sensitivity", "check_bits", "cluster", "codebooks", "feedback_assign", "finalize", "fisher_diagonal",
+           "install", "kmeans_1d", "kmeans_rows", "layer_bits", "load_state_dict", "method_names", "nonzero_counts",
+           "outliers", "quantize", "resolve", "resolve_bits", "share", "shared_layers", "uniform_quantize_1d",
+           "weighted_error"]
 
 
 class _CallableModule(types.ModuleType):

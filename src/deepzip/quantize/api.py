@@ -14,8 +14,9 @@ from ..prune.masks import get_masks
 from ..prune.methods import per_layer
 from ..prune.targets import split_name
 from ..registry import METHODS
-from .configs import FAMILY, PAPER_BITS, KMeans, QuantizeMethod, Uniform, check_bits_value
+from .configs import FAMILY, PAPER_BITS, KMeans, QuantizeMethod, Uniform, WeightedKMeans, check_bits_value
 from .sharing import cluster, codebooks, finalize, install, share, shared_layers
+from .weighted import LayerData, layer_data, weighted_share
 
 def resolve_bits(model: nn.Module, bits: int | Mapping[str, int] | None, extra: Iterable[str] = (),
                  exclude: Iterable[str] = ()) -> dict[str, int]:
@@ -39,7 +40,8 @@ def resolve(config: QuantizeMethod | int | Mapping[str, int] | None = None, meth
 
 
 def quantize(model: nn.Module, config: QuantizeMethod | int | Mapping[str, int] | None = None,
-             method: str | None = None, **options: Any) -> nn.Module:
+             method: str | None = None, *, sensitivity: Mapping[str, Any] | None = None,
+             gram: Mapping[str, Any] | None = None, **options: Any) -> nn.Module:
     """Weight-share ``model`` in place and return it: each layer's surviving weights become a 2**bits
     codebook + index.
 
@@ -47,6 +49,8 @@ def quantize(model: nn.Module, config: QuantizeMethod | int | Mapping[str, int] 
     forms: ``bits`` (int, dict per layer/kind, or None for the paper's 8-bit conv / 5-bit fc) and/or
     ``method`` by name with that config's fields as keyword options, e.g. ``quantize(model, 4,
     init="density")``. Pruned positions stay exactly zero and are not a cluster; biases stay fp32.
+    ``sensitivity`` / ``gram``: calibration data of `WeightedKMeans` (per-weight importances and the inputs'
+    Gram matrices, by parameter or module name; see `deepzip.quantize.weighted`).
     Every codebook is computed before any layer changes: on error the model is unchanged.
     """
     cfg = resolve(config, method, **options)
@@ -55,26 +59,37 @@ def quantize(model: nn.Module, config: QuantizeMethod | int | Mapping[str, int] 
     for name in resolved:
         if name in already:
             raise ValueError(f"{name} is already weight-shared; call deepzip.quantize.finalize(model) first")
-    shared = {name: METHODS.handler(cfg)(cfg, model, name, bits) for name, bits in resolved.items()}
-    for name, (codebook, index) in shared.items():
+    if isinstance(cfg, WeightedKMeans):
+        weights, kinds = prunable_weights(model, cfg.extra, cfg.exclude)
+        data = layer_data(model, cfg, {n: weights[n] for n in resolved}, kinds, sensitivity, gram)
+    elif sensitivity is not None or gram is not None:
+        raise TypeError(f"sensitivity and gram are data of the weighted method (WeightedKMeans), "
+                        f"not of {type(cfg).__name__}")
+    else:
+        data = LayerData()
+    shared = {name: METHODS.handler(cfg)(cfg, model, name, bits, data) for name, bits in resolved.items()}
+    for name, state in shared.items():
         module_name, param = split_name(name)
-        install(model.get_submodule(module_name), param, codebook, index)
+        install(model.get_submodule(module_name), param, *state)
     return model
 
 
 @METHODS.implements(KMeans)
-def _kmeans(cfg: KMeans, model: nn.Module, name: str, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _kmeans(cfg: KMeans, model: nn.Module, name: str, bits: int, _data: LayerData) -> tuple[torch.Tensor, torch.Tensor]:
     return cluster(model, name, bits, cfg.init, cfg.seed)
 
 
 @METHODS.implements(Uniform)
-def _uniform(cfg: Uniform, model: nn.Module, name: str, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _uniform(cfg: Uniform, model: nn.Module, name: str, bits: int, _data: LayerData) -> tuple[torch.Tensor, torch.Tensor]:
     return cluster(model, name, bits, "linear", iters=0)
+
+
+METHODS.implements(WeightedKMeans)(weighted_share)
 
 
 def layer_bits(model: nn.Module) -> dict[str, int]:
     """Index bits each shared layer needs: ceil(log2(codebook size)), at least 1."""
-    return {n: max(1, (len(cb) - 1).bit_length()) for n, (cb, _) in codebooks(model).items()}
+    return {n: max(1, (cb.shape[-1] - 1).bit_length()) for n, (cb, _) in codebooks(model).items()}
 
 
 @torch.no_grad()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping, Sequence
 
 from ..registry import METHODS, MethodConfig
-from ..validate import choice, integer
+from ..validate import choice, integer, number
 from .kmeans import INITS, check_bits
 
 FAMILY = "quantize"
@@ -69,6 +69,52 @@ class KMeans(QuantizeMethod):
     seed: int = 0
 
     def validate(self) -> None:
+        self._check("init", choice, INITS)
+        self._check("seed", integer, 0)
+
+
+IMPORTANCES = ("none", "calibration", "fisher")
+GRANULARITIES = ("layer", "row")
+
+
+@METHODS.register(FAMILY, "weighted")
+@dataclass(frozen=True)
+class WeightedKMeans(QuantizeMethod):
+    """Sensitivity-weighted k-means (SqueezeLLM, Kim et al. 2023) for pretrained models without labels.
+
+    Each weight's squared error counts with its importance: ``fisher`` (the paper's choice: squared
+    gradients summed over calibration data, `fisher_diagonal`), ``calibration`` (the inputs' ||X_j||^2 of
+    a Linear, broadcast over its rows: ``deepzip.calibrate.input_statistics``), or ``none`` (plain).
+    The importances are data, passed to ``quantize(model, config, importance=...)``.
+    ``granularity``: one codebook per layer or per output row (the paper's); Embedding matrices use
+    ``embedding_granularity`` (per layer by default: a codebook per vocabulary row costs more than
+    the row's indices save). ``outliers``: the fraction of each layer's weights with the largest
+    |w| x sqrt(importance) kept exactly (dense-and-sparse; the paper's 0.45% variant is 0.0045) and
+    left out of the clustering. ``error_feedback``: assign the columns of a Linear in order, moving each
+    column's rounding error onto the columns not yet assigned through the inverse of the input Gram
+    matrix (GPTQ's update, Frantar et al. 2023; ``damp`` x mean diagonal added first); needs
+    ``gram=`` for every Linear. Bits default to the paper's 4."""
+
+    bits: int | Mapping[str, int] | None = 4
+    importance: str = "fisher"
+    granularity: str = "row"
+    embedding_granularity: str = "layer"
+    outliers: float = 0.0
+    error_feedback: bool = False
+    damp: float = 0.01
+    init: str = "linear"
+    seed: int = 0
+
+    def validate(self) -> None:
+        self._check("importance", choice, IMPORTANCES)
+        self._check("granularity", choice, GRANULARITIES)
+        self._check("embedding_granularity", choice, GRANULARITIES)
+        self._check("outliers", number, 0.0, 0.5)
+        if not isinstance(self.error_feedback, bool):
+            raise TypeError(f"error_feedback must be True or False, got {self.error_feedback!r}")
+        self._check("damp", number, 0.0, 1.0, False)
+        if self.damp <= 0:
+            raise ValueError(f"damp must be in (0, 1], got {self.damp}")
         self._check("init", choice, INITS)
         self._check("seed", integer, 0)
 

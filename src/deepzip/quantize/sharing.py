@@ -1,8 +1,11 @@
 """Weight sharing as explicit module state: a codebook Parameter and an index buffer per layer.
 
-For a shared parameter ``weight`` the module holds ``weight_codebook`` (fp32[k], trainable) and
-``weight_index`` (uint8 up to 8 bits, else int32; same shape as the weight), plus the pruning mask ``weight_mask`` when the
-layer is pruned. A forward pre-hook sets ``module.weight = where(mask, codebook[index], 0)``, so autograd gives
+For a shared parameter ``weight`` the module holds ``weight_codebook`` (fp32[k], trainable; or
+fp32[rows, k] for per-row codebooks, row r of the weight using ``codebook[r]``) and ``weight_index``
+(uint8 up to 8 bits, else int32; same shape as the weight), plus the pruning mask ``weight_mask`` when
+the layer is pruned, and for a dense-and-sparse split (SqueezeLLM) ``weight_outlier_mask`` (bool, the
+weight's shape) with ``weight_outliers`` (fp32[m], trainable: the exact values at those positions in
+row-major order; their index entries are 0 and unused). A forward pre-hook sets ``module.weight = where(mask, codebook[index], 0)``, so autograd gives
 each centroid the sum of the gradients of the weights in its cluster (Han et al. 2016, Figure 3) and
 pruned positions stay exactly zero. `finalize` turns the layer back into an ordinary Parameter.
 """
@@ -21,10 +24,25 @@ from .kmeans import MAX_ITERS, kmeans_1d
 from .lookup import shared_values
 
 CODEBOOK, INDEX = "_codebook", "_index"
+OUTLIER_MASK, OUTLIERS = "_outlier_mask", "_outliers"
+PARTS = (CODEBOOK, INDEX, OUTLIER_MASK, OUTLIERS)  # every state suffix of a shared parameter
+
+
+def lookup(codebook: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``codebook[index]`` for a layer codebook ([k]) or per-row codebooks ([rows, k]: row r of
+    ``index`` reads ``codebook[r]``), with the deterministic centroid gradient of `shared_values`."""
+    if codebook.dim() == 1:
+        return shared_values(codebook, index)
+    rows, k = codebook.shape
+    offsets = (torch.arange(rows, device=index.device) * k).reshape((rows,) + (1,) * (index.dim() - 1))
+    return shared_values(codebook.reshape(-1), index.long() + offsets)
 
 
 def _effective(module: nn.Module, param: str) -> torch.Tensor:
-    weight = shared_values(getattr(module, param + CODEBOOK), getattr(module, param + INDEX))
+    weight = lookup(getattr(module, param + CODEBOOK), getattr(module, param + INDEX))
+    outlier_mask = getattr(module, param + OUTLIER_MASK, None)
+    if outlier_mask is not None:  # the exact values, in row-major order of their positions
+        weight = weight.masked_scatter(outlier_mask, getattr(module, param + OUTLIERS).to(weight.dtype))
     mask = getattr(module, param + MASK_SUFFIX, None)
     # where(), not multiply: pruned positions are +0.0 exactly (a negative centroid times 0 is -0.0)
     return torch.where(mask, weight, torch.zeros((), dtype=weight.dtype, device=weight.device)) \
@@ -74,16 +92,43 @@ def index_dtype(codebook_size: int) -> torch.dtype:
     return torch.uint8 if codebook_size <= 256 else torch.int32
 
 
-def install(module: nn.Module, param: str, codebook: torch.Tensor, index: torch.Tensor) -> None:
-    """Replace ``module.<param>`` by a shared codebook + index (pure state change, no clustering)."""
+def check_state(shape: torch.Size, codebook: torch.Tensor, index: torch.Tensor,
+                outlier_mask: torch.Tensor | None = None, outliers: torch.Tensor | None = None, what: str = "weight") -> None:
+    """Raise ValueError unless codebook / index / outliers form a consistent state for a ``shape`` weight."""
+    if tuple(index.shape) != tuple(shape):
+        raise ValueError(f"index shape {tuple(index.shape)} does not match {what} {tuple(shape)}")
+    if codebook.dim() not in (1, 2) or codebook.shape[-1] < 1:
+        raise ValueError(f"{what}: a codebook is [k] or [rows, k] with k >= 1, got {tuple(codebook.shape)}")
+    if codebook.dim() == 2 and (len(shape) == 0 or codebook.shape[0] != shape[0]):
+        raise ValueError(f"{what}: per-row codebooks {tuple(codebook.shape)} need one row per row of {tuple(shape)}")
+    k = codebook.shape[-1]
+    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= k):
+        raise ValueError(f"{what}: index values must be in 0..{k - 1}")
+    if (outlier_mask is None) != (outliers is None):
+        raise ValueError(f"{what}: outliers need both the mask and the values")
+    if outlier_mask is not None:
+        if outlier_mask.dtype != torch.bool or tuple(outlier_mask.shape) != tuple(shape):
+            raise ValueError(f"{what}: the outlier mask must be a bool tensor of shape {tuple(shape)}")
+        if outliers.dim() != 1 or outliers.numel() != int(outlier_mask.sum()):
+            raise ValueError(f"{what}: {int(outlier_mask.sum())} outlier positions need as many values, "
+                             f"got {tuple(outliers.shape)}")
+
+
+def install(module: nn.Module, param: str, codebook: torch.Tensor, index: torch.Tensor,
+            outlier_mask: torch.Tensor | None = None, outliers: torch.Tensor | None = None) -> None:
+    """Replace ``module.<param>`` by a shared codebook ([k] or per-row [rows, k]) + index, and optionally
+    exact outliers (bool mask of the weight's shape + their values in row-major order); a pure state
+    change, no clustering."""
     original = getattr(module, param)
-    if index.shape != original.shape:
-        raise ValueError(f"index shape {tuple(index.shape)} does not match {param} {tuple(original.shape)}")
+    check_state(original.shape, codebook, index, outlier_mask, outliers, param)
     device = original.device
     if isinstance(original, nn.Parameter):
         del module._parameters[param]
     module.register_parameter(param + CODEBOOK, nn.Parameter(codebook.detach().clone().float().to(device)))
-    module.register_buffer(param + INDEX, index.to(device=device, dtype=index_dtype(len(codebook))))
+    module.register_buffer(param + INDEX, index.to(device=device, dtype=index_dtype(codebook.shape[-1])))
+    if outlier_mask is not None:
+        module.register_buffer(param + OUTLIER_MASK, outlier_mask.detach().clone().to(device))
+        module.register_parameter(param + OUTLIERS, nn.Parameter(outliers.detach().clone().float().to(device)))
     hook = _sharing_hook(module)
     if hook is None:  # one pre-hook per module refreshes all of its shared parameters
         hook = SharedWeights()
@@ -107,6 +152,16 @@ def codebooks(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{parameter name: (codebook, index)} of every shared parameter."""
     return {name: (getattr(m, split_name(name)[1] + CODEBOOK), getattr(m, split_name(name)[1] + INDEX))
             for name, m in shared_layers(model).items()}
+
+
+def outliers(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{parameter name: (outlier mask, exact values)} of every shared parameter with a dense-and-sparse split."""
+    out = {}
+    for name, module in shared_layers(model).items():
+        param = split_name(name)[1]
+        if hasattr(module, param + OUTLIERS):
+            out[name] = (getattr(module, param + OUTLIER_MASK), getattr(module, param + OUTLIERS))
+    return out
 
 
 def cluster(model: nn.Module, name: str, bits: int, init: str = "linear", seed: int = 0,
@@ -134,21 +189,28 @@ def share(model: nn.Module, name: str, bits: int, init: str = "linear", seed: in
 
 def finalize(model: nn.Module) -> nn.Module:
     """Make weight sharing permanent in place: every shared layer gets back a plain Parameter (its
-    quantized values). Returns the model."""
+    quantized values, outliers included). Returns the model."""
     for name, module in shared_layers(model).items():
-        param = split_name(name)[1]
-        value = _effective(module, param).detach().clone()
-        del module._parameters[param + CODEBOOK]
-        del module._buffers[param + INDEX]
-        hook = _sharing_hook(module)
-        hook.params.remove(param)
-        delattr(module, param)
-        module.register_parameter(param, nn.Parameter(value))
-        if not hook.params:
-            for hooks in (module._forward_pre_hooks, module._forward_hooks):
-                for key in [k for k, h in hooks.items() if isinstance(h, (SharedWeights, DetachSharedWeights))]:
-                    del hooks[key]
+        _uninstall(module, split_name(name)[1])
     return model
+
+
+def _uninstall(module: nn.Module, param: str) -> None:
+    """``module.<param>`` back to a plain Parameter holding its current shared value."""
+    value = _effective(module, param).detach().clone()
+    del module._parameters[param + CODEBOOK]
+    del module._buffers[param + INDEX]
+    if param + OUTLIERS in module._parameters:
+        del module._parameters[param + OUTLIERS]
+        del module._buffers[param + OUTLIER_MASK]
+    hook = _sharing_hook(module)
+    hook.params.remove(param)
+    delattr(module, param)
+    module.register_parameter(param, nn.Parameter(value))
+    if not hook.params:
+        for hooks in (module._forward_pre_hooks, module._forward_hooks):
+            for key in [k for k, h in hooks.items() if isinstance(h, (SharedWeights, DetachSharedWeights))]:
+                del hooks[key]
 
 
 def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True) -> nn.Module:
@@ -172,8 +234,16 @@ def _load_compressed(model: nn.Module, state_dict: Mapping[str, torch.Tensor], s
             index = state_dict.get(name + INDEX)
             if index is None:
                 raise ValueError(f"{key} has no {name + INDEX} beside it")
-            if not isinstance(getattr(module, param + CODEBOOK, None), nn.Parameter):
-                install(module, param, codebook, index)
+            present = getattr(module, param + CODEBOOK, None)
+            outlier_mask, outliers = state_dict.get(name + OUTLIER_MASK), state_dict.get(name + OUTLIERS)
+            has_outliers = hasattr(module, param + OUTLIERS)
+            if isinstance(present, nn.Parameter) and (present.shape != codebook.shape
+                                                      or has_outliers != (outlier_mask is not None)
+                                                      or (has_outliers and outliers.shape != getattr(module, param + OUTLIERS).shape)):
+                _uninstall(module, param)  # a differently shaped sharing state: replaced by the saved one
+                present = None
+            if not isinstance(present, nn.Parameter):
+                install(module, param, codebook, index, outlier_mask, outliers)
     apply_masks(model, saved_masks(model, state_dict))
     model.load_state_dict(state_dict, strict=strict)
     enforce(model)

@@ -21,7 +21,7 @@ from ..encode.api import ModelOrBuilder, decode_records, model_for, open_file
 from ..encode.records import decode_entries
 from ..prune.masks import get_masks
 from ..prune.targets import replace_module
-from ..quantize.sharing import codebooks
+from ..quantize.sharing import codebooks, outliers
 from . import gpu
 from .kernels import column_dtype
 from .layers import SparseConv2d, SparseLinear, SparseMatrix
@@ -129,7 +129,7 @@ def convert(model: nn.Module, example: torch.Tensor | None = None, mode: str = "
         raise ValueError("deepzip.runtime is a CPU inference runtime; convert a CPU copy: "
                          "runtime.convert(copy.deepcopy(model).cpu(), example), or run it on the GPU with "
                          "runtime.convert(model, example, device='cuda')")
-    masks, shared = get_masks(model), codebooks(model)
+    masks, shared, with_outliers = get_masks(model), codebooks(model), outliers(model)
     candidates = [n for n, m in model.named_modules() if isinstance(m, CONVERTIBLE)
                   and (f"{n}.weight" in masks or f"{n}.weight" in shared)]
     originals = {name: model.get_submodule(name) for name in candidates}
@@ -138,7 +138,7 @@ def convert(model: nn.Module, example: torch.Tensor | None = None, mode: str = "
         found = []
         for name in candidates:
             module = originals[name]
-            codebook, index = shared.get(f"{name}.weight", (None, None))
+            codebook, index = _kernel_codebook(f"{name}.weight", shared, with_outliers)
             sparse = build_sparse(module, codebook, index, masks.get(f"{name}.weight"))
             found.append(_decision(name, sparse.matrix))
             replace_module(model, name, sparse)
@@ -160,8 +160,17 @@ def _cuda(device) -> torch.device | None:
     return gpu.check_device(device)
 
 
+def _kernel_codebook(weight: str, shared: dict, with_outliers) -> tuple:
+    """(codebook, index) the kernels take for a layer, or (None, None): they read one shared codebook per
+    layer, so per-row codebooks and exact outliers run as fp32 values."""
+    codebook, index = shared.get(weight, (None, None))
+    if codebook is not None and (codebook.dim() != 1 or weight in with_outliers):
+        return None, None
+    return codebook, index
+
+
 def _convert_gpu(model: nn.Module, example: torch.Tensor | None, mode: str, device: torch.device) -> nn.Module:
-    masks, shared = get_masks(model), codebooks(model)
+    masks, shared, with_outliers = get_masks(model), codebooks(model), outliers(model)
     candidates = [n for n, m in model.named_modules() if isinstance(m, CONVERTIBLE)
                   and (f"{n}.weight" in masks or f"{n}.weight" in shared)]
     originals = {name: model.get_submodule(name) for name in candidates}
@@ -172,7 +181,7 @@ def _convert_gpu(model: nn.Module, example: torch.Tensor | None, mode: str, devi
         found, pending = [], {}
         for name in candidates:
             module = originals[name]
-            codebook, index = shared.get(f"{name}.weight", (None, None))
+            codebook, index = _kernel_codebook(f"{name}.weight", shared, with_outliers)
             mask = masks.get(f"{name}.weight")
             matrix = SparseMatrix.from_dense(module.weight.detach().cpu(), _cpu(codebook), _cpu(index), _cpu(mask))
             found.append(_decision(name, matrix))

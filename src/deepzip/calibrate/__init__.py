@@ -6,8 +6,13 @@ calibration-aware compression (Wanda, SparseGPT, OWL, sensitivity-weighted k-mea
 
 A core package: it imports only registry / validate / errors / checkpoint, and `prune` and `quantize`
 build on it.
+
+    sequential(model, batches, process, checkpoint_dir="calib")         # block by block, resumable
+
 """
 
+from .sequential import capture_inputs, find_blocks, sequential
 from .statistics import LayerStatistics, Recorder, input_statistics, statistic_layers
 
-__all__ = ["LayerStatistics", "Recorder", "input_statistics", "statistic_layers"]
+__all__ = ["LayerStatistics", "Recorder", "capture_inputs", "find_blocks", "input_statistics", "sequential",
+           "statistic_layers"]

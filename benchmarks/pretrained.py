@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny random BERT, random tokens (the test)")
     parser.add_argument("--calibration", type=int, default=128, help="calibration passages")
     parser.add_argument("--distill-texts", type=int, default=2048)
-    parser.add_argument("--distill-steps", type=int, default=300)
+    parser.add_argument("--distill-steps", type=int, default=300, help="0: no distillation rows")
     parser.add_argument("--evaluation", type=int, default=512)
     parser.add_argument("--sparsity", type=float, default=0.5)
     args = parser.parse_args()
@@ -139,7 +139,7 @@ def main() -> None:
         model = pruned(config)
         seconds = time.perf_counter() - start
         record(f"{label} {s:.0%}" if "2:4" not in label else label, model, dz_bytes(model), seconds)
-        if label in ("magnitude", "Wanda", "SparseGPT"):
+        if label in ("magnitude", "Wanda", "SparseGPT") and steps:
             start = time.perf_counter()
             distill(model, original, distill_batches, steps=steps, lr=5e-5 if not args.quick else 1e-3,
                     target="output", progress=False)

@@ -21,6 +21,7 @@ COMMANDS_WITH = {  # every command (and lottery action) with an option its help 
     ("inspect",): "file", ("evaluate",): "--data-dir", ("decompress",): "--output", ("bench",): "--repeats",
     ("lottery",): "ACTION", ("lottery", "run"): "--jobs", ("lottery", "status"): "directory",
     ("lottery", "plot"): "directory", ("sparse-train",): "--method {static,set,rigl,snfs,srste}",
+    ("compress-pretrained",): "--method {wanda,sparsegpt,owl}",
 }
 
 

@@ -23,6 +23,8 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     cfg = from_args(PretrainedConfig, args)
+    if not Path(args.model_dir).exists():
+        raise ValueError(f"MODEL_DIR: {args.model_dir} does not exist (a Hugging Face model directory, .zip or .whl)")
     if not Path(args.calibration).is_file():
         raise ValueError(f"--calibration: {args.calibration} is not a file")
     report = compress_pretrained(args.model_dir, args.calibration, cfg, args.out, progress=not args.quiet)

@@ -157,8 +157,9 @@ def main() -> None:
         "evaluation on its held-out chapters (deepzip.data.text)." if not args.quick else
         "Tiny random BERT, random tokens (the benchmark's --quick, run by the tests).",
         f"Pruning applies to the Linear layers of the transformer blocks ({len(linears)} layers); embeddings and "
-        f"the pooler stay dense. Distillation: {steps} steps, cosine on the last hidden state. Ratio: fp32 "
-        "state_dict bytes / .dz bytes (fp16: half; int8: torch.save sizes).",
+        f"the pooler stay dense. Distillation: " + (f"{steps} steps, cosine on the last hidden state." if steps else
+        "not run (--distill-steps 0).") + " Ratio: fp32 state_dict bytes / .dz bytes (fp16: half; int8: "
+        "torch.save sizes). Seconds: wall time of the compression on this machine (shared, loaded).",
         "",
         table(["setting", "mean cosine", "top-1 NN agreement", "vs fp32", "seconds"], rows),
     ])

@@ -31,6 +31,13 @@ data:
 	    echo "Fashion-MNIST not in $(FMNIST): run 'sudo apt-get install dataset-fashion-mnist' or set DEEPZIP_DATA"; \
 	  fi; \
 	fi
+# The King James Bible (public domain), the calibration / evaluation text for pretrained transformers:
+# Debian's bible-kjv (its 'bible' program prints the text of bible-kjv-text). Skipped quietly if not root.
+	@if ! command -v bible >/dev/null && [ -z "$$DEEPZIP_KJV" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian package bible-kjv"; \
+	  (apt-get install -y -qq bible-kjv >/dev/null 2>&1 || \
+	   (apt-get update -qq && apt-get install -y -qq bible-kjv)) >/dev/null || true; \
+	fi
 
 demo: setup
 	$(VENV)/bin/deepzip demo

@@ -21,8 +21,8 @@ from .errors import CheckpointError, DataError, DataNotFoundError, DeepzipError,
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("checkpoint", "config", "data", "encode", "lottery", "models", "pipeline", "prune", "quantize",
-                "registry", "report", "runtime", "sweep", "train")
+_SUBPACKAGES = ("calibrate", "checkpoint", "config", "data", "encode", "lottery", "models", "pipeline", "prune",
+                "quantize", "registry", "report", "runtime", "sweep", "train")
 _FUNCTIONS = {"save": "deepzip.encode", "load": "deepzip.api", "load_state_dict": "deepzip.quantize",
               "METHODS": "deepzip.registry"}
 

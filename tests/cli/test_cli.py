@@ -22,6 +22,7 @@ COMMANDS_WITH = {  # every command (and lottery action) with an option its help 
     ("lottery",): "ACTION", ("lottery", "run"): "--jobs", ("lottery", "status"): "directory",
     ("lottery", "plot"): "directory", ("sparse-train",): "--method {static,set,rigl,snfs,srste}",
     ("sweep",): "ACTION", ("sweep", "run"): "--sparsities", ("sweep", "status"): "directory",
+    ("compress-pretrained",): "--method {wanda,sparsegpt,owl}",
 }
 
 

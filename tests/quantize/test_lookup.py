@@ -63,12 +63,12 @@ def test_not_much_slower_than_indexing(two_threads):
     index = torch.randint(0, 32, (300, 784)).to(torch.int16)
     grad_out = torch.randn(300, 784)
 
-    def best(fn):
-        times = []
-        for _ in range(15):
+    # Timed alternately, best of many: other jobs on a shared machine slow both sides alike.
+    contenders = {"shared_values": shared_values, "indexing": lambda c, i: c[i.long()]}
+    times = {name: [] for name in contenders}
+    for _ in range(25):
+        for name, fn in contenders.items():
             start = time.perf_counter()
             _grad(cb, index, grad_out, fn)
-            times.append(time.perf_counter() - start)
-        return min(times)
-
-    assert best(shared_values) < 2 * best(lambda c, i: c[i.long()]) + 1e-3
+            times[name].append(time.perf_counter() - start)
+    assert min(times["shared_values"]) < 2 * min(times["indexing"]) + 1e-3

@@ -8,14 +8,14 @@ import sys
 import torch
 
 from ..errors import DeepzipError
-from . import bench_cmd, compress_cmd, lottery_cmd, prune_cmd, quantize_cmd, sparse_cmd, sweep_cmd, train_cmd
+from . import bench_cmd, compress_cmd, lottery_cmd, pretrained_cmd, prune_cmd, quantize_cmd, sparse_cmd, sweep_cmd, train_cmd
 
 COMMANDS = {"demo": compress_cmd.Demo, "train": train_cmd, "prune": prune_cmd,
             "sensitivity": prune_cmd.Sensitivity, "quantize": quantize_cmd,
             "compress": compress_cmd, "inspect": compress_cmd.Inspect, "evaluate": compress_cmd.Evaluate,
             "decompress": compress_cmd.Decompress, "bench": bench_cmd,
-            "lottery": lottery_cmd, "sparse-train": sparse_cmd,
-            "sweep": sweep_cmd}
+            "lottery": lottery_cmd, "sparse-train": sparse_cmd, "sweep": sweep_cmd,
+            "compress-pretrained": pretrained_cmd}
 
 
 def build_parser() -> argparse.ArgumentParser:

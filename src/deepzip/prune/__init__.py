@@ -5,6 +5,7 @@ schedules, structured shrink.
     P.prune(model, P.GlobalMagnitude(sparsity=0.9))   # in place, returns the model
     P.prune(model, 0.9, "erk", exclude=["conv1"])     # the same, configs built by name
     print(P.format_report(P.sparsity_report(model)))
+    P.prune(model, P.Wanda(sparsity=0.5), calibration=batches)   # calibration methods: wanda, sparsegpt, owl
     P.remove(model)                                   # make it permanent
 """
 
@@ -13,7 +14,8 @@ import types
 
 from . import allocate, criteria
 from .api import compute_masks, format_report, prunable_weights, prune, resolve, sparsity_report
-from .configs import (ERK, NM, GlobalMagnitude, LayerFraction, PruneMethod, RandomPruning, Sensitivity, StdThreshold,
+from .calibrated import prune_calibrated
+from .configs import (ERK, NM, OWL, Calibrated, GlobalMagnitude, SparseGPT, Wanda, LayerFraction, PruneMethod, RandomPruning, Sensitivity, StdThreshold,
                       Structured, UniformMagnitude, method_names)
 from .masks import (MaskGradients, apply_masks, capture_dense_gradients, captured_gradients, enforce, get_masks,
                     is_pruned, mask_optimizer_state, remove)
@@ -22,7 +24,7 @@ from .sensitivity import sensitivity_curves
 from .shrink import find_pairs, shrink
 from .targets import find_targets, layer_kind
 
-__all__ = ["ERK", "NM", "GlobalMagnitude", "GradualPruning", "LayerFraction", "MaskGradients", "PruneMethod",
+__all__ = ["Calibrated", "ERK", "NM", "OWL", "SparseGPT", "Wanda", "prune_calibrated", "GlobalMagnitude", "GradualPruning", "LayerFraction", "MaskGradients", "PruneMethod",
            "RandomPruning", "Sensitivity", "StdThreshold", "Structured", "UniformMagnitude", "allocate",
            "apply_masks", "capture_dense_gradients", "captured_gradients", "compute_masks", "criteria", "enforce", "find_pairs", "find_targets", "format_report",
            "get_masks", "is_pruned", "iterative_sparsities", "layer_kind", "mask_optimizer_state", "method_names",

@@ -117,3 +117,21 @@ def sensitivity(numels: Mapping[str, int], curves: Mapping[str, Sequence[tuple[f
         previous = current
     raise ValueError(f"sensitivity curves reach at most {overall(previous):.4f} sparsity; measure them to "
                      f"higher sparsities to allocate {target}")
+
+
+def owl(ratios: Sequence[float], target: float, limit: float = 0.08) -> list[float]:
+    """OWL's per-block sparsities (Yin et al. 2023): blocks with more outliers are pruned less.
+
+    The outlier ratios are mapped linearly onto densities spanning ``2 * limit`` (the paper's lambda on
+    each side), centred so the mean density is ``1 - target``; sparsity = 1 - density. So the mean
+    sparsity is the target and each block is within ``limit`` of it. Equal ratios give the target
+    everywhere.
+    """
+    if not ratios:
+        raise ValueError("OWL needs at least one block")
+    low, high = min(ratios), max(ratios)
+    if high - low <= 0:
+        return [float(target)] * len(ratios)
+    scaled = [(r - low) / (high - low) * 2 * limit for r in ratios]
+    mean = sum(scaled) / len(scaled)
+    return [1.0 - (s - mean + (1.0 - target)) for s in scaled]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Iterable
 
 import torch
@@ -9,7 +10,8 @@ from torch import nn
 
 from . import masks as mask_state
 from ..registry import METHODS
-from .configs import FAMILY, PruneMethod
+from .calibrated import prune_calibrated
+from .configs import FAMILY, Calibrated, PruneMethod
 from .methods import compute
 from .targets import find_targets, layer_kind, split_name
 
@@ -40,6 +42,9 @@ def compute_masks(model: nn.Module, config: PruneMethod | float | None = None, m
     """The masks a pruning config gives for ``model``, tightened by the masks it already has (pruned
     stays pruned). Nothing is changed. Arguments as for `prune`."""
     cfg = resolve(config, method, **options)
+    if isinstance(cfg, Calibrated):
+        raise TypeError(f"{cfg.method} needs calibration data and updates weights as it goes; call "
+                        f"prune(model, config, calibration=batches)")
     weights, kinds = _targets(model, cfg)
     biases = {n: getattr(model.get_submodule(split_name(n)[0]), "bias", None) for n in weights}
     masks = compute(cfg, weights, kinds, biases)
@@ -47,7 +52,8 @@ def compute_masks(model: nn.Module, config: PruneMethod | float | None = None, m
     return {n: m.to(existing[n].device) & existing[n] if n in existing else m for n, m in masks.items()}
 
 
-def prune(model: nn.Module, config: PruneMethod | float | None = None, method: str | None = None,
+def prune(model: nn.Module, config: PruneMethod | float | None = None, method: str | None = None, *,
+          calibration: Iterable[Any] | None = None, checkpoint_dir: str | Path | None = None, progress: bool = True,
           **options: Any) -> nn.Module:
     """Prune ``model`` in place and return it.
 
@@ -57,8 +63,25 @@ def prune(model: nn.Module, config: PruneMethod | float | None = None, method: s
     ``prune(model, 0.9, "erk", exclude=["conv1"])``. An option the method does not have is a TypeError
     that lists the ones it has. All masks are computed before any is applied: on error the model is
     unchanged.
+
+    The calibration methods (`Wanda`, `SparseGPT`, `OWL`) need ``calibration``: input batches (tensors,
+    or dicts of tensors for ``model(**batch)``) that they run block by block (`deepzip.calibrate`);
+    ``checkpoint_dir`` makes that resumable per block, ``progress`` shows a bar. The other methods
+    look only at the weights, and giving them calibration data is an error.
     """
-    mask_state.apply_masks(model, compute_masks(model, config, method, **options))
+    cfg = resolve(config, method, **options)
+    if isinstance(cfg, Calibrated):
+        if calibration is None:
+            raise TypeError(f"prune method {cfg.method!r} needs calibration data: prune(model, config, "
+                            f"calibration=batches)")
+        prune_calibrated(model, cfg, calibration, checkpoint_dir=checkpoint_dir, progress=progress)
+        return model
+    if calibration is not None or checkpoint_dir is not None:
+        needing = ", ".join(n for n in METHODS.names(FAMILY) if getattr(METHODS.config_class(FAMILY, n),
+                                                                          "needs_calibration", False))
+        raise TypeError(f"prune method {cfg.method!r} uses only the weights; calibration= and checkpoint_dir= "
+                        f"apply to {needing}")
+    mask_state.apply_masks(model, compute_masks(model, cfg))
     return model
 
 

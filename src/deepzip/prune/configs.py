@@ -175,5 +175,129 @@ class NM(PruneMethod):
             raise ValueError(f"N:M needs N <= M, got {self.n}:{self.m}")
 
 
-def method_names() -> list[str]:
-    return METHODS.names(FAMILY)
+@dataclass(frozen=True)
+class Calibrated(PruneMethod):
+    """Base of the methods that look at the layer inputs on calibration data (Wanda, SparseGPT, OWL):
+    ``prune(model, config, calibration=batches)``. They prune the ``nn.Linear`` weights inside the model's
+    repeated blocks (``blocks``: the ModuleList's name, e.g. ``encoder.layer``; found generically when
+    None; a model without one is one block), one block at a time on the outputs of the pruned blocks
+    before it. ``n`` > 0 asks for N:M (at most ``n`` of every ``m`` inputs kept) instead of
+    ``sparsity``; ``compare``: whether the sparsity holds for each output ``row`` or for the ``layer``."""
+
+    needs_calibration: ClassVar[bool] = True
+    needs_gram: ClassVar[bool] = False  # the inputs' Gram matrix, not only their column norms
+    default_compare: ClassVar[str] = "row"
+
+    sparsity: float = 0.5
+    n: int = 0
+    m: int = 0
+    compare: str | None = None  # None: the paper's choice (row for Wanda, layer for SparseGPT)
+    blocks: str | None = None
+
+    @property
+    def fixes_own_sparsity(self) -> bool:  # type: ignore[override]
+        return self.n > 0
+
+    @property
+    def comparison(self) -> str:
+        return self.compare or self.default_compare
+
+    def validate(self) -> None:
+        if self.extra:
+            raise ValueError(f"{self.method} prunes the Linear layers inside the model's blocks; extra parameters "
+                             f"({', '.join(self.extra)}) are not supported")
+        self._check("sparsity", number, 0.0, 1.0)
+        self._check("n", integer, 0)
+        self._check("m", integer, 0)
+        if self.n or self.m:
+            if not 0 < self.n <= self.m:
+                raise ValueError(f"N:M needs 0 < N <= M, got {self.n}:{self.m} (n=0, m=0: unstructured)")
+            if self.sparsity not in (0.5, 1 - self.n / self.m):
+                raise ValueError(f"N:M fixes the sparsity at 1 - N/M = {1 - self.n / self.m:g}; leave sparsity out")
+        if self.compare is not None:
+            self._check("compare", choice, ("row", "layer"))
+        if self.blocks is not None and (not isinstance(self.blocks, str) or not self.blocks):
+            raise TypeError(f"blocks must be the name of the model's list of blocks (e.g. 'encoder.layer'), "
+                            f"got {self.blocks!r}")
+
+
+@METHODS.register(FAMILY, "wanda")
+@dataclass(frozen=True)
+class Wanda(Calibrated):
+    """Wanda (Sun et al. 2023): prune the lowest ``|W_ij| * ||X_j||_2`` in each output row (or N:M
+    group); the surviving weights are not changed."""
+
+
+@METHODS.register(FAMILY, "sparsegpt")
+@dataclass(frozen=True)
+class SparseGPT(Calibrated):
+    """SparseGPT (Frantar & Alistarh 2023): an OBS column sweep with the damped inverse Hessian of the
+    layer inputs (``percdamp`` of its mean diagonal added), masks chosen per ``blocksize`` columns; the
+    surviving weights are updated to make up for the pruned ones."""
+
+    needs_gram: ClassVar[bool] = True
+    default_compare: ClassVar[str] = "layer"
+
+    blocksize: int = 128
+    percdamp: float = 0.01
+
+    def validate(self) -> None:
+        super().validate()
+        self._check("blocksize", integer, 1)
+        self._check("percdamp", number, 0.0, math.inf)
+        if self.n and self.blocksize % self.m:
+            raise ValueError(f"SparseGPT with N:M needs blocksize a multiple of M; got {self.blocksize} and M={self.m}")
+
+
+@METHODS.register(FAMILY, "owl")
+@dataclass(frozen=True)
+class OWL(Calibrated):
+    """OWL (Yin et al. 2023), outlier-weighted layerwise sparsity: each block's share of Wanda scores
+    above ``outlier_threshold`` (the paper's M) times their mean, measured on the dense model, sets its
+    sparsity within ``limit`` (the paper's lambda) of the target, the mean kept at the target; the
+    blocks are then pruned by ``inner`` (wanda or sparsegpt). ``blocksize`` and ``percdamp`` are
+    SparseGPT's. Unstructured only."""
+
+    inner: str = "wanda"
+    outlier_threshold: float = 5.0
+    limit: float = 0.08
+    blocksize: int = 128
+    percdamp: float = 0.01
+
+    @property
+    def needs_gram(self) -> bool:  # type: ignore[override]
+        return self.inner == "sparsegpt"
+
+    @property
+    def default_compare(self) -> str:  # type: ignore[override]
+        return "layer" if self.inner == "sparsegpt" else "row"
+
+    def validate(self) -> None:
+        super().validate()
+        self._check("inner", choice, ("wanda", "sparsegpt"))
+        if self.n:
+            raise ValueError("OWL allocates unstructured sparsity per block; for N:M use wanda or sparsegpt")
+        self._check("outlier_threshold", number, 0.0, math.inf)
+        self._check("limit", number, 0.0, 0.5)
+        if self.sparsity - self.limit < 0 or self.sparsity + self.limit >= 1:
+            raise ValueError(f"OWL's block sparsities span sparsity +- limit, which must lie in [0, 1); got "
+                             f"{self.sparsity} +- {self.limit}")
+        self._check("blocksize", integer, 1)
+        self._check("percdamp", number, 0.0, math.inf)
+        if self.inner == "wanda" and (self.blocksize, self.percdamp) != (128, 0.01):
+            raise ValueError("blocksize and percdamp are SparseGPT's; they apply to OWL with inner='sparsegpt'")
+
+    def inner_config(self, sparsity: float) -> Calibrated:
+        """The inner method's config at one block's sparsity."""
+        common = dict(sparsity=sparsity, compare=self.compare, blocks=self.blocks, exclude=self.exclude)
+        if self.inner == "sparsegpt":
+            return SparseGPT(blocksize=self.blocksize, percdamp=self.percdamp, **common)
+        return Wanda(**common)
+
+
+def method_names(calibration: bool | None = None) -> list[str]:
+    """The pruning methods' names: all, or only those that need (True) / do not need (False) calibration data."""
+    names = METHODS.names(FAMILY)
+    if calibration is None:
+        return names
+    return [n for n in names if getattr(METHODS.config_class(FAMILY, n), "needs_calibration", False) == calibration]

@@ -100,3 +100,14 @@ def structured_mask(weight: torch.Tensor, sparsity: float, norm: str = "l1", rou
     check_sparsity(sparsity)
     scores = unit_norms(weight, norm)
     return topk_mask(scores, max(1, kept_count(len(scores), sparsity, round_to)))
+
+
+def row_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Prune the same number of lowest scores in every row (output unit): Wanda's per-output comparison.
+    Each row of ``cols`` entries keeps ``kept_count(cols, sparsity)`` (ties: the earlier column wins)."""
+    check_sparsity(sparsity)
+    rows = scores.detach().reshape(scores.shape[0], -1).float()
+    keep = kept_count(rows.shape[1], sparsity)
+    order = torch.sort(rows, dim=1, descending=True, stable=True).indices
+    mask = torch.zeros_like(rows, dtype=torch.bool).scatter_(1, order[:, :keep], True)
+    return mask.reshape(scores.shape)

@@ -31,7 +31,8 @@ from .loop import Loss, Metric, accuracy, evaluate, train
 class PruneConfig:
     """Pruning and retraining (Han et al. 2015: iterative magnitude pruning with L2 retraining)."""
 
-    method: str = option("global", "pruning method (deepzip.prune.configs)", tuple(prune_method_names()))
+    # Training from labels prunes by the weights; the calibration methods are compress-pretrained's.
+    method: str = option("global", "pruning method (deepzip.prune.configs)", tuple(prune_method_names(calibration=False)))
     sparsity: float = option(0.92, "target fraction of weights removed, in [0, 1)")
     schedule: str = option("iterative", "when to prune", ("oneshot", "iterative", "gradual"))
     steps: int = option(3, "iterative: prune/retrain rounds; gradual: pruning events")

@@ -106,13 +106,13 @@ def main() -> None:
             train_cfg = BASELINES[name]
             splits = data.load(train_cfg.dataset, val_size=train_cfg.val_size)
             prune_cfg, quant_cfg, options, ratios, runs = PRUNE, QUANT, None, args.ratios, RUNS
-        budgets = [run_budget(train_cfg, ratio, splits, prune_cfg, quant_cfg, options, runs) for ratio in ratios]
-        dense = budgets[0]["accuracy"]["dense"]
-        results[name] = {"dense_test_acc": dense, "budgets": budgets,
-                         "reference": None if args.quick else reference(name),
+        results[name] = {"budgets": [], "reference": None if args.quick else reference(name),
                          "settings": {"prune": dataclasses.asdict(prune_cfg), "quantize": dataclasses.asdict(quant_cfg)}}
-        if not args.quick:
-            write_results("budget", {"results": results}, markdown(results, args.quick))
+        for ratio in ratios:  # the results so far are written after every budget
+            results[name]["budgets"].append(run_budget(train_cfg, ratio, splits, prune_cfg, quant_cfg, options, runs))
+            results[name]["dense_test_acc"] = results[name]["budgets"][0]["accuracy"]["dense"]
+            if not args.quick:
+                write_results("budget", {"results": results}, markdown(results, args.quick))
     if args.quick:
         print(markdown(results, True))
 

@@ -12,7 +12,7 @@ from deepzip.train import PruneConfig, QuantizeConfig
 
 def test_every_method_is_a_frozen_config_with_a_handler():
     assert METHODS.names("prune") == ["global", "uniform", "erk", "sensitivity", "structured", "fraction", "threshold",
-                                      "random", "nm"]
+                                      "random", "nm", "l0"]
     assert METHODS.names("quantize") == ["kmeans", "weighted", "uniform"]
     for family in ("prune", "quantize"):
         for name in METHODS.names(family):

@@ -192,7 +192,7 @@ class L0(PruneMethod):
     learns_masks: ClassVar[bool] = True
     sparsity: float | None = 0.9
     layer_sparsity: float | Mapping[str, float] | None = None
-    penalty: float = 1.0          # lambda, on the expected fraction of open gates (expected L0 / gated weights)
+    penalty: float = 5.0          # lambda, on the expected fraction of open gates (expected L0 / gated weights)
     droprate_init: float = 0.5    # the gates' initial dropout rate (the paper's default)
     temperature: float = 2.0 / 3.0  # beta of the hard-concrete distribution
     lr: float = 0.05              # Adam's learning rate for log_alpha

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -53,7 +54,7 @@ class PruneConfig:
     norm: str = option("l1", "structured: unit norm", ("l1", "l2"))
     round_to: int = option(1, "round each layer's kept count to a multiple of this (8: hardware friendly)")
     seed: int = option(0, "seed for random pruning and for l0's gates")
-    l0_penalty: float = option(1.0, "l0: penalty on the expected fraction of open gates (above the target)")
+    l0_penalty: float = option(5.0, "l0: penalty on the expected fraction of open gates (above the target)")
     l0_lr: float = option(0.05, "l0: Adam learning rate of the gates' log_alpha")
     l0_droprate_init: float = option(0.5, "l0: the gates' initial dropout rate")
     l0_temperature: float = option(2 / 3, "l0: temperature (beta) of the hard-concrete gates")
@@ -104,7 +105,13 @@ class PruneConfig:
                 raise ValueError(f"prune option {own}={getattr(self, own)!r} does not apply to method "
                                  f"{self.method!r}; its options: {', '.join(its)}")
         options.update({k: v for k, v in measured.items() if k in takes})
-        return METHODS.build("prune", self.method, **options)
+        try:
+            return METHODS.build("prune", self.method, **options)
+        except ValueError as exc:
+            if cls is not L0:
+                raise
+            # L0's own field names are this config's l0_* options (the CLI's --l0-* flags)
+            raise ValueError(re.sub(rf"\b({'|'.join(L0_OPTIONS)})\b", r"l0_\1", str(exc))) from None
 
     def retrain_config(self, base: TrainConfig, epochs: int | None = None) -> TrainConfig:
         return dataclasses.replace(base, epochs=epochs or self.retrain_epochs, lr=self.retrain_lr,

@@ -72,9 +72,9 @@ def test_prune_and_retrain_with_l0_per_layer_targets(digits, dense):
 def test_l0_prune_config_errors():
     with pytest.raises(ValueError, match="schedule='gradual' does not apply to method 'l0'"):
         PruneConfig(method="l0", schedule="gradual")
-    with pytest.raises(ValueError, match="l0_penalty=5.0 does not apply to method 'global'"):
-        PruneConfig(l0_penalty=5.0)
-    with pytest.raises(ValueError, match="droprate_init must be in"):
+    with pytest.raises(ValueError, match="l0_penalty=2.0 does not apply to method 'global'"):
+        PruneConfig(l0_penalty=2.0)
+    with pytest.raises(ValueError, match="l0_droprate_init must be in"):
         PruneConfig(method="l0", l0_droprate_init=1.0)
     assert PruneConfig(method="l0", l0_lr=0.1, sparsity=0.95).method_config() == P.L0(sparsity=0.95, lr=0.1)
     assert PruneConfig(method="l0", layer_sparsity="fc=0.9").method_config().sparsity is None

@@ -105,7 +105,8 @@ def compress_to_budget(train_cfg: TrainConfig, prune_cfg: PruneConfig, quant_cfg
     Each layer's bytes at every candidate (sparsity, bits) are measured by the encoder and its cost as
     the validation loss it adds alone (`train.budget.layer_options`); `budget.choose` picks the settings
     with the least summed cost that fit; the usual pipeline (iterative pruning with retraining to each
-    layer's sparsity, k-means with fine-tuning) runs with them, and the real file is measured. While
+    layer's sparsity, or with ``budget_prune_method="l0"`` L0 gates learned with each layer's target; k-means
+    with fine-tuning) runs with them, and the real file is measured. While
     the file is over budget, the choice is re-made with the overshoot taken off (``budget_rounds``).
     Every round is an ordinary `compress` run, so reruns resume; the measurements are kept too.
     Returns the last round's report with a ``budget`` section (target, rounds, met or missed).
@@ -118,7 +119,7 @@ def compress_to_budget(train_cfg: TrainConfig, prune_cfg: PruneConfig, quant_cfg
     options, fixed = _measured_options(dense, splits, budget_cfg, exclude, runs_dir, identity, train_cfg,
                                        float_dtype, codebook_dtype, progress)
     budget = budget_cfg.budget_bytes(4 * count_parameters(dense))
-    slack, rounds, report = _metadata_bytes(options), [], {}
+    slack, rounds, report = _metadata_bytes(options, budget_cfg.budget_prune_method), [], {}
     for _ in range(budget_cfg.budget_rounds):
         if budget - fixed - slack <= 0:
             raise ValueError(f"no choice of the measured options fits {budget:,} bytes: the file's header, biases "
@@ -129,7 +130,7 @@ def compress_to_budget(train_cfg: TrainConfig, prune_cfg: PruneConfig, quant_cfg
             raise ValueError(f"a budget of {budget:,} bytes leaves {budget - fixed - slack:,} for the weights of "
                              f"the chosen layers after the rest of the file ({fixed + slack:,}): {error}") from None
         layer_sparsity, bits = settings_specs(chosen)
-        prune_round = dataclasses.replace(prune_cfg, method="fraction", layer_sparsity=layer_sparsity)
+        prune_round = dataclasses.replace(prune_cfg, method=budget_cfg.budget_prune_method, layer_sparsity=layer_sparsity)
         quant_round = dataclasses.replace(quant_cfg, bits=bits)
         report = compress(train_cfg, prune_round, quant_round, runs_dir, data_dir, float_dtype, codebook_dtype,
                           progress, splits)
@@ -146,12 +147,12 @@ def compress_to_budget(train_cfg: TrainConfig, prune_cfg: PruneConfig, quant_cfg
     return report
 
 
-def _metadata_bytes(options: dict[str, list[Option]]) -> int:
+def _metadata_bytes(options: dict[str, list[Option]], method: str = "fraction") -> int:
     """An upper bound on what the chosen settings add to the file's header (its metadata names them)."""
     longest = {name: max(opts, key=lambda o: len(f"{o.settings['sparsity']:g}{o.settings['bits']}"))
                for name, opts in options.items()}
     layer_sparsity, bits = settings_specs(longest)
-    return len(json.dumps({"prune_config": {"method": "fraction", "layer_sparsity": layer_sparsity},
+    return len(json.dumps({"prune_config": {"method": method, "layer_sparsity": layer_sparsity},
                            "quantize_config": {"bits": bits}})) + 32
 
 
@@ -169,8 +170,11 @@ def check_budget_options(prune_cfg: PruneConfig, quant_cfg: QuantizeConfig, budg
              for name in CHOSEN_BY_BUDGET[family] if getattr(cfg, name) != _defaults(cfg)[name]]
     if given:
         chosen = [spelled(family, name) for family, names in CHOSEN_BY_BUDGET.items() for name in names]
+        how = " (learned L0 gates reach the chosen sparsities with " + (
+            flag("budget_prune_method") if prefixes else "budget option budget_prune_method") + " l0)"
         raise ValueError(f"with a size budget each layer's sparsity and bits are chosen for it: leave out "
-                         f"{', '.join(given)} (the budget sets {', '.join(chosen)})")
+                         f"{', '.join(given)} (the budget sets {', '.join(chosen)})"
+                         f"{how if prune_cfg.method != _defaults(prune_cfg)['method'] else ''}")
 
 
 def _defaults(cfg) -> dict[str, Any]:

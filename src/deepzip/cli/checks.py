@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from .. import data, models
 from ..config import flag
 from ..errors import DataNotFoundError, DeepzipError
-from ..prune import GlobalMagnitude, Sensitivity, prune
+from ..prune import L0, GlobalMagnitude, LayerFraction, Sensitivity, prune
 from ..quantize import quantize
 
 
@@ -160,6 +160,9 @@ def layer_options(model: torch.nn.Module, prune_cfg=None, quant_cfg=None, prune_
             method = prune_cfg.method_config(curves={}, base_accuracy=0.0)
             if isinstance(method, Sensitivity):  # its curves cost a sweep: check the layer names only
                 method = GlobalMagnitude(exclude=method.exclude, extra=method.extra, round_to=method.round_to)
+            elif isinstance(method, L0):  # its masks need training: check the layer names (and targets)
+                method = (LayerFraction(layer_sparsity=method.layer_sparsity, exclude=method.exclude, extra=method.extra)
+                          if method.layer_sparsity is not None else GlobalMagnitude(exclude=method.exclude, extra=method.extra))
             try:
                 prune(trial, method)
             except ValueError as exc:

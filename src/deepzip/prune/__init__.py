@@ -12,10 +12,10 @@ schedules, structured shrink.
 import sys
 import types
 
-from . import allocate, criteria
+from . import allocate, criteria, l0
 from .api import compute_masks, format_report, prunable_weights, prune, resolve, sparsity_report
 from .calibrated import prune_calibrated
-from .configs import (ERK, NM, OWL, Calibrated, GlobalMagnitude, SparseGPT, Wanda, LayerFraction, PruneMethod, RandomPruning, Sensitivity, StdThreshold,
+from .configs import (ERK, L0, NM, OWL, Calibrated, GlobalMagnitude, SparseGPT, Wanda, LayerFraction, PruneMethod, RandomPruning, Sensitivity, StdThreshold,
                       Structured, UniformMagnitude, method_names)
 from .masks import (MaskGradients, apply_masks, capture_dense_gradients, captured_gradients, enforce, get_masks,
                     is_pruned, mask_optimizer_state, remove)
@@ -24,10 +24,10 @@ from .sensitivity import sensitivity_curves
 from .shrink import find_pairs, shrink
 from .targets import find_targets, layer_kind
 
-__all__ = ["Calibrated", "ERK", "NM", "OWL", "SparseGPT", "Wanda", "prune_calibrated", "GlobalMagnitude", "GradualPruning", "LayerFraction", "MaskGradients", "PruneMethod",
+__all__ = ["Calibrated", "ERK", "L0", "NM", "OWL", "SparseGPT", "Wanda", "prune_calibrated", "GlobalMagnitude", "GradualPruning", "LayerFraction", "MaskGradients", "PruneMethod",
            "RandomPruning", "Sensitivity", "StdThreshold", "Structured", "UniformMagnitude", "allocate",
            "apply_masks", "capture_dense_gradients", "captured_gradients", "compute_masks", "criteria", "enforce", "find_pairs", "find_targets", "format_report",
-           "get_masks", "is_pruned", "iterative_sparsities", "layer_kind", "mask_optimizer_state", "method_names",
+           "get_masks", "is_pruned", "iterative_sparsities", "l0", "layer_kind", "mask_optimizer_state", "method_names",
            "polynomial_sparsity", "prunable_weights", "prune", "remove", "resolve",
            "sensitivity_curves", "shrink", "sparsity_report"]
 

@@ -27,6 +27,7 @@ class PruneMethod(MethodConfig):
 
     family: ClassVar[str] = FAMILY
     fixes_own_sparsity: ClassVar[bool] = False  # True: no global target; schedules prune once
+    learns_masks: ClassVar[bool] = False  # True: the masks come out of training (L0), not from the weights
 
 
 @dataclass(frozen=True)
@@ -293,6 +294,51 @@ class OWL(Calibrated):
         if self.inner == "sparsegpt":
             return SparseGPT(blocksize=self.blocksize, percdamp=self.percdamp, **common)
         return Wanda(**common)
+
+
+@METHODS.register(FAMILY, "l0")
+@dataclass(frozen=True)
+class L0(PruneMethod):
+    """Learned sparsity: L0 regularisation with hard-concrete gates (Louizos, Welling & Kingma 2018).
+
+    The masks are learned while training (`deepzip.train.prune_and_retrain` with ``PruneConfig(method="l0")``,
+    or ``deepzip prune --method l0``): every weight gets a gate with a learned log_alpha, the loss gets
+    ``penalty`` x the expected fraction of open gates (above the target, when one is given), and at the
+    end the gates become masks: the top ``1 - sparsity`` by log_alpha over all layers together (the gates
+    choose each layer's share), exactly ``layer_sparsity`` per layer, or (both None) wherever the test-time
+    gate is open. ``lr``: Adam's learning rate for the gates (the weights keep the retraining optimizer).
+    """
+
+    learns_masks: ClassVar[bool] = True
+    sparsity: float | None = 0.9
+    layer_sparsity: float | Mapping[str, float] | None = None
+    penalty: float = 5.0          # lambda, on the expected fraction of open gates (expected L0 / gated weights)
+    droprate_init: float = 0.5    # the gates' initial dropout rate (the paper's default)
+    temperature: float = 2.0 / 3.0  # beta of the hard-concrete distribution
+    lr: float = 0.05              # Adam's learning rate for log_alpha
+    seed: int = 0                 # the gates' initial noise and their sampling
+
+    @property
+    def fixes_own_sparsity(self) -> bool:  # type: ignore[override]
+        return self.sparsity is None
+
+    def validate(self) -> None:
+        if self.sparsity is not None and self.layer_sparsity is not None:
+            raise ValueError("l0 takes at most one of sparsity (a global target) or layer_sparsity (per layer)")
+        if self.sparsity is not None:
+            self._check("sparsity", number, 0.0, 1.0)
+        self._check("layer_sparsity", per_layer_numbers, 0.0, 1.0)
+        self._check("penalty", number, 0.0, math.inf)
+        self._check("droprate_init", number, 0.0, 1.0)
+        if self.droprate_init == 0.0:
+            raise ValueError("droprate_init must be in (0, 1), got 0.0")
+        self._check("temperature", number, 0.0, math.inf)
+        if self.temperature == 0.0:
+            raise ValueError("temperature must be > 0, got 0.0")
+        self._check("lr", number, 0.0, math.inf)
+        if self.lr == 0.0:
+            raise ValueError("lr must be > 0, got 0.0")
+        self._check("seed", integer, 0)
 
 
 def method_names(calibration: bool | None = None) -> list[str]:

@@ -13,7 +13,7 @@ import torch
 
 from ..registry import METHODS
 from . import allocate, criteria
-from .configs import (ERK, NM, GlobalMagnitude, LayerFraction, RandomPruning, Sensitivity, StdThreshold,
+from .configs import (ERK, L0, NM, GlobalMagnitude, LayerFraction, RandomPruning, Sensitivity, StdThreshold,
                       Structured, UniformMagnitude)
 from .targets import split_name
 
@@ -144,3 +144,12 @@ def _structured(cfg: Structured, weights: Weights, kinds, biases) -> Masks:
             module = split_name(name)[0]
             masks[f"{module}.bias" if module else "bias"] = units.clone()
     return masks
+
+
+@METHODS.implements(L0)
+def _l0(cfg: L0, weights: Weights, kinds, biases) -> Masks:
+    # The masks of L0 are learned by training with data; refusing loudly beats a silent magnitude cut.
+    raise ValueError("method 'l0' learns its masks while training, so it needs data: use "
+                     "deepzip.train.prune_and_retrain(model, data, PruneConfig(method='l0', ...), train_cfg), "
+                     "'deepzip prune --method l0' or 'deepzip compress --prune-method l0'; gates trained by "
+                     "hand become masks with deepzip.prune.l0.finish(model, sparsity)")

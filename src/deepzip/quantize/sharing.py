@@ -18,6 +18,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from ..prune import l0
 from ..prune.masks import MASK_SUFFIX, apply_masks, enforce, get_masks, saved_masks
 from ..prune.targets import split_name
 from .kmeans import MAX_ITERS, kmeans_1d
@@ -217,7 +218,7 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], st
     """Load a (pruned and/or weight-shared, or plain) ``state_dict`` into a model of the same architecture,
     in place; returns the model.
 
-    Masks and codebooks in the state are installed first. All or nothing: the load is tried on a copy
+    Masks, codebooks and L0 gates in the state are installed first. All or nothing: the load is tried on a copy
     first, so a state that does not fit raises and leaves ``model`` as it was.
     """
     _load_compressed(copy.deepcopy(model), state_dict, strict)
@@ -244,8 +245,10 @@ def _load_compressed(model: nn.Module, state_dict: Mapping[str, torch.Tensor], s
                 present = None
             if not isinstance(present, nn.Parameter):
                 install(module, param, codebook, index, outlier_mask, outliers)
+    l0.load_gates(model, state_dict)  # learned-sparsity gates still training (deepzip.prune.l0)
     apply_masks(model, saved_masks(model, state_dict))
     model.load_state_dict(state_dict, strict=strict)
     enforce(model)
     for module in set(shared_layers(model).values()):
         _refresh(module)
+    l0.refresh(model)

@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..budget import Option
-from ..config import option
+from ..config import check_choices, option
 from ..data import DataSplits, Split
 from ..encode import encode_model
 from ..prune import prunable_weights, prune
@@ -54,8 +54,12 @@ class BudgetConfig:
     budget_rounds: int = option(3, "times the choice is re-made (with the overshoot taken off) while the "
                                    "retrained file is over budget")
     budget_eval_size: int = option(2000, "validation examples that measure each layer's cost")
+    budget_prune_method: str = option("fraction", "how the chosen per-layer sparsities are reached: fraction "
+                                                  "(iterative magnitude pruning) or l0 (gates learned with "
+                                                  "each layer's target)", ("fraction", "l0"))
 
     def __post_init__(self):
+        check_choices(self)
         if not (self.target_ratio == 0 or 1 < self.target_ratio < math.inf):
             raise ValueError(f"target_ratio must be > 1 (or 0: no budget), got {self.target_ratio}")
         if self.max_bytes < 0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -21,10 +22,15 @@ from ..checkpoint import atomic_write_text
 from ..config import check_choices, option, parse_spec
 from ..data import DataSplits
 from ..prune import GradualPruning, iterative_sparsities, prunable_weights, prune, sensitivity_curves, sparsity_report
-from ..prune.configs import LayerFraction, PruneMethod, RandomPruning, Structured, method_names as prune_method_names
+from ..prune import l0
+from ..prune.configs import L0, LayerFraction, PruneMethod, RandomPruning, Structured, method_names as prune_method_names
 from ..registry import METHODS
 from .config import TrainConfig
+from .l0_gates import gate_summary, train_gates
 from .loop import Loss, Metric, accuracy, evaluate, train
+
+
+L0_OPTIONS = ("penalty", "lr", "droprate_init", "temperature")  # L0's fields, here prefixed l0_
 
 
 @dataclass(frozen=True)
@@ -48,7 +54,11 @@ class PruneConfig:
     m: int = option(4, "nm: group size along the input dimension")
     norm: str = option("l1", "structured: unit norm", ("l1", "l2"))
     round_to: int = option(1, "round each layer's kept count to a multiple of this (8: hardware friendly)")
-    seed: int = option(0, "seed for random pruning")
+    seed: int = option(0, "seed for random pruning and for l0's gates")
+    l0_penalty: float = option(5.0, "l0: penalty on the expected fraction of open gates (above the target)")
+    l0_lr: float = option(0.05, "l0: Adam learning rate of the gates' log_alpha")
+    l0_droprate_init: float = option(0.5, "l0: the gates' initial dropout rate")
+    l0_temperature: float = option(2 / 3, "l0: temperature (beta) of the hard-concrete gates")
 
     def __post_init__(self):
         check_choices(self)
@@ -63,6 +73,10 @@ class PruneConfig:
             raise ValueError(f"retrain_lr must be a finite number > 0, got {self.retrain_lr}")
         # Sensitivity curves are measured later; placeholders let the method's options be checked now.
         self.method_config(curves={}, base_accuracy=0.0)
+        if self.method == "l0" and self.schedule != "iterative":
+            raise ValueError(f"schedule={self.schedule!r} does not apply to method 'l0': its masks are learned "
+                             f"while training (the gates train for steps x retrain_epochs epochs, then the "
+                             f"survivors retrain for retrain_epochs)")
 
     def method_config(self, **measured: Any) -> PruneMethod:
         """The pruning config these options name (`deepzip.prune.configs`), at the final sparsity.
@@ -76,20 +90,29 @@ class PruneConfig:
         values = {"sparsity": self.sparsity, "quality": parse_spec(self.quality), "layer_sparsity": layer_sparsity,
                   "scales": parse_spec(self.scales), "exclude": exclude, "n": self.n, "m": self.m,
                   "norm": self.norm, "round_to": self.round_to, "seed": self.seed}
-        if cls is RandomPruning and layer_sparsity is not None:
-            values["sparsity"] = None  # random pruning takes exactly one of the two
+        values.update({name: getattr(self, f"l0_{name}") for name in L0_OPTIONS})
+        if cls in (RandomPruning, L0) and layer_sparsity is not None:
+            values["sparsity"] = None  # random and l0 take one of the two
         if cls is Structured and not exclude:
             values["exclude"] = None  # its default: keep the output layer
         options = {}
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         for name, value in values.items():
+            own = f"l0_{name}" if name in L0_OPTIONS else name  # this config's field of that option
             if name in takes:
                 options[name] = value
-            elif getattr(self, name) != defaults[name]:
-                raise ValueError(f"prune option {name}={getattr(self, name)!r} does not apply to method "
-                                 f"{self.method!r}; its options: {', '.join(sorted(takes & set(values)))}")
+            elif getattr(self, own) != defaults[own]:
+                its = sorted(f"l0_{n}" if n in L0_OPTIONS else n for n in takes & set(values))
+                raise ValueError(f"prune option {own}={getattr(self, own)!r} does not apply to method "
+                                 f"{self.method!r}; its options: {', '.join(its)}")
         options.update({k: v for k, v in measured.items() if k in takes})
-        return METHODS.build("prune", self.method, **options)
+        try:
+            return METHODS.build("prune", self.method, **options)
+        except ValueError as exc:
+            if cls is not L0:
+                raise
+            # L0's own field names are this config's l0_* options (the CLI's --l0-* flags)
+            raise ValueError(re.sub(rf"\b({'|'.join(L0_OPTIONS)})\b", r"l0_\1", str(exc))) from None
 
     def retrain_config(self, base: TrainConfig, epochs: int | None = None) -> TrainConfig:
         return dataclasses.replace(base, epochs=epochs or self.retrain_epochs, lr=self.retrain_lr,
@@ -143,7 +166,9 @@ def prune_and_retrain(model: nn.Module, data: DataSplits, cfg: PruneConfig, base
         measured = _sensitivity_options(model, data, run_dir, exclude, progress, fit)
     method = cfg.method_config(**measured)
     records = []
-    if cfg.schedule == "gradual" and not method.fixes_own_sparsity:
+    if isinstance(method, L0):
+        records = _learn_masks(model, data, cfg, method, base, run_dir, description, progress, hooks, fit)
+    elif cfg.schedule == "gradual" and not method.fixes_own_sparsity:
         retrain = cfg.retrain_config(base)
         per_epoch = -(-len(data.train) // retrain.batch_size)
         end = int(per_epoch * retrain.epochs * 0.75)  # prune over the first 3/4, then recover
@@ -163,6 +188,23 @@ def prune_and_retrain(model: nn.Module, data: DataSplits, cfg: PruneConfig, base
     if run_dir is not None:
         atomic_write_text(run_dir / "steps.json", json.dumps(records, indent=2) + "\n")
     return records
+
+
+def _learn_masks(model: nn.Module, data: DataSplits, cfg: PruneConfig, method: L0, base: TrainConfig,
+                 run_dir: Path | None, description, progress: bool, hooks, fit) -> list[dict[str, Any]]:
+    """L0: gates and weights train together for steps x retrain_epochs epochs (``gates``), the gates
+    become exact masks, and the survivors retrain with masks kept for retrain_epochs (``retrain``)."""
+    gate_cfg = cfg.retrain_config(base, epochs=cfg.steps * cfg.retrain_epochs)
+    result, target = train_gates(model, data, method, gate_cfg, run_dir=run_dir and run_dir / "gates", hooks=hooks,
+                                 description=description, progress=progress, **fit)
+    learned = {"step": 1, "phase": "gates", "target": target, "gates": gate_summary(model),
+               "test_acc": result.final["test_acc"], "val_acc": result.final["val_acc"]}
+    l0.finish(model, target)
+    pruned_only = evaluate(model, data.test, **fit)[1]
+    result = train(model, data, cfg.retrain_config(base), run_dir=run_dir and run_dir / "retrain", resume=True,
+                   hooks=hooks, description=description, progress=progress, **fit)
+    return [learned, {"step": 2, "phase": "retrain", "target": target, "test_acc_before_retrain": pruned_only,
+                      **_record(model, result)}]
 
 
 def _sensitivity_options(model: nn.Module, data: DataSplits, run_dir: Path | None, exclude,

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from _common import RESULTS, table, write_results
 import deepzip
 from deepzip import models, runtime
-from deepzip.prune import apply_masks, get_masks, remove
-from deepzip.quantize import codebooks, finalize
+from deepzip.prune import apply_masks, get_masks
+from deepzip.quantize import codebooks
 from deepzip.runtime import SparseLinear, SparseMatrix
 from deepzip.runtime.timing import compare_models, interleaved
 
@@ -121,7 +121,7 @@ def main() -> None:
         if not path.exists():
             print(f"skipping {name}: run benchmarks/compress.py first to make {path}")
             continue
-        model = deepzip.load(path)
+        model = deepzip.load(path, keep_state=True)
         masks, shared = get_masks(model), codebooks(model)
         for layer, (codebook, index) in shared.items():
             module = model.get_submodule(layer.rsplit(".", 1)[0])
@@ -136,7 +136,7 @@ def main() -> None:
             example = torch.randn(1, 1, 28, 28)
             fast = runtime.load(path, models.from_description, example=example)
             decisions = runtime.decisions(fast)
-            dense = remove(finalize(deepzip.load(path))).eval()
+            dense = deepzip.load(path).eval()
             timing = compare_models(fast, dense, example, args.repeats * 2, control=copy.deepcopy(dense))
             whole[f"{name}, {threads} thread(s)"] = {**timing, "kernels": {d["layer"]: d["kernel"] for d in decisions},
                                                      "bytes": sum(d["sparse_bytes"] if d["kernel"] == "sparse" else d["dense_bytes"] for d in decisions)}

@@ -25,7 +25,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     if args.repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {args.repeats}")
-    compressed = load(args.file)  # the file is parsed once; the runtime is built from its masks and codebooks
+    compressed = load(args.file, keep_state=True)  # parsed once; the runtime is built from its masks and codebooks
     description = getattr(compressed, "_deepzip_description", {})
     example = torch.randn(1, *description.get("input_shape", (1, 28, 28)))
     fast = convert(copy.deepcopy(compressed), example=example, mode=args.mode)

@@ -18,7 +18,7 @@ HELP = "batch-1 latency of the sparse runtime vs dense for a .dz file, per layer
 def add_arguments(parser) -> None:
     parser.add_argument("file", help="a .dz file of a registry model")
     parser.add_argument("--repeats", type=int, default=300, help="timed calls per measurement (median reported)")
-    parser.add_argument("--mode", default="auto", choices=("auto", "sparse", "dense"),
+    parser.add_argument("--mode", default="auto", choices=("auto", "sparse", "codes", "dense"),
                         help="auto: calibrate each layer and keep the faster of sparse and dense")
 
 

@@ -23,9 +23,9 @@ from torch import nn
 
 from ..encode.api import ModelOrBuilder, decode_records, model_for, open_file
 from ..encode.records import Entries, decode_entries, decode_shared
-from ..prune.masks import get_masks
+from ..prune.masks import MASK_SUFFIX, get_masks
 from ..prune.targets import replace_module
-from ..quantize.sharing import codebooks, outliers
+from ..quantize.sharing import CODEBOOK, INDEX, OUTLIER_MASK, OUTLIERS, codebooks, outliers, shared_weight
 from . import gpu
 from .codes import CodedMatrix
 from .kernels import column_dtype
@@ -334,7 +334,7 @@ def load(path: str | Path, model: ModelOrBuilder, example: torch.Tensor | None =
         found.append({**_decision(module_name, matrix), "module": module, "matrix": matrix})
         if coded is not None:
             found[-1].update(codes_bytes=coded.nbytes(), coded=coded)
-    for key, value in dense_state.items():  # biases and plain layers
+    for key, value in _materialised(dense_state).items():  # biases and layers left to PyTorch
         value = value if cuda is None else value.to(cuda)
         owner, _, attr = key.rpartition(".")
         target = model.get_submodule(owner) if owner else model
@@ -358,6 +358,21 @@ def load(path: str | Path, model: ModelOrBuilder, example: torch.Tensor | None =
     _choose_kernels(model, found, example, mode, coded)
     model.__dict__[DECISIONS] = found
     return model
+
+
+def _materialised(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Decoded records of the layers PyTorch runs (embeddings, norms, biases) as plain tensors: a shared
+    one's codebook state becomes its weight; a pruned one's mask is dropped (its zeros are in the weight)."""
+    out = dict(state)
+    for key in [k for k in state if k.endswith(CODEBOOK)]:
+        base = key[: -len(CODEBOOK)]
+        parts = [base + suffix for suffix in (CODEBOOK, INDEX, MASK_SUFFIX, OUTLIER_MASK, OUTLIERS)]
+        out[base] = shared_weight(*(state.get(part) for part in parts)).detach()
+        for part in parts:
+            out.pop(part, None)
+    for key in [k for k in out if k.endswith(MASK_SUFFIX) and k[: -len(MASK_SUFFIX)] in out]:
+        del out[key]
+    return out
 
 
 def _decode_weight(record: dict, sections, module: nn.Module, rows: int, width: int,

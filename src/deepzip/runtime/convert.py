@@ -99,11 +99,11 @@ def _layer_inputs(model: nn.Module, example: torch.Tensor, names: list[str]) -> 
     return seen
 
 
-def build_coded(module: nn.Module, shared: dict, with_outliers, mask) -> CodedLinear | None:
+def build_coded(module: nn.Module, codebook: torch.Tensor | None, index: torch.Tensor | None, has_outliers: bool,
+                mask: torch.Tensor | None) -> CodedLinear | None:
     """The dense-codes form of a weight-shared Linear layer, or None where the kernels cannot run it
     (not Linear, no codebook, exact outliers, more than 255 shared values)."""
-    codebook, index = shared.get("weight", (None, None))
-    if not isinstance(module, nn.Linear) or not CodedMatrix.eligible(codebook, with_outliers):
+    if not isinstance(module, nn.Linear) or not CodedMatrix.eligible(codebook, has_outliers):
         return None
     return CodedLinear(CodedMatrix.from_index(codebook.detach().cpu(), index.cpu(),
                                               None if mask is None else mask.cpu()), module.bias)
@@ -161,7 +161,7 @@ def convert(model: nn.Module, example: torch.Tensor | None = None, mode: str = "
             codebook, index = _kernel_codebook(weight, shared, with_outliers)
             sparse = build_sparse(module, codebook, index, masks.get(weight))
             found.append(_decision(name, sparse.matrix))
-            layer_coded = build_coded(module, {"weight": shared.get(weight, (None, None))}, weight in with_outliers,
+            layer_coded = build_coded(module, *shared.get(weight, (None, None)), weight in with_outliers,
                                       masks.get(weight))
             if layer_coded is not None:
                 coded[name] = layer_coded

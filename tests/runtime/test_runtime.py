@@ -179,7 +179,7 @@ def test_runtime_load_needs_a_model_or_builder(tmp_path):
         runtime.load(tmp_path / "x.dz", models.from_description)
     fresh = runtime.load(tmp_path / "x.dz", nn.Sequential(nn.Linear(4, 3)), mode="sparse")
     close(fresh(torch.ones(1, 4)), layer(torch.ones(1, 4)))
-    with pytest.raises(ValueError, match="mode must be auto, sparse or dense"):
+    with pytest.raises(ValueError, match="mode must be one of auto, sparse, codes, dense"):
         runtime.convert(layer, mode="fast")
     with pytest.raises(ValueError, match="not made by deepzip.runtime"):
         runtime.decisions(layer)

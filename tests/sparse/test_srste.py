@@ -81,7 +81,7 @@ def test_exported_model_is_an_nm_pruned_model_through_dz_and_runtime(tmp_path):
     assert [round(float(m.float().mean()), 4) for m in masks.values()] == [0.52, 0.5, 0.5, 0.5]
     expected = model(x[:1])
     deepzip.save(model, tmp_path / "srste.dz")
-    loaded = deepzip.load(tmp_path / "srste.dz", model=models.build("lenet5"))
+    loaded = deepzip.load(tmp_path / "srste.dz", model=models.build("lenet5"), keep_state=True)
     assert torch.equal(loaded(x[:1]), expected)
     assert all(torch.equal(P.get_masks(loaded)[n], m) for n, m in masks.items())
     fast = runtime.convert(copy.deepcopy(model), example=x[:1], mode="sparse")

@@ -18,14 +18,14 @@ HELP = "batch-1 latency of the sparse runtime vs dense for a .dz file, per layer
 def add_arguments(parser) -> None:
     parser.add_argument("file", help="a .dz file of a registry model")
     parser.add_argument("--repeats", type=int, default=300, help="timed calls per measurement (median reported)")
-    parser.add_argument("--mode", default="auto", choices=("auto", "sparse", "dense"),
+    parser.add_argument("--mode", default="auto", choices=("auto", "sparse", "codes", "dense"),
                         help="auto: calibrate each layer and keep the faster of sparse and dense")
 
 
 def run(args) -> int:
     if args.repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {args.repeats}")
-    compressed = load(args.file)  # the file is parsed once; the runtime is built from its masks and codebooks
+    compressed = load(args.file, keep_state=True)  # parsed once; the runtime is built from its masks and codebooks
     description = getattr(compressed, "_deepzip_description", {})
     example = torch.randn(1, *description.get("input_shape", (1, 28, 28)))
     fast = convert(copy.deepcopy(compressed), example=example, mode=args.mode)

@@ -12,8 +12,6 @@ from ..config import add_arguments as add_config_arguments, from_args
 from ..api import load, load_with_header
 from ..encode import format_table
 from ..pipeline import check_budget_options, compress, compress_to_budget, format_report, inspect
-from ..prune import remove
-from ..quantize import finalize
 from ..train import BASELINES, BudgetConfig, PruneConfig, QuantizeConfig, TrainConfig, evaluate
 from . import checks
 from .common import add_common_arguments, add_device_arguments, device_of
@@ -181,7 +179,7 @@ class Decompress:
     @staticmethod
     def run(args) -> int:
         checks.writable_file(args.output, "--output")
-        model = remove(finalize(load(args.file)))
+        model = load(args.file)  # plain dense Parameters
         save_model(Path(args.output), model, getattr(model, "_deepzip_description", {}))
         print(f"{args.output}: {sum(p.numel() for p in model.parameters()):,} dense parameters")
         return 0

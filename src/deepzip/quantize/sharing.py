@@ -39,15 +39,22 @@ def lookup(codebook: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return shared_values(codebook.reshape(-1), index.long() + offsets)
 
 
-def _effective(module: nn.Module, param: str) -> torch.Tensor:
-    weight = lookup(getattr(module, param + CODEBOOK), getattr(module, param + INDEX))
-    outlier_mask = getattr(module, param + OUTLIER_MASK, None)
+def shared_weight(codebook: torch.Tensor, index: torch.Tensor, mask: torch.Tensor | None = None,
+                  outlier_mask: torch.Tensor | None = None, outliers: torch.Tensor | None = None) -> torch.Tensor:
+    """The weight a sharing state stands for: ``codebook[index]``, exact outliers in place, pruned
+    positions +0.0 (a pure function of the state's tensors, as a saved state_dict holds them)."""
+    weight = lookup(codebook, index)
     if outlier_mask is not None:  # the exact values, in row-major order of their positions
-        weight = weight.masked_scatter(outlier_mask, getattr(module, param + OUTLIERS).to(weight.dtype))
-    mask = getattr(module, param + MASK_SUFFIX, None)
+        weight = weight.masked_scatter(outlier_mask, outliers.to(weight.dtype))
     # where(), not multiply: pruned positions are +0.0 exactly (a negative centroid times 0 is -0.0)
     return torch.where(mask, weight, torch.zeros((), dtype=weight.dtype, device=weight.device)) \
         if mask is not None else weight
+
+
+def _effective(module: nn.Module, param: str) -> torch.Tensor:
+    return shared_weight(getattr(module, param + CODEBOOK), getattr(module, param + INDEX),
+                         getattr(module, param + MASK_SUFFIX, None), getattr(module, param + OUTLIER_MASK, None),
+                         getattr(module, param + OUTLIERS, None))
 
 
 class SharedWeights:

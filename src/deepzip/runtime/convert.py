@@ -1,12 +1,16 @@
 """Turn a pruned / weight-shared model into a fast inference model, from a module or straight from a .dz.
 
-Per layer the faster of {deepzip's sparse kernel, dense} is kept (calibration on a sample batch: a
+Per layer the fastest of {deepzip's sparse (CSR) kernel, its dense-codes kernel (`runtime.codes`: a
+weight-shared Linear layer run from its 4- or 8-bit codebook indices), dense} is kept (calibration on a sample batch: a
 batch of 1 for real-time inference, or a batch of the size you will serve). Layers are decided in model
 order by timing the whole model with the layer sparse and with it dense, alternately, so the other
 layers' traffic through the caches is counted; sparse must win by 1% in every one of 3 rounds. Then the
 chosen model must beat the all-dense one the same way, or every layer goes back to dense. The layer's
-own times (alone, on the input it sees in the model) are recorded too.
-Without a sample input, a layer goes sparse when at most `DENSITY_CUTOFF` of its weights are kept.
+own times (alone, on the input it sees in the model) are recorded too. A layer with both compact forms
+takes the one faster alone into the whole-model race against dense.
+Without a sample input, a layer goes sparse when at most `DENSITY_CUTOFF` of its weights are kept, else
+to dense codes when it has them and its dense weight is at least `CODES_MIN_BYTES` (big enough to
+stream from memory, where 4x-8x fewer bytes pay for the table lookups), else dense.
 """
 
 from __future__ import annotations
@@ -18,16 +22,19 @@ import torch
 from torch import nn
 
 from ..encode.api import ModelOrBuilder, decode_records, model_for, open_file
-from ..encode.records import decode_entries
-from ..prune.masks import get_masks
+from ..encode.records import Entries, decode_entries, decode_shared
+from ..prune.masks import MASK_SUFFIX, get_masks
 from ..prune.targets import replace_module
-from ..quantize.sharing import codebooks, outliers
+from ..quantize.sharing import CODEBOOK, INDEX, OUTLIER_MASK, OUTLIERS, codebooks, outliers, shared_weight
 from . import gpu
+from .codes import CodedMatrix
 from .kernels import column_dtype
-from .layers import SparseConv2d, SparseLinear, SparseMatrix
+from .layers import CodedLinear, SparseConv2d, SparseLinear, SparseMatrix
 from .timing import interleaved
 
 DENSITY_CUTOFF = 0.3
+CODES_MIN_BYTES = 4 << 20
+MODES = ("auto", "sparse", "codes", "dense")
 CONVERTIBLE = (nn.Linear, nn.Conv2d)
 
 
@@ -46,9 +53,10 @@ def _time_both(run_sparse, run_dense, repeats: int = CALIBRATION_CALLS) -> tuple
     return times["sparse"], times["dense"]
 
 
-def _calibrate(sparse: nn.Module, dense: nn.Module, x: torch.Tensor) -> tuple[float, float]:
-    """(sparse, dense) median seconds of the layer alone on ``x`` (for reports; decisions use the model)."""
-    return _time_both(lambda: sparse(x), lambda: dense(x), CALIBRATION_ROUNDS * CALIBRATION_CALLS)
+def _calibrate(options: dict[str, nn.Module], x: torch.Tensor) -> dict[str, float]:
+    """Median seconds of each form of a layer alone on ``x`` (sparse, codes, dense), timed alternately."""
+    return interleaved({k: (lambda m=m: m(x)) for k, m in options.items()},
+                       repeats=CALIBRATION_ROUNDS * CALIBRATION_CALLS, warmup=5)
 
 
 def _calibrate_in_model(model: nn.Module, sparse: dict[str, nn.Module], dense: dict[str, nn.Module],
@@ -91,6 +99,16 @@ def _layer_inputs(model: nn.Module, example: torch.Tensor, names: list[str]) -> 
     return seen
 
 
+def build_coded(module: nn.Module, codebook: torch.Tensor | None, index: torch.Tensor | None, has_outliers: bool,
+                mask: torch.Tensor | None) -> CodedLinear | None:
+    """The dense-codes form of a weight-shared Linear layer, or None where the kernels cannot run it
+    (not Linear, no codebook, exact outliers, more than 255 shared values)."""
+    if not isinstance(module, nn.Linear) or not CodedMatrix.eligible(codebook, has_outliers):
+        return None
+    return CodedLinear(CodedMatrix.from_index(codebook.detach().cpu(), index.cpu(),
+                                              None if mask is None else mask.cpu()), module.bias)
+
+
 def build_sparse(module: nn.Module, codebook=None, index=None, mask=None) -> nn.Module:
     matrix = SparseMatrix.from_dense(module.weight, codebook, index, mask)
     if isinstance(module, nn.Linear):
@@ -102,8 +120,9 @@ DECISIONS = "_deepzip_runtime_decisions"
 
 
 def decisions(model: nn.Module) -> list[dict]:
-    """The per-layer choices `convert` or `load` made for ``model``: layer, density, sparse and dense bytes,
-    the kernel kept (sparse or dense) and, when calibrated, the timings behind it."""
+    """The per-layer choices `convert` or `load` made for ``model``: layer, density, sparse, codes (where
+    the layer has them) and dense bytes, the kernel kept (sparse, codes or dense) and, when calibrated,
+    the timings behind it."""
     found = model.__dict__.get(DECISIONS)
     if found is None:
         raise ValueError(f"{type(model).__name__} was not made by deepzip.runtime.convert or runtime.load")
@@ -113,7 +132,8 @@ def decisions(model: nn.Module) -> list[dict]:
 def convert(model: nn.Module, example: torch.Tensor | None = None, mode: str = "auto",
             device: str | torch.device = "cpu") -> nn.Module:
     """Turn ``model`` into an inference model in place and return it; `decisions(model)` tells per layer
-    what was chosen. ``mode``: auto (calibrate on ``example``, or the density rule without it), sparse, or dense.
+    what was chosen. ``mode``: auto (calibrate on ``example``, or the density rule without it), sparse
+    (CSR everywhere), codes (dense codes where a layer has them, else CSR), or dense.
 
     ``example``: a sample input batch for calibration, at the batch size the model will serve.
     Linear and Conv2d layers with a mask or a codebook are candidates. The model is switched to eval
@@ -121,7 +141,7 @@ def convert(model: nn.Module, example: torch.Tensor | None = None, mode: str = "
     ``device``: ``cpu`` (numba kernels), or ``cuda`` (Triton kernels or cuBLAS per layer; see
     `runtime.gpu`): the model moves there, the converted layers' weights go there compact.
     """
-    _check_mode(mode)
+    _check_mode(mode, device)
     cuda = _cuda(device)
     if cuda is not None:
         return _convert_gpu(model, example, mode, cuda)
@@ -135,15 +155,20 @@ def convert(model: nn.Module, example: torch.Tensor | None = None, mode: str = "
     originals = {name: model.get_submodule(name) for name in candidates}
     was_training = model.training
     try:
-        found = []
+        found, coded = [], {}
         for name in candidates:
-            module = originals[name]
-            codebook, index = _kernel_codebook(f"{name}.weight", shared, with_outliers)
-            sparse = build_sparse(module, codebook, index, masks.get(f"{name}.weight"))
+            module, weight = originals[name], f"{name}.weight"
+            codebook, index = _kernel_codebook(weight, shared, with_outliers)
+            sparse = build_sparse(module, codebook, index, masks.get(weight))
             found.append(_decision(name, sparse.matrix))
+            layer_coded = build_coded(module, *shared.get(weight, (None, None)), weight in with_outliers,
+                                      masks.get(weight))
+            if layer_coded is not None:
+                coded[name] = layer_coded
+                found[-1]["codes_bytes"] = layer_coded.matrix.nbytes()
             replace_module(model, name, sparse)
         model.eval()
-        _choose_kernels(model, found, example, mode)
+        _choose_kernels(model, found, example, mode, coded)
     except BaseException:
         for name, module in originals.items():
             replace_module(model, name, module)
@@ -202,9 +227,12 @@ def _cpu(tensor: torch.Tensor | None) -> torch.Tensor | None:
     return None if tensor is None else tensor.detach().cpu()
 
 
-def _check_mode(mode: str) -> None:
-    if mode not in ("auto", "sparse", "dense"):
-        raise ValueError(f"mode must be auto, sparse or dense, got {mode!r}")
+def _check_mode(mode: str, device: str | torch.device = "cpu") -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "codes" and torch.device(device).type != "cpu":
+        raise ValueError("mode 'codes' is the CPU runtime's; on cuda use auto (it picks dense codes where they "
+                         "win), sparse or dense")
 
 
 def _decision(name: str, matrix: SparseMatrix) -> dict:
@@ -213,33 +241,54 @@ def _decision(name: str, matrix: SparseMatrix) -> dict:
             "dense_bytes": rows * width * 4}
 
 
-def _choose_kernels(model: nn.Module, decisions: list[dict], example: torch.Tensor | None, mode: str) -> nn.Module:
-    """Keep each sparse layer or swap in its dense twin: by timing on ``example`` (auto with an example),
-    by the density rule (auto without), or as ``mode`` says. Records the choice in ``decisions``."""
-    if mode != "sparse":
+def _choose_kernels(model: nn.Module, decisions: list[dict], example: torch.Tensor | None, mode: str,
+                    coded: dict[str, nn.Module] | None = None) -> nn.Module:
+    """Keep each layer sparse, run it from its codes (``coded``: name -> CodedLinear) or swap in its dense
+    twin: by timing on ``example`` (auto with an example), by the density rule (auto without), or as
+    ``mode`` says. Records the choice in ``decisions``."""
+    coded = coded or {}
+    if mode == "codes":
+        for name, layer in coded.items():
+            replace_module(model, name, layer)
+    elif mode != "sparse":
         inputs = _layer_inputs(model, example, [d["layer"] for d in decisions]) \
             if example is not None and mode == "auto" else None
         kept: dict[str, tuple[nn.Module, nn.Module]] = {}
         for d in decisions:
             sparse = model.get_submodule(d["layer"])
             dense = _dense_from_sparse(sparse)
+            options = {"sparse": sparse, **({"codes": coded[d["layer"]]} if d["layer"] in coded else {})}
             if inputs is not None:  # layer by layer in model order, each choice kept for the next
-                d["sparse_s"], d["dense_s"] = _calibrate(sparse, dense, inputs[d["layer"]])
-                rounds = _calibrate_in_model(model, {d["layer"]: sparse}, {d["layer"]: dense}, example)
-                d["model_sparse_s"], d["model_dense_s"] = _medians(rounds)
-                use_sparse = _sparse_wins(rounds)
+                alone = _calibrate({**options, "dense": dense}, inputs[d["layer"]])
+                d.update({f"{kind}_s": seconds for kind, seconds in alone.items()})
+                fastest = min(options, key=alone.get)  # the compact form to race dense in the model
+                rounds = _calibrate_in_model(model, {d["layer"]: options[fastest]}, {d["layer"]: dense}, example)
+                d["model_sparse_s"], d["model_dense_s"] = _medians(rounds)  # "sparse": the compact form raced
+                d["raced"] = fastest
+                choice = fastest if _sparse_wins(rounds) else None
                 replace_module(model, d["layer"], sparse)
+            elif mode == "auto" and d["density"] <= DENSITY_CUTOFF:
+                choice = "sparse"
+            elif mode == "auto" and "codes" in options and d["dense_bytes"] >= CODES_MIN_BYTES:
+                choice = "codes"
             else:
-                use_sparse = mode == "auto" and d["density"] <= DENSITY_CUTOFF
-            if use_sparse:
-                kept[d["layer"]] = (sparse, dense)
+                choice = None
+            if choice is not None:
+                kept[d["layer"]] = (options[choice], dense)
+                replace_module(model, d["layer"], options[choice])
             else:
                 replace_module(model, d["layer"], dense)
         if inputs is not None and kept:
             _check_whole_model(model, kept, decisions, example)
     for d in decisions:
-        d["kernel"] = "sparse" if isinstance(model.get_submodule(d["layer"]), (SparseLinear, SparseConv2d)) else "dense"
+        d["kernel"] = _kind(model.get_submodule(d["layer"]))
     return model
+
+
+def _kind(module: nn.Module) -> str:
+    if isinstance(module, CodedLinear):
+        return "codes"
+    return "sparse" if isinstance(module, (SparseLinear, SparseConv2d)) else "dense"
 
 
 def _check_whole_model(model: nn.Module, kept: dict[str, tuple[nn.Module, nn.Module]], decisions: list[dict],
@@ -266,7 +315,7 @@ def load(path: str | Path, model: ModelOrBuilder, example: torch.Tensor | None =
     temporarily, when calibrating against dense with ``example``). ``device``: as in `convert`; on
     ``cuda`` the compact layers are copied to the GPU from the decoded positions and codes.
     """
-    _check_mode(mode)
+    _check_mode(mode, device)
     cuda = _cuda(device)
     header, sections, _ = open_file(path)  # the whole header checked, nothing decoded yet
     # a skeleton (layer hyperparameters without weight memory), checked against the records first
@@ -279,11 +328,13 @@ def load(path: str | Path, model: ModelOrBuilder, example: torch.Tensor | None =
         if record["encoding"] == "dense" or param != "weight" or not isinstance(module, CONVERTIBLE):
             dense_state.update(decode_records({"tensors": [record]}, sections, str(path)))
             continue
-        entries = decode_entries(record, sections)
         rows, width = record["shape"][0], int(np.prod(record["shape"][1:]))
+        entries, coded = _decode_weight(record, sections, module, rows, width, cuda is None)
         matrix = _matrix_from_entries(entries, rows, width)
         found.append({**_decision(module_name, matrix), "module": module, "matrix": matrix})
-    for key, value in dense_state.items():  # biases and plain layers
+        if coded is not None:
+            found[-1].update(codes_bytes=coded.nbytes(), coded=coded)
+    for key, value in _materialised(dense_state).items():  # biases and layers left to PyTorch
         value = value if cuda is None else value.to(cuda)
         owner, _, attr = key.rpartition(".")
         target = model.get_submodule(owner) if owner else model
@@ -296,14 +347,57 @@ def load(path: str | Path, model: ModelOrBuilder, example: torch.Tensor | None =
         gpu.place(model, found, pending, None if example is None else example.to(cuda), mode, cuda)
         model.__dict__[DECISIONS] = found
         return model
+    coded = {}
     for d in found:
         bias = dense_state.get(f"{d['layer']}.bias")
-        module, matrix = d.pop("module"), d.pop("matrix")
+        module, matrix, codes = d.pop("module"), d.pop("matrix"), d.pop("coded", None)
         sparse = SparseLinear(matrix, bias) if isinstance(module, nn.Linear) else SparseConv2d(matrix, bias, module)
         replace_module(model, d["layer"], sparse)
-    _choose_kernels(model, found, example, mode)
+        if codes is not None:
+            coded[d["layer"]] = CodedLinear(codes, bias)
+    _choose_kernels(model, found, example, mode, coded)
     model.__dict__[DECISIONS] = found
     return model
+
+
+def _materialised(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Decoded records of the layers PyTorch runs (embeddings, norms, biases) as plain tensors: a shared
+    one's codebook state becomes its weight; a pruned one's mask is dropped (its zeros are in the weight)."""
+    out = dict(state)
+    for key in [k for k in state if k.endswith(CODEBOOK)]:
+        base = key[: -len(CODEBOOK)]
+        parts = [base + suffix for suffix in (CODEBOOK, INDEX, MASK_SUFFIX, OUTLIER_MASK, OUTLIERS)]
+        out[base] = shared_weight(*(state.get(part) for part in parts)).detach()
+        for part in parts:
+            out.pop(part, None)
+    for key in [k for k in out if k.endswith(MASK_SUFFIX) and k[: -len(MASK_SUFFIX)] in out]:
+        del out[key]
+    return out
+
+
+def _decode_weight(record: dict, sections, module: nn.Module, rows: int, width: int,
+                   want_codes: bool) -> tuple[Entries, CodedMatrix | None]:
+    """A weight record's kept entries (for CSR) and, for a weight-shared Linear layer the dense-codes
+    kernels can run (`CodedMatrix.eligible`), its `CodedMatrix`; the record is decoded once."""
+    if record["encoding"] != "shared":
+        return decode_entries(record, sections), None
+    shared = decode_shared(record, sections)
+    has_outliers = shared.outlier_values is not None
+    if shared.codebook.dim() == 1 and not has_outliers:  # as decode_entries: the CSR kernels read one codebook
+        entries = Entries(shared.positions, shared.codes, None, shared.codebook)
+    else:
+        entries = Entries(shared.positions, None, shared.values(), None)
+    if not (want_codes and isinstance(module, nn.Linear) and CodedMatrix.eligible(shared.codebook, has_outliers)):
+        return entries, None
+    positions = torch.from_numpy(shared.positions.astype(np.int64))
+    index = torch.zeros(rows * width, dtype=torch.int64)
+    index[positions] = torch.from_numpy(shared.codes.astype(np.int64))
+    mask = None
+    if len(positions) < rows * width:
+        mask = torch.zeros(rows * width, dtype=torch.bool)
+        mask[positions] = True
+        mask = mask.reshape(rows, width)
+    return entries, CodedMatrix.from_index(shared.codebook, index.reshape(rows, width), mask)
 
 
 def _matrix_from_entries(entries, rows: int, width: int) -> SparseMatrix:

@@ -1,7 +1,9 @@
-"""Inference modules holding compact sparse storage: `SparseLinear` and `SparseConv2d` (im2col).
+"""Inference modules holding compact storage: `SparseLinear` and `SparseConv2d` (im2col), `CodedLinear`.
 
-Each holds CSR storage (int32 row pointers, uint16 columns when the width allows) with fp32 values
-or uint8/uint16 codebook codes; never a dense fp32 weight. Inference only (no autograd).
+The sparse ones hold CSR storage (int32 row pointers, uint16 columns when the width allows) with fp32
+values or uint8/uint16 codebook codes; `CodedLinear` holds every weight as a 4- or 8-bit codebook index
+(`runtime.codes`). Never a dense fp32 weight. Inference only (no autograd). Inputs may have any
+leading dimensions ([batch, seq, features] in a transformer), as ``nn.Linear``'s.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import kernels
+from .codes import CodedMatrix
 from .threads import kernel_threads
 
 
@@ -129,6 +132,33 @@ class SparseLinear(nn.Module):
     def extra_repr(self) -> str:
         kind = "codes" if self.matrix.codes is not None else "values"
         return f"{self.in_features} -> {self.out_features}, nnz={self.matrix.nnz}, {kind}, {self.matrix.nbytes():,} bytes"
+
+
+class CodedLinear(nn.Module):
+    """A Linear layer run from its codebook indices (`codes.CodedMatrix`): the weight-shared dense kernels."""
+
+    def __init__(self, matrix: CodedMatrix, bias: torch.Tensor | None):
+        super().__init__()
+        self.matrix = matrix
+        self.in_features, self.out_features = matrix.shape[1], matrix.shape[0]
+        self.register_buffer("bias", None if bias is None else bias.detach().clone().float())
+        self._bias = _NO_BIAS if bias is None else self.bias.numpy()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2 and x.shape[0] == 1 and x.dtype == torch.float32 and x.is_contiguous():
+            out = np.empty((1, self.out_features), dtype=np.float32)
+            self.matrix.matvec((x.detach() if x.requires_grad else x).numpy()[0], self._bias, out[0])
+            return torch.from_numpy(out)
+        lead = x.shape[:-1]
+        rows = np.ascontiguousarray(x.detach().reshape(-1, self.in_features).numpy(), dtype=np.float32)
+        if rows.shape[0] == 1:
+            return torch.from_numpy(self.matrix.matvec(rows[0], self._bias)).reshape(*lead, self.out_features)
+        return torch.from_numpy(self.matrix.matmul(rows, self._bias)).reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        table = "per-row codebooks" if self.matrix.per_row else "one codebook"
+        return (f"{self.in_features} -> {self.out_features}, {self.matrix.bits}-bit codes, {table}, "
+                f"{self.matrix.nbytes():,} bytes")
 
 
 class SparseConv2d(nn.Module):

@@ -1,0 +1,31 @@
+"""benchmarks/runtime.py --quick: every section (LeNets, deepzip.load vs plain, a tiny BERT end to end, targets)."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytest.importorskip("transformers")
+
+
+def test_quick_runtime_benchmark_runs_every_section():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "runtime.py"), "--quick"],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    assert "shared with other jobs" in out  # the output says the machine was loaded
+    # deepzip.load: a row per model, each bit-identical to the state-keeping form
+    loaded = re.findall(r"^\| (lenet300_100|lenet5|tiny BERT, 4-bit) \| \d+ \| \d+ \| [\d.]+x \| [\d.]+x \| (\w+) \|$",
+                        out, flags=re.M)
+    assert [m[0] for m in loaded] == ["lenet300_100", "lenet5", "tiny BERT, 4-bit"]
+    assert all(m[1] == "yes" for m in loaded)
+    # the encoder: every representation timed, codes hold fewer bytes than fp32 weights
+    row = re.search(r"^\| Linear weight bytes \| ([\d,]+) \| ([\d,]+) \| ([\d,]+) \| ([\d,]+) \|$", out, flags=re.M)
+    fp32, int8, _, codes = (int(g.replace(",", "")) for g in row.groups())
+    assert int8 < fp32 / 3 and codes < fp32 / 1.9
+    assert re.search(r"deepzip \(codes\) vs its dense 4-bit \d\.\de-0[5-9]|deepzip \(codes\) vs its dense 4-bit 0\.0e\+00", out)
+    targets = re.findall(r"^\| (.+?) \| .+? \| (met|MISSED) \|$", out, flags=re.M)
+    assert len(targets) == 8, targets

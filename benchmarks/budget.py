@@ -10,7 +10,8 @@ L2 5e-4; 2 epochs of centroid fine-tuning): the pipeline measures every layer's 
 candidate (sparsity, bits), chooses per layer under the budget, prunes, retrains, quantizes, fine-tunes,
 encodes and decodes; the accuracy is the decoded file's on the test set. The hand-tuned Deep Compression
 recipe (benchmarks/compress.py, one sparsity and one bit width per layer kind) is the reference row.
-Targets within 0.5 points of dense: LeNet-300-100 >= 64x, LeNet-5 >= 100x; budgeted compression of
+`--jobs N --threads T` runs the budgets after the first side by side (each T threads): the wall times are then
+each run's own, with the others beside it. Targets within 0.5 points of dense: LeNet-300-100 >= 64x, LeNet-5 >= 100x; budgeted compression of
 LeNet-300-100 under 10 minutes on 2 cores. Runs resume (every round is an ordinary pipeline run).
 """
 
@@ -26,6 +27,7 @@ import torch
 
 from _common import RESULTS, RUNS, table, write_results
 from deepzip import data
+from deepzip.distributed import run_in_processes
 from deepzip.pipeline import compress_to_budget
 from deepzip.train import BASELINES, BudgetConfig, PruneConfig, QuantizeConfig, TrainConfig
 
@@ -92,8 +94,10 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["lenet300_100"], choices=list(BASELINES))
     parser.add_argument("--ratios", nargs="+", type=float, default=list(RATIOS), help="budgets, as compression ratios")
     parser.add_argument("--quick", action="store_true", help="seconds on the digits data (the tests run it)")
+    parser.add_argument("--jobs", type=int, default=1, help="budgets run side by side after the first (forked workers)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of each budget's run")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     results = {}
     for name in (["lenet300_100"] if args.quick else args.models):
         if args.quick:
@@ -108,11 +112,23 @@ def main() -> None:
             prune_cfg, quant_cfg, options, ratios, runs = PRUNE, QUANT, None, args.ratios, RUNS
         results[name] = {"budgets": [], "reference": None if args.quick else reference(name),
                          "settings": {"prune": dataclasses.asdict(prune_cfg), "quantize": dataclasses.asdict(quant_cfg)}}
-        for ratio in ratios:  # the results so far are written after every budget
-            results[name]["budgets"].append(run_budget(train_cfg, ratio, splits, prune_cfg, quant_cfg, options, runs))
-            results[name]["dense_test_acc"] = results[name]["budgets"][0]["accuracy"]["dense"]
-            if not args.quick:
-                write_results("budget", {"results": results}, markdown(results, args.quick))
+        finished = runs / f"budget_results_{name}"
+
+        def run_step(ratio, train_cfg=train_cfg, splits=splits, prune_cfg=prune_cfg, quant_cfg=quant_cfg,
+                     options=options, runs=runs, finished=finished):
+            torch.set_num_threads(args.threads)
+            result = run_budget(train_cfg, ratio, splits, prune_cfg, quant_cfg, options, runs)
+            finished.mkdir(parents=True, exist_ok=True)
+            (finished / f"{ratio:g}.json").write_text(json.dumps(result))
+
+        # The first budget trains the dense model and measures the layers; the others then run side by side.
+        run_in_processes(ratios, run_step, lambda r: None if r == ratios[0] else ratios[0],
+                         lambda r: (finished / f"{r:g}.json").exists(), args.jobs)
+        results[name]["budgets"] = [json.loads((finished / f"{r:g}.json").read_text()) for r in ratios]
+        results[name]["dense_test_acc"] = results[name]["budgets"][0]["accuracy"]["dense"]
+        if not args.quick:
+            write_results("budget", {"results": results, "jobs": args.jobs, "threads_per_job": args.threads},
+                          markdown(results, args.quick))
     if args.quick:
         print(markdown(results, True))
 

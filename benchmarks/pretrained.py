@@ -153,12 +153,17 @@ def plot(records: list[dict], path: Path) -> None:
             ax.scatter(r["ratio"], r[key], marker=kind)
             ax.annotate(r["setting"].replace("weighted per-row", "w").replace(" + ", "+"), (r["ratio"], r[key]),
                         fontsize=5, xytext=(3, 2), textcoords="offset points")
+        right = max(20.0, max(r["ratio"] for r in records) * 1.1)
         for ratio, cosine, top1 in TARGETS:
             ax.axvline(ratio, color="grey", lw=0.6, ls=":")
             want = cosine if key == "cosine" else top1
             if want is not None:
-                ax.hlines(want, ratio, max(r["ratio"] for r in records) * 1.05, color="red", lw=0.8, ls="--")
+                ax.hlines(want, ratio, right, color="red", lw=0.8, ls="--")
         ax.set_xscale("log")
+        ax.set_xlim(1.0, right)
+        ax.set_xticks([1, 2, 4, 8, 10, 16])
+        ax.set_xticks([], minor=True)
+        ax.set_xticklabels(["1", "2", "4", "8", "10", "16"])
         ax.set_xlabel("fp32 bytes / compressed bytes")
         ax.set_ylabel(label)
         ax.set_ylim(max(0.0, min(r[key] for r in records) - 0.02), 1.005)

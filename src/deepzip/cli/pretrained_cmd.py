@@ -1,4 +1,5 @@
-"""``deepzip compress-pretrained``: a local Hugging Face model + a text file -> a pruned .dz, no labels."""
+"""``deepzip compress-pretrained``: a local Hugging Face model + a text file -> a pruned and/or weight-shared
+.dz, no labels."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from ..config import add_arguments as add_config_arguments, from_args
 from ..train.pretrained import PretrainedConfig, compress_pretrained
 
 HELP = ("compress a pretrained transformer without labels: calibration pruning (wanda, sparsegpt, owl) on a text "
-        "file, optional distillation and k-means, into a .dz")
+        "file, optional distillation and weight sharing (kmeans or sensitivity-weighted, per-row codebooks, "
+        "outliers, error feedback; --sparsity 0: sharing only), into a .dz")
 
 
 def add_arguments(parser) -> None:
@@ -30,5 +32,6 @@ def run(args) -> int:
     report = compress_pretrained(args.model_dir, args.calibration, cfg, args.out, progress=not args.quiet)
     print(f"{args.out}: {report['bytes']:,} bytes ({report['ratio_vs_fp32']:.2f}x smaller than fp32), "
           f"sparsity {report['sparsity']:.1%}, mean embedding cosine to the original {report['cosine']:.4f} "
-          f"on {report['evaluation_passages']} held-out passages; report: {args.out}.json")
+          f"on {report['evaluation_passages']} held-out passages; decoded bit-exactly: {report['decoded_bit_exact']}; "
+          f"report: {args.out}.json")
     return 0

@@ -85,7 +85,7 @@ class WeightedKMeans(QuantizeMethod):
     Each weight's squared error counts with its importance: ``fisher`` (the paper's choice: squared
     gradients summed over calibration data, `fisher_diagonal`), ``calibration`` (the inputs' ||X_j||^2 of
     a Linear, broadcast over its rows: ``deepzip.calibrate.input_statistics``), or ``none`` (plain).
-    The importances are data, passed to ``quantize(model, config, importance=...)``.
+    The importances are data, passed to ``quantize(model, config, sensitivity=..., gram=...)``.
     ``granularity``: one codebook per layer or per output row (the paper's); Embedding matrices use
     ``embedding_granularity`` (per layer by default: a codebook per vocabulary row costs more than
     the row's indices save). ``outliers``: the fraction of each layer's weights with the largest

@@ -41,13 +41,16 @@ def _nearest(column: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
 
 
 def feedback_assign(weight: torch.Tensor, codebook: torch.Tensor, gram: torch.Tensor, alive: torch.Tensor | None = None,
-                    exact: torch.Tensor | None = None, damp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+                    exact: torch.Tensor | None = None, damp: float = 0.01,
+                    block: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
     """(index, swept weights): the codebook index of each entry of ``weight`` ([rows, cols]), chosen column
     by column with the rounding error fed forward, and the weights as the sweep left them.
 
     ``codebook``: [k] (one per layer) or [rows, k]. ``gram``: [cols, cols], the layer inputs' X^T X.
     ``alive`` (bool): pruned entries (False) are rounded to exactly 0 and index 0. ``exact`` (bool):
     outliers kept exactly; they take the value the sweep gives them (no rounding error) and index 0.
+    ``block``: columns whose updates are batched (GPTQ's lazy batch update: the same result up to
+    floating-point rounding, in matrix products instead of one rank-1 update per column).
     """
     if weight.dim() != 2 or gram.shape != (weight.shape[1], weight.shape[1]):
         raise ValueError(f"error feedback needs a [rows, cols] weight and a [cols, cols] gram; got "
@@ -63,14 +66,25 @@ def feedback_assign(weight: torch.Tensor, codebook: torch.Tensor, gram: torch.Te
     exact = torch.zeros(rows, cols, dtype=torch.bool) if exact is None else exact.cpu()
     index = torch.zeros(rows, cols, dtype=torch.int64)
     rows_range = torch.arange(rows)
-    for j in range(cols):
-        column = w[:, j]
-        nearest = _nearest(column, book)
-        rounded = book[rows_range if book.shape[0] == rows else torch.zeros(rows, dtype=torch.int64), nearest]
-        rounded = torch.where(alive[:, j], rounded, torch.zeros((), dtype=torch.float64))
-        rounded = torch.where(exact[:, j], column, rounded)
-        index[:, j] = torch.where(alive[:, j] & ~exact[:, j], nearest, torch.zeros((), dtype=torch.int64))
-        error = (column - rounded) / u[j, j]
-        w[:, j + 1:] -= error[:, None] * u[j, j + 1:][None, :]
-        w[:, j] = rounded
+    which = rows_range if book.shape[0] == rows else torch.zeros(rows, dtype=torch.int64)
+    zero_f, zero_i = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.int64)
+    for start in range(0, cols, block):  # GPTQ's lazy batch update: rank-1 updates inside a block of
+        end = min(start + block, cols)     # columns, one matrix product for the columns after it
+        errors = torch.zeros(rows, end - start, dtype=torch.float64)
+        part = w[:, start:end].T.contiguous()  # [columns, rows]: each column contiguous
+        ub = u[start:end, start:end]
+        for i in range(end - start):
+            j = start + i
+            column = part[i]
+            nearest = _nearest(column, book)
+            rounded = torch.where(alive[:, j], book[which, nearest], zero_f)
+            rounded = torch.where(exact[:, j], column, rounded)
+            index[:, j] = torch.where(alive[:, j] & ~exact[:, j], nearest, zero_i)
+            error = (column - rounded) / ub[i, i]
+            part[i + 1:] -= ub[i, i + 1:, None] * error[None, :]
+            part[i] = rounded
+            errors[:, i] = error
+        w[:, start:end] = part.T
+        if end < cols:
+            w[:, end:] -= errors @ u[start:end, end:]
     return index, w.float()

@@ -140,3 +140,19 @@ def test_budget_errors_name_what_to_change(tmp_path):
         compress_to_budget(BUDGET_TRAIN, PruneConfig(steps=1, retrain_epochs=1), QuantizeConfig(finetune_epochs=1),
                            BudgetConfig(max_bytes=500, budget_sparsities="0.5", budget_bits="8"), tmp_path,
                            progress=False)
+
+
+def test_other_candidates_are_measured_again_never_reused(budgeted):
+    import deepzip.pipeline as pipeline
+    from deepzip import data
+    from deepzip.train import BudgetConfig
+
+    runs, budget, _ = budgeted
+    splits = data.load("digits", val_size=300)
+    _, identity, dense = pipeline._dense(BUDGET_TRAIN, runs, None, splits, progress=False)
+    before = set(runs.glob("budget_*/options.json"))
+    other = BudgetConfig(target_ratio=25, budget_sparsities="0.5,0.9", budget_bits="4", budget_eval_size=200)
+    options, _ = pipeline._measured_options(dense, splits, other, [], runs, identity, BUDGET_TRAIN, "f32", "f32",
+                                            progress=False)
+    assert {o.settings["bits"] for layer in options.values() for o in layer} == {4}
+    assert len(set(runs.glob("budget_*/options.json")) - before) == 1

@@ -184,11 +184,14 @@ def _defaults(cfg) -> dict[str, Any]:
 def _measured_options(dense, splits, budget_cfg: BudgetConfig, exclude, runs_dir: Path, identity, train_cfg,
                       float_dtype: str, codebook_dtype: str, progress: bool):
     """The per-layer options, measured once and kept (JSON) beside the dense run for reruns."""
-    measured = dataclasses.replace(BudgetConfig(), budget_sparsities=budget_cfg.budget_sparsities,
-                                   budget_bits=budget_cfg.budget_bits, budget_eval_size=budget_cfg.budget_eval_size)
+    # The candidates themselves (not only the fields that differ from their defaults) name the
+    # measurement, so a changed default never reuses measurements of other candidates.
+    candidates = {"sparsities": list(budget_cfg.sparsities()), "bits": list(budget_cfg.bits()),
+                  "eval_size": budget_cfg.budget_eval_size}
     path = runs_dir / hash_configs("budget", identity={"data": identity, "exclude": exclude,
-                                                       "storage": [float_dtype, codebook_dtype]},
-                                   train=train_cfg, budget=measured) / "options.json"
+                                                       "storage": [float_dtype, codebook_dtype],
+                                                       "candidates": candidates},
+                                   train=train_cfg) / "options.json"
     if path.exists():
         saved = json.loads(path.read_text())
         return {n: [Option(**o) for o in opts] for n, opts in saved["options"].items()}, saved["fixed_bytes"]

@@ -241,7 +241,7 @@ def main() -> None:
             path, seconds_file = cache_dir / f"prune-{kind}.dz", cache_dir / f"prune-{kind}.seconds"
             model = copy.deepcopy(original)
             if path.exists() and seconds_file.exists():
-                deepzip.load(path, model)
+                deepzip.load(path, model, keep_state=True)  # masks kept: the sharing rows build on them
                 seconds = float(seconds_file.read_text())
             else:
                 start = time.perf_counter()

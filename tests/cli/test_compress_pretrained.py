@@ -75,7 +75,7 @@ def test_weight_shared_dz_decodes_bit_exactly_into_a_fresh_model(tmp_path, capsy
     assert report["decoded_bit_exact"] is True
     # a fresh instance of the Hugging Face model, filled from the file: every weight is the compressed one
     fresh, tokenizer = load_pretrained(tmp_path / "tiny")
-    deepzip.load(out, fresh)
+    deepzip.load(out, fresh, keep_state=True)
     shared = codebooks(fresh)
     assert "embeddings.word_embeddings.weight" in shared and "encoder.layer.0.output.dense.weight" in shared
     embedding_bits = 4 if "--embedding-bits" in options else int(options[options.index("--bits") + 1])

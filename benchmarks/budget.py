@@ -121,9 +121,16 @@ def main() -> None:
             finished.mkdir(parents=True, exist_ok=True)
             (finished / f"{ratio:g}.json").write_text(json.dumps(result))
 
-        # The first budget trains the dense model and measures the layers; the others then run side by side.
-        run_in_processes(ratios, run_step, lambda r: None if r == ratios[0] else ratios[0],
-                         lambda r: (finished / f"{r:g}.json").exists(), args.jobs)
+        done = lambda r: (finished / f"{r:g}.json").exists()  # noqa: E731
+        if args.jobs == 1:
+            for ratio in [r for r in ratios if not done(r)]:
+                run_step(ratio)
+        else:
+            # The first budget trains the dense model and measures the layers; the others then run side by
+            # side in forked workers, one thread each (GNU OpenMP hangs in a forked child that starts a
+            # thread pool after the parent has used one).
+            args.threads = 1
+            run_in_processes(ratios, run_step, lambda r: None if r == ratios[0] else ratios[0], done, args.jobs)
         results[name]["budgets"] = [json.loads((finished / f"{r:g}.json").read_text()) for r in ratios]
         results[name]["dense_test_acc"] = results[name]["budgets"][0]["accuracy"]["dense"]
         if not args.quick:

@@ -48,3 +48,16 @@ def cluster():
         del os.environ["PYTHONPATH"]
     else:
         os.environ["PYTHONPATH"] = before
+
+
+class Crash(Exception):
+    """Raised by `crash_at`: a simulated kill in the middle of training."""
+
+
+def crash_at(iteration):
+    """A training hook that crashes the run at ``iteration`` (resume tests)."""
+    def hook(model, optimizer, it):
+        if it == iteration:
+            raise Crash
+
+    return hook

@@ -161,11 +161,7 @@ def run_on_ray(steps: Iterable, run_step: Callable[[Any], object], dependency: C
         raise ValueError(f"num_cpus and num_gpus must be >= 0, got {num_cpus} and {num_gpus}")
     check_max_retries(max_retries)
     ray = _ray()
-    steps = list(steps)
-    finished = {s for s in steps if done(s)}
-    pending = [s for s in steps if s not in finished]
-    if priority is not None:
-        pending.sort(key=priority)
+    finished, pending = _split(steps, done, priority)
     if not pending:
         return {}
     started = _connect(ray, address, object_store_memory)
@@ -225,6 +221,16 @@ def _process_worker(run_step: Callable[[Any], object], tasks, results) -> None:
             return
 
 
+def _split(steps: Iterable, done: Callable[[Any], bool], priority: Callable[[Any], Any] | None) -> tuple[set, list]:
+    """(the finished steps, the others in ``priority`` order when one is given)."""
+    steps = list(steps)
+    finished = {s for s in steps if done(s)}
+    pending = [s for s in steps if s not in finished]
+    if priority is not None:
+        pending.sort(key=priority)
+    return finished, pending
+
+
 def run_in_processes(steps: Iterable, run_step: Callable[[Any], object], dependency: Callable[[Any], Any],
                      done: Callable[[Any], bool], jobs: int, on_done: Callable[[Any], object] = lambda step: None,
                      priority: Callable[[Any], Any] | None = None) -> None:
@@ -232,11 +238,7 @@ def run_in_processes(steps: Iterable, run_step: Callable[[Any], object], depende
     dependency is finished; ``on_done(step)`` after each. A failed step raises RuntimeError naming it."""
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be >= 1 (an int), got {jobs!r}")
-    steps = list(steps)
-    finished = {s for s in steps if done(s)}
-    pending = [s for s in steps if s not in finished]
-    if priority is not None:
-        pending.sort(key=priority)
+    finished, pending = _split(steps, done, priority)
     if not pending:
         return
     # fork: workers share the parent's data set in memory instead of each unpickling a copy.

@@ -12,6 +12,8 @@ from deepzip import prune as P
 from deepzip.sparse import SET, SNFS, SRSTE, RigL, SparseTraining, Static
 from deepzip.train import TrainConfig, train
 
+from ..conftest import Crash, crash_at
+
 CFG = TrainConfig(model="lenet300_100", dataset="digits", batch_size=32, epochs=3, val_size=300, eval_every=20,
                   lr_schedule="cosine")
 METHODS = {"static": Static(sparsity=0.9), "set": SET(sparsity=0.9, update_interval=10),
@@ -153,18 +155,6 @@ def test_same_seed_same_masks_and_weights(digits, name):
     other = user_loop(fresh(), digits, type(METHODS[name])(**{**METHODS[name].__dict__, "seed": 1}))
     if name != "srste":  # a different mask seed gives a different topology (SR-STE's masks follow the weights)
         assert not torch.equal(other.masks()["fc1.weight"], sa.masks()["fc1.weight"])
-
-
-class Crash(Exception):
-    pass
-
-
-def crash_at(iteration):
-    def hook(model, optimizer, it):
-        if it == iteration:
-            raise Crash
-
-    return hook
 
 
 @pytest.mark.parametrize("name", ["set", "rigl", "snfs", "srste"])

@@ -7,6 +7,8 @@ from deepzip import models
 from deepzip.errors import DeepzipError
 from deepzip.train import TrainConfig, train
 
+from ..conftest import Crash, crash_at
+
 CFG = TrainConfig(model="lenet300_100", dataset="digits", batch_size=32, epochs=6, val_size=300, eval_every=20)
 
 
@@ -26,18 +28,6 @@ def test_same_seed_same_weights(digits):
     train(a, digits, CFG, progress=False)
     train(b, digits, CFG, progress=False)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
-
-
-class Crash(Exception):
-    pass
-
-
-def crash_at(iteration):
-    def hook(model, optimizer, it):
-        if it == iteration:
-            raise Crash
-
-    return hook
 
 
 def test_resumed_run_equals_uninterrupted(digits, tmp_path):

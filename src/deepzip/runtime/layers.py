@@ -104,21 +104,36 @@ class SparseMatrix:
 _NO_BIAS = np.zeros(0, dtype=np.float32)
 
 
-class SparseLinear(nn.Module):
-    def __init__(self, matrix: SparseMatrix, bias: torch.Tensor | None):
+class _CompactLinear(nn.Module):
+    """What the compact Linear layers share: a matrix with ``matvec(x, bias, out)``, the bias, and the
+    batch-1 path."""
+
+    def __init__(self, matrix, bias: torch.Tensor | None):
         super().__init__()
         self.matrix = matrix
         self.in_features, self.out_features = matrix.shape[1], matrix.shape[0]
         self.register_buffer("bias", None if bias is None else bias.detach().clone().float())
         self._bias = _NO_BIAS if bias is None else self.bias.numpy()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Batch 1 is latency-bound: a small layer's whole product takes a few microseconds, so this
-        # path does no reshapes or copies in Python, and the bias is added inside the kernel.
+    def _batch_one(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The output for one contiguous fp32 row, else None. Batch 1 is latency-bound: a small layer's
+        whole product takes a few microseconds, so this path does no reshapes or copies in Python, and
+        the bias is added inside the kernel."""
         if x.dim() == 2 and x.shape[0] == 1 and x.dtype == torch.float32 and x.is_contiguous():
             out = np.empty((1, self.out_features), dtype=np.float32)
             self.matrix.matvec((x.detach() if x.requires_grad else x).numpy()[0], self._bias, out[0])
             return torch.from_numpy(out)
+        return None
+
+
+class SparseLinear(_CompactLinear):
+    def __init__(self, matrix: SparseMatrix, bias: torch.Tensor | None):
+        super().__init__(matrix, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._batch_one(x)
+        if out is not None:
+            return out
         lead = x.shape[:-1]
         if x.numel() == self.in_features:
             vector = np.ascontiguousarray(x.detach().reshape(-1).numpy(), dtype=np.float32)
@@ -134,21 +149,16 @@ class SparseLinear(nn.Module):
         return f"{self.in_features} -> {self.out_features}, nnz={self.matrix.nnz}, {kind}, {self.matrix.nbytes():,} bytes"
 
 
-class CodedLinear(nn.Module):
+class CodedLinear(_CompactLinear):
     """A Linear layer run from its codebook indices (`codes.CodedMatrix`): the weight-shared dense kernels."""
 
     def __init__(self, matrix: CodedMatrix, bias: torch.Tensor | None):
-        super().__init__()
-        self.matrix = matrix
-        self.in_features, self.out_features = matrix.shape[1], matrix.shape[0]
-        self.register_buffer("bias", None if bias is None else bias.detach().clone().float())
-        self._bias = _NO_BIAS if bias is None else self.bias.numpy()
+        super().__init__(matrix, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2 and x.shape[0] == 1 and x.dtype == torch.float32 and x.is_contiguous():
-            out = np.empty((1, self.out_features), dtype=np.float32)
-            self.matrix.matvec((x.detach() if x.requires_grad else x).numpy()[0], self._bias, out[0])
-            return torch.from_numpy(out)
+        out = self._batch_one(x)
+        if out is not None:
+            return out
         lead = x.shape[:-1]
         rows = np.ascontiguousarray(x.detach().reshape(-1, self.in_features).numpy(), dtype=np.float32)
         if rows.shape[0] == 1:

@@ -23,12 +23,13 @@ def machine() -> dict:
             "date": time.strftime("%Y-%m-%d")}
 
 
-def write_results(name: str, payload: dict, markdown: str, directory: Path = RESULTS) -> None:
-    """Write <directory>/<name>.json and <name>.md (directory: benchmarks/results unless told)."""
+def write_results(name: str, payload: dict, markdown: str, directory: Path = RESULTS, script: str | None = None) -> None:
+    """Write <directory>/<name>.json and <name>.md (directory: benchmarks/results unless told; ``script``:
+    the benchmark that wrote them when its name is not ``name``)."""
     directory.mkdir(parents=True, exist_ok=True)
     payload = {"benchmark": name, "machine": machine(), **payload}
     (directory / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    header = f"<!-- written by benchmarks/{name}.py; re-run it to update -->\n"
+    header = f"<!-- written by benchmarks/{script or name}.py; re-run it to update -->\n"
     (directory / f"{name}.md").write_text(header + markdown.rstrip() + "\n")
     print(markdown)
 

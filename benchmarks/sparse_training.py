@@ -3,6 +3,8 @@ the lottery runner's IMP winning ticket, at the same training budget per run.
 
     python benchmarks/sparse_training.py --jobs 2   # ~1 h on 2 shared cores; resumable after a kill
     python benchmarks/sparse_training.py --quick    # tiny settings on the 8x8 digits (seconds), for the tests
+    python benchmarks/sparse_training.py --models lenet300_100 --epochs 20 --sparsities 0.95 0.98 \
+        --methods static set snfs rigl imp   # the longer budget (sparse_training_e20.md), ~75 min on one core
 
 LeNet-300-100 and LeNet-5 at 90%, 95% and 98% sparsity, 3 seeds. Every run trains for the same number
 of epochs with the same optimizer (Adam 1e-3, batch 100, cosine learning rate); the budget is a few
@@ -78,6 +80,7 @@ def imp_config(sparsity: float) -> LotteryConfig:
 
 SEEDS_IN_USE = SEEDS
 INTERVAL = 100
+METHODS_IN_USE = ORDER
 
 
 # ------------------------------------------------------------------------------------------- runs
@@ -151,11 +154,14 @@ def tasks(root: Path, configs: dict[str, TrainConfig]) -> list:
     out = []
     for model, cfg in configs.items():
         for seed in SEEDS_IN_USE:  # by seed, so that a partial run covers every method for the first seeds
-            out.append(("imp", root, cfg, (seed,)))
-            out.append(("sparse", root, cfg, ("srste", None, seed)))
+            if "imp" in METHODS_IN_USE or "dense" in METHODS_IN_USE:
+                out.append(("imp", root, cfg, (seed,)))
+            if "srste" in METHODS_IN_USE:
+                out.append(("sparse", root, cfg, ("srste", None, seed)))
             for s in SPARSITIES_IN_USE:
                 for method in SPARSE:
-                    out.append(("sparse", root, cfg, (method, s, seed)))
+                    if method in METHODS_IN_USE:
+                        out.append(("sparse", root, cfg, (method, s, seed)))
     return out
 
 
@@ -242,6 +248,10 @@ def checks(results: dict) -> dict:
     return out
 
 
+BUDGET_NOTE = ("The budget is a few epochs (sized so that the whole study fits in about an hour on 2 shared cores), "
+               "far below the papers'")
+
+
 def markdown(results: dict, configs: dict[str, TrainConfig], quick: bool) -> str:
     md = ["# Sparse-to-sparse training on " + next(iter(configs.values())).dataset + "\n",
           "Final test accuracy (%) mean ± std over seeds, (training FLOPs relative to one dense training, "
@@ -249,8 +259,7 @@ def markdown(results: dict, configs: dict[str, TrainConfig], quick: bool) -> str
           "; ".join(f"{m}: {c.epochs} epochs, Adam {c.lr:g}, batch {c.batch_size}, cosine lr" for m, c in configs.items()) +
           ". IMP = dense run + 2 levels (global magnitude, rewind to init), its FLOPs are the sum. "
           "SR-STE 2:4 runs at its natural 50% only.\n",
-          "The budget is a few epochs (sized so that the whole study fits in about an hour on 2 shared cores), far "
-          "below the papers' (RigL: hundreds of epochs, and its claims are for long training); IMP gets three such "
+          BUDGET_NOTE + " (RigL: hundreds of epochs, and its claims are for long training); IMP gets three such "
           "runs, the sparse-from-scratch methods one. All sparse methods start from the same ERK random mask; "
           "SET and RigL update every 100 steps (drop fraction 0.3, cosine, to 75% of training), SNFS 4 times "
           "(0.5, cosine, momentum redistribution). FLOPs count the prunable layers only (RigL's dense-gradient "
@@ -261,6 +270,8 @@ def markdown(results: dict, configs: dict[str, TrainConfig], quick: bool) -> str
         header = ["method"] + [f"{100 * s:g}%" for s in SPARSITIES_IN_USE] + ["wall s / run (mean)"]
         body = []
         for method in ORDER:
+            if method not in METHODS_IN_USE:
+                continue
             cells = rows.get(method, {})
             if method == "dense":
                 line = [LABELS[method], _fmt(cells.get("dense")) + " (any sparsity: 0%)"] + [""] * (len(SPARSITIES_IN_USE) - 1)
@@ -304,10 +315,15 @@ def plot(results: dict, path: Path) -> None:
 
 
 def main() -> None:
-    global SEEDS_IN_USE, SPARSITIES_IN_USE, INTERVAL
+    global SEEDS_IN_USE, SPARSITIES_IN_USE, INTERVAL, METHODS_IN_USE, BUDGET_NOTE
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (one core each)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="train every run this many epochs instead of the preset's few (results: sparse_training_e<N>)")
+    parser.add_argument("--sparsities", nargs="+", type=float, default=list(SPARSITIES), help="target sparsities")
+    parser.add_argument("--methods", nargs="+", default=list(ORDER), choices=list(ORDER),
+                        help="methods to run (dense comes with imp: IMP's level 0 is the dense run)")
     parser.add_argument("--report-only", action="store_true", help="write the results from the finished runs, train nothing")
     parser.add_argument("--quick", action="store_true",
                         help="tiny settings on the bundled 8x8 digits; prints results, writes nothing to benchmarks/results")
@@ -318,6 +334,18 @@ def main() -> None:
         SEEDS_IN_USE, SPARSITIES_IN_USE, INTERVAL = QUICK_SEEDS, QUICK_SPARSITIES, 10
     else:
         configs, root = {m: MODELS[m] for m in args.models}, RUNS / "sparse_training"
+        SPARSITIES_IN_USE = tuple(args.sparsities)
+        METHODS_IN_USE = tuple(args.methods) + (("dense",) if "imp" in args.methods else ())
+        if any(not 0 < s < 1 for s in SPARSITIES_IN_USE):
+            parser.error(f"--sparsities must lie in (0, 1), got {args.sparsities}")
+    name = "sparse_training"
+    if args.epochs is not None:
+        if args.epochs < 1:
+            parser.error(f"--epochs must be >= 1, got {args.epochs}")
+        configs = {m: dataclasses.replace(c, epochs=args.epochs) for m, c in configs.items()}
+        name = f"sparse_training_e{args.epochs}"
+        BUDGET_NOTE = (f"The budget is {args.epochs} epochs per run (a longer budget than the main study's few, "
+                       "on the models and sparsities listed; still below the papers'")
     for model, cfg in configs.items():
         SPLITS[model] = data.load(cfg.dataset, val_size=cfg.val_size)
     if not args.report_only:
@@ -335,10 +363,11 @@ def main() -> None:
         plot(results, root / "sparse_training.png")
         print(md)
     else:
-        plot(results, RESULTS / "sparse_training.png")
-        write_results("sparse_training", {"results": results, "checks": checks(results),
+        plot(results, RESULTS / f"{name}.png")
+        write_results(name, {"results": results, "checks": checks(results),
                                           "configs": {m: dataclasses.asdict(c) for m, c in configs.items()},
-                                          "sparsities": list(SPARSITIES_IN_USE), "seeds": list(SEEDS_IN_USE)}, md)
+                                          "sparsities": list(SPARSITIES_IN_USE), "seeds": list(SEEDS_IN_USE)}, md,
+                      script="sparse_training")
 
 
 if __name__ == "__main__":

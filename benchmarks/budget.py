@@ -2,6 +2,7 @@
 
     python benchmarks/budget.py                       # LeNet-300-100, budgets 40x .. 200x
     python benchmarks/budget.py --models lenet5 --ratios 40 64 100
+    python benchmarks/budget.py --variants l0         # the same budgets with learned (L0) sparsity
     python benchmarks/budget.py --quick               # seconds, on the digits data (the tests run it)
 
 Each budget runs `deepzip.pipeline.compress_to_budget` from the model's dense preset (the same dense run
@@ -33,6 +34,10 @@ from deepzip.train import BASELINES, BudgetConfig, PruneConfig, QuantizeConfig, 
 
 TARGETS = {"lenet300_100": 64.0, "lenet5": 100.0}
 RATIOS = (40, 64, 100, 150, 200)
+# How the chosen per-layer sparsities are reached: iterative magnitude pruning, or L0 gates learned with
+# each layer's target (BudgetConfig.budget_prune_method).
+VARIANTS = {"fraction": {}, "l0": {"budget_prune_method": "l0"}}
+VARIANT_LABELS = {"fraction": "budget", "l0": "budget + L0"}
 PRUNE = PruneConfig(steps=4, retrain_epochs=5, retrain_lr=1e-3, weight_decay=5e-4)  # the demo's recipe
 QUANT = QuantizeConfig(finetune_epochs=2)
 
@@ -73,16 +78,21 @@ def markdown(results: dict, quick: bool) -> str:
         for r in result["budgets"]:
             acc = r["accuracy"]["decoded"]
             last = r["budget"]["rounds"][-1]
-            rows.append([f"budget {r['ratio_target']:g}x", f"{r['compression']:.1f}x", f"{r['file_bytes']:,}",
+            rows.append([f"{VARIANT_LABELS[r.get('variant', 'fraction')]} {r['ratio_target']:g}x", f"{r['compression']:.1f}x", f"{r['file_bytes']:,}",
                          f"{acc:.2%}", f"{100 * (acc - dense):+.2f}", "met" if r["budget"]["met"] else "**missed**",
                          f"{r['seconds']:.0f}", f"sparsity {last['layer_sparsity']}; bits {last['bits']}"])
-        within = [r["compression"] for r in result["budgets"] if dense - r["accuracy"]["decoded"] <= 0.005]
-        best = max(within, default=None)
         target = TARGETS.get(name)
-        verdict = ("no budget stayed within 0.5 points" if best is None else
-                   f"highest ratio within 0.5 points of dense: **{best:.1f}x**")
-        if target and not quick:
-            verdict += f" (target {target:.0f}x: {'met' if best and best >= target else '**missed**'})"
+        verdicts = []
+        for variant in dict.fromkeys(r.get("variant", "fraction") for r in result["budgets"]):
+            within = [r["compression"] for r in result["budgets"]
+                      if r.get("variant", "fraction") == variant and dense - r["accuracy"]["decoded"] <= 0.005]
+            best = max(within, default=None)
+            verdict = (f"{VARIANT_LABELS[variant]}: " + ("no budget stayed within 0.5 points" if best is None else
+                                                          f"highest ratio within 0.5 points of dense **{best:.1f}x**"))
+            if target and not quick:
+                verdict += f" (target {target:.0f}x: {'met' if best and best >= target else '**missed**'})"
+            verdicts.append(verdict)
+        verdict = "; ".join(verdicts)
         md += [f"## {name}", "", f"Dense test accuracy {dense:.2%}; {verdict}.", "",
                table(["run", "compression", "file bytes", "test acc (decoded)", "vs dense (points)", "budget",
                       "wall s", "chosen per layer"], rows), ""]
@@ -93,6 +103,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["lenet300_100"], choices=list(BASELINES))
     parser.add_argument("--ratios", nargs="+", type=float, default=list(RATIOS), help="budgets, as compression ratios")
+    parser.add_argument("--variants", nargs="+", default=["fraction"], choices=list(VARIANTS),
+                        help="fraction: iterative magnitude pruning to the chosen sparsities; l0: learned L0 gates")
     parser.add_argument("--quick", action="store_true", help="seconds on the digits data (the tests run it)")
     parser.add_argument("--jobs", type=int, default=1, help="budgets run side by side after the first (forked workers)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each budget's run")
@@ -109,35 +121,54 @@ def main() -> None:
         else:
             train_cfg = BASELINES[name]
             splits = data.load(train_cfg.dataset, val_size=train_cfg.val_size)
-            prune_cfg, quant_cfg, options, ratios, runs = PRUNE, QUANT, None, args.ratios, RUNS
-        results[name] = {"budgets": [], "reference": None if args.quick else reference(name),
-                         "settings": {"prune": dataclasses.asdict(prune_cfg), "quantize": dataclasses.asdict(quant_cfg)}}
-        finished = runs / f"budget_results_{name}"
+            prune_cfg, quant_cfg, options, ratios, runs = PRUNE, QUANT, {}, args.ratios, RUNS
+        for variant in args.variants:
+            finished = _finished_dir(runs, name, variant)
 
-        def run_step(ratio, train_cfg=train_cfg, splits=splits, prune_cfg=prune_cfg, quant_cfg=quant_cfg,
-                     options=options, runs=runs, finished=finished):
-            torch.set_num_threads(args.threads)
-            result = run_budget(train_cfg, ratio, splits, prune_cfg, quant_cfg, options, runs)
-            finished.mkdir(parents=True, exist_ok=True)
-            (finished / f"{ratio:g}.json").write_text(json.dumps(result))
+            def run_step(ratio, train_cfg=train_cfg, splits=splits, prune_cfg=prune_cfg, quant_cfg=quant_cfg,
+                         options={**options, **VARIANTS[variant]}, runs=runs, finished=finished, variant=variant):
+                torch.set_num_threads(args.threads)
+                result = run_budget(train_cfg, ratio, splits, prune_cfg, quant_cfg, options, runs)
+                finished.mkdir(parents=True, exist_ok=True)
+                (finished / f"{ratio:g}.json").write_text(json.dumps({**result, "variant": variant}))
 
-        done = lambda r: (finished / f"{r:g}.json").exists()  # noqa: E731
-        if args.jobs == 1:
-            for ratio in [r for r in ratios if not done(r)]:
-                run_step(ratio)
-        else:
-            # The first budget trains the dense model and measures the layers; the others then run side by
-            # side in forked workers, one thread each (GNU OpenMP hangs in a forked child that starts a
-            # thread pool after the parent has used one).
-            args.threads = 1
-            run_in_processes(ratios, run_step, lambda r: None if r == ratios[0] else ratios[0], done, args.jobs)
-        results[name]["budgets"] = [json.loads((finished / f"{r:g}.json").read_text()) for r in ratios]
-        results[name]["dense_test_acc"] = results[name]["budgets"][0]["accuracy"]["dense"]
-        if not args.quick:
-            write_results("budget", {"results": results, "jobs": args.jobs, "threads_per_job": args.threads},
-                          markdown(results, args.quick))
+            done = lambda r, finished=finished: (finished / f"{r:g}.json").exists()  # noqa: E731
+            if args.jobs == 1:
+                for ratio in [r for r in ratios if not done(r)]:
+                    run_step(ratio)
+            else:
+                # The first budget trains the dense model and measures the layers; the others then run side by
+                # side in forked workers, one thread each (GNU OpenMP hangs in a forked child that starts a
+                # thread pool after the parent has used one).
+                args.threads = 1
+                run_in_processes(ratios, run_step, lambda r: None if r == ratios[0] else ratios[0], done, args.jobs)
+        results[name] = collect(runs, name, quick=args.quick, settings={
+            "prune": dataclasses.asdict(prune_cfg), "quantize": dataclasses.asdict(quant_cfg)})
     if args.quick:
         print(markdown(results, True))
+        return
+    # The report holds every finished budget of every model and variant, not only this invocation's.
+    for name in BASELINES:
+        if name not in results and any(_finished_dir(RUNS, name, v).exists() for v in VARIANTS):
+            results[name] = collect(RUNS, name, quick=False, settings={
+                "prune": dataclasses.asdict(PRUNE), "quantize": dataclasses.asdict(QUANT)})
+    write_results("budget", {"results": results, "jobs": args.jobs, "threads_per_job": args.threads},
+                  markdown(results, False))
+
+
+def _finished_dir(runs, name: str, variant: str):
+    return runs / (f"budget_results_{name}" + ("" if variant == "fraction" else f"_{variant}"))
+
+
+def collect(runs, name: str, quick: bool, settings: dict) -> dict:
+    """Every finished budget of ``name`` (all variants), in variant then ratio order."""
+    budgets = []
+    for variant in VARIANTS:
+        directory = _finished_dir(runs, name, variant)
+        rows = [json.loads(p.read_text()) for p in directory.glob("*.json")] if directory.exists() else []
+        budgets += sorted(({"variant": variant, **r} for r in rows), key=lambda r: r["ratio_target"])
+    return {"budgets": budgets, "reference": None if quick else reference(name), "settings": settings,
+            "dense_test_acc": budgets[0]["accuracy"]["dense"] if budgets else None}
 
 
 if __name__ == "__main__":

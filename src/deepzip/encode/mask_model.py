@@ -162,7 +162,11 @@ def decode(payload: bytes, shape, order: str, alpha: int, beta: int, count: int,
     if found != count:
         raise FormatError(f"{what}: the mask decodes to {found} kept positions, the header declares {count}")
     rows, cols = view_shape(shape)
-    return (lines if order == "rows" else lines.T).reshape(-1) if rows * cols else np.zeros(0, dtype=bool)
+    flat = (lines if order == "rows" else lines.T).reshape(-1) if rows * cols else np.zeros(0, dtype=bool)
+    # a range decoder cannot always tell that words are left over: the payload must be the canonical one
+    if n_lines * N and encode(flat, shape, order, alpha, beta).payload != payload:
+        raise FormatError(f"{what}: the mask payload is not the encoding of its mask (words left over)")
+    return flat
 
 
 def _decode_lines(payload: bytes, lines: np.ndarray, alpha: int, beta: int, what: str) -> None:
@@ -181,5 +185,3 @@ def _decode_lines(payload: bytes, lines: np.ndarray, alpha: int, beta: int, what
             r += int(np.count_nonzero(bits))
         above += lines[t]
         before += r
-    if not decoder.maybe_exhausted():
-        raise FormatError(f"{what}: the mask payload has words left after the last bit")

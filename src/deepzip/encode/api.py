@@ -41,13 +41,21 @@ def _records(state: dict[str, torch.Tensor], writer: records.Writer, float_dtype
     return out
 
 
+CODINGS = ("1.2", "1.1")
+
+
 def encode_model(model: nn.Module, float_dtype: str = "f32", codebook_dtype: str = "f32",
-                 description: dict | None = None, metadata: dict | None = None) -> tuple[bytes, dict[str, Any]]:
-    """(file bytes, report) for ``model``'s state."""
+                 description: dict | None = None, metadata: dict | None = None,
+                 coding: str = "1.2") -> tuple[bytes, dict[str, Any]]:
+    """(file bytes, report) for ``model``'s state. ``coding="1.1"`` keeps to the 1.0 / 1.1 codings (gap
+    positions; raw, Huffman, rANS streams), for readers older than 1.2; "1.2" (default) also tries mask
+    positions and the adaptive coder, layer by layer, and keeps whatever is smaller."""
     for name, value in (("float_dtype", float_dtype), ("codebook_dtype", codebook_dtype)):
         if value not in records.FLOAT_STORAGE:
             raise ValueError(f"{name} must be one of {', '.join(records.FLOAT_STORAGE)}, got {value!r}")
-    writer = records.Writer()
+    if coding not in CODINGS:
+        raise ValueError(f"coding must be one of {', '.join(CODINGS)}, got {coding!r}")
+    writer = records.Writer(coding_1_2=coding == "1.2")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     tensors = _records(state, writer, float_dtype, codebook_dtype)
     description = description if description is not None else getattr(model, "_deepzip_description", None)
@@ -57,9 +65,9 @@ def encode_model(model: nn.Module, float_dtype: str = "f32", codebook_dtype: str
 
 
 def save(model: nn.Module, path: str | os.PathLike, float_dtype: str = "f32", codebook_dtype: str = "f32",
-         description: dict | None = None, metadata: dict | None = None) -> dict[str, Any]:
+         description: dict | None = None, metadata: dict | None = None, coding: str = "1.2") -> dict[str, Any]:
     """Encode ``model`` into a .dz file (atomically) and return the per-layer report."""
-    data, report = encode_model(model, float_dtype, codebook_dtype, description, metadata)
+    data, report = encode_model(model, float_dtype, codebook_dtype, description, metadata, coding)
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
     return report
 

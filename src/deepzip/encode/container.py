@@ -16,8 +16,10 @@ from .schema import MAX_SECTIONS, check_header
 
 MAGIC = b"\x89DZP\r\n\x1a\n"
 END_MAGIC = b"DZEN"
-VERSION = (1, 1)  # the newest version this code reads and writes
+VERSION = (1, 2)  # the newest version this code reads and writes
 FIRST_VERSION = (1, 0)
+ROWS_VERSION = (1, 1)  # per-row codebooks, outliers
+MASK_VERSION = (1, 2)  # mask positions, the adaptive coder
 MAX_HEADER = 4 << 20
 MAX_DIGITS = 20  # the longest integer a header may hold (a u64 has 20 digits)
 PREAMBLE = struct.Struct("<8sHHI")
@@ -47,12 +49,27 @@ def pack(header: dict[str, Any], sections: list[bytes]) -> bytes:
 
 
 def needed_version(header: dict[str, Any]) -> tuple[int, int]:
-    """1.1 when a record uses per-row codebooks or outliers, else 1.0 (readable by a 1.0 reader)."""
+    """1.2 when a record uses mask positions or the adaptive coder, else 1.1 when one uses per-row codebooks
+    or outliers, else 1.0 (readable by a 1.0 reader)."""
+    version = FIRST_VERSION
     for record in header.get("tensors", ()):
-        if isinstance(record, dict) and (record.get("outliers") is not None
-                                         or (isinstance(record.get("codebook"), dict) and "rows" in record["codebook"])):
-            return VERSION
-    return FIRST_VERSION
+        if not isinstance(record, dict):
+            continue
+        if _uses_1_2(record):
+            return MASK_VERSION
+        if record.get("outliers") is not None or (isinstance(record.get("codebook"), dict) and "rows" in record["codebook"]):
+            version = ROWS_VERSION
+    return version
+
+
+def _uses_1_2(record: dict[str, Any]) -> bool:
+    positions = record.get("positions")
+    streams = [record.get("indices")]
+    if isinstance(positions, dict):
+        if "mask" in positions:
+            return True
+        streams.append(positions.get("stream"))
+    return any(isinstance(s, dict) and s.get("coder") == "adaptive" for s in streams)
 
 
 def frame(deflated_header: bytes, sections: list[bytes], version: tuple[int, int] = VERSION) -> bytes:

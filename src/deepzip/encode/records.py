@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 from ..errors import FormatError
+from . import mask_model
 from .sparse import positions_from_gaps, relative_indices
-from .streams import CodedStream, decode_stream, encode_stream, max_span_bits, span_cost_bits
+from .streams import CODERS, CODERS_1_0, CodedStream, decode_stream, encode_stream, max_span_bits, span_cost_bits
 
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16, "f64": torch.float64,
           "i64": torch.int64, "i32": torch.int32, "i16": torch.int16, "i8": torch.int8, "u8": torch.uint8,
@@ -26,13 +27,30 @@ FLOAT_STORAGE = ("f32", "f16")
 
 @dataclass
 class Writer:
-    """Collects section payloads; records refer to them by number."""
+    """Collects section payloads; records refer to them by number. ``coding_1_2`` False keeps to the
+    1.0 / 1.1 codings (gap positions; raw, Huffman, rANS streams)."""
 
     sections: list[bytes] = field(default_factory=list)
+    coding_1_2: bool = True
+    mask_steps: int = 0  # decoding steps of the masks written so far (the reader's file-wide limit)
+
+    @property
+    def coders(self) -> tuple[str, ...]:
+        return CODERS if self.coding_1_2 else CODERS_1_0
 
     def add(self, payload: bytes) -> int:
         self.sections.append(payload)
         return len(self.sections) - 1
+
+    def mask_budget(self) -> int:
+        """Mask steps a next layer may use: the reader's limit for a file of at least the bytes written so
+        far, so every file this writer makes is within it."""
+        written = sum(len(section) for section in self.sections)
+        return mask_model.STEPS_BASE + mask_model.STEPS_PER_BYTE * written - self.mask_steps
+
+    def add_mask(self, code: mask_model.MaskCode, shape) -> dict[str, Any]:
+        self.mask_steps += mask_model.steps(shape, code.order)
+        return {"mask": code.spec(self.add(code.payload))}
 
     def add_stream(self, stream: CodedStream) -> dict[str, Any]:
         """A stream reference for the header; the payload becomes a section."""
@@ -62,7 +80,7 @@ def dense_record(w: Writer, name: str, t: torch.Tensor, float_dtype: str) -> dic
     return {**record, "dtype": dtype, "section": w.add(_raw_bytes(t, dtype))}
 
 
-def _best_span(gaps: np.ndarray, index_counts: np.ndarray, numel: int, entry_bits: int = 0) -> int:
+def best_span(gaps: np.ndarray, index_counts: np.ndarray, numel: int, entry_bits: int = 0) -> int:
     """The span bits minimising (gap stream + index stream or raw values) size for this layer."""
     best, best_bits = 1, None
     for b in range(1, max_span_bits(numel) + 1):
@@ -74,15 +92,32 @@ def _best_span(gaps: np.ndarray, index_counts: np.ndarray, numel: int, entry_bit
     return best
 
 
-def _positions(w: Writer, name: str, flat_mask: np.ndarray, index: np.ndarray | None, k: int,
-               entry_bits: int = 0) -> tuple[dict, np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class GapPositions:
+    """Positions as relative gaps with filler entries (format 1.0), not yet written."""
+
+    span_bits: int
+    stream: CodedStream
+    positions: np.ndarray  # kept flat positions
+    is_filler: np.ndarray  # one flag per entry
+
+
+def gap_positions(flat_mask: np.ndarray, index: np.ndarray | None, k: int, entry_bits: int = 0,
+                  coders=CODERS) -> GapPositions:
     positions = np.flatnonzero(flat_mask)
     gaps = np.diff(positions, prepend=-1)
     counts = np.bincount(index, minlength=k + 1) if index is not None else np.zeros(1, np.int64)
-    span_bits = _best_span(gaps, counts, len(flat_mask), entry_bits)
+    span_bits = best_span(gaps, counts, len(flat_mask), entry_bits)
     symbols, is_filler = relative_indices(positions, span_bits)
-    stream = w.add_stream(encode_stream(symbols, 1 << span_bits))
-    return {"span_bits": span_bits, "stream": stream}, positions, is_filler
+    return GapPositions(span_bits, encode_stream(symbols, 1 << span_bits, coders), positions, is_filler)
+
+
+def _mask_code(w: Writer, flat_mask: np.ndarray, shape) -> mask_model.MaskCode | None:
+    """The mask coding of a layer, when the writer may use it and it fits the reader's step limit (counted
+    against the bytes written before it: a lower bound of the file's size)."""
+    if not w.coding_1_2 or len(flat_mask) == 0:
+        return None
+    return mask_model.best_encoding(flat_mask, list(shape), w.mask_budget())
 
 
 def shared_record(w: Writer, name: str, codebook: torch.Tensor, index: torch.Tensor, mask: torch.Tensor | None,
@@ -108,13 +143,27 @@ def shared_record(w: Writer, name: str, codebook: torch.Tensor, index: torch.Ten
         extra = 1
     if mask is None:
         record["positions"] = None
-        record["indices"] = w.add_stream(encode_stream(flat_index, k + extra))
+        record["indices"] = w.add_stream(encode_stream(flat_index, k + extra, w.coders))
         return _ordered(record)
     flat_mask = mask.reshape(-1).numpy()
-    record["positions"], positions, is_filler = _positions(w, name, flat_mask, flat_index[flat_mask], k + extra)
-    entries = np.full(len(is_filler), k, dtype=np.int64)  # fillers carry the symbol k
-    entries[~is_filler] = flat_index[positions]
-    record["indices"] = w.add_stream(encode_stream(entries, k + 1 + extra))
+    gap = gap_positions(flat_mask, flat_index[flat_mask], k + extra, coders=w.coders)
+    entries = np.full(len(gap.is_filler), k, dtype=np.int64)  # fillers carry the symbol k
+    entries[~gap.is_filler] = flat_index[gap.positions]
+    gap_indices = encode_stream(entries, k + 1 + extra, w.coders)
+    gap_bytes = len(gap.stream.payload) + len(gap_indices.payload)
+    code = _mask_code(w, flat_mask, index.shape)
+    if code is not None:
+        # no fillers: one index per kept position, alphabet k (+ the outlier symbol k)
+        kept = flat_index[gap.positions]
+        if extra:
+            kept = np.where(kept == k + 1, k, kept)
+        mask_indices = encode_stream(kept, k + extra, w.coders)
+        if len(code.payload) + len(mask_indices.payload) < gap_bytes:
+            record["positions"] = w.add_mask(code, index.shape)
+            record["indices"] = w.add_stream(mask_indices)
+            return _ordered(record)
+    record["positions"] = {"span_bits": gap.span_bits, "stream": w.add_stream(gap.stream)}
+    record["indices"] = w.add_stream(gap_indices)
     return _ordered(record)
 
 
@@ -126,12 +175,19 @@ def _ordered(record: dict[str, Any]) -> dict[str, Any]:
 
 def sparse_record(w: Writer, name: str, weight: torch.Tensor, mask: torch.Tensor, dtype: str) -> dict[str, Any]:
     flat_mask = mask.reshape(-1).numpy()
-    entry_bits = 8 * torch.tensor([], dtype=DTYPES[dtype]).element_size()
-    positions_record, positions, is_filler = _positions(w, name, flat_mask, None, 0, entry_bits)
-    values = torch.zeros(len(is_filler), dtype=torch.float32)
-    values[torch.from_numpy(~is_filler)] = weight.reshape(-1)[torch.from_numpy(positions)].float()
-    return {"name": name, "shape": list(weight.shape), "encoding": "sparse", "dtype": dtype,
-            "positions": positions_record, "values": w.add(_raw_bytes(values, dtype))}
+    item = torch.tensor([], dtype=DTYPES[dtype]).element_size()
+    gap = gap_positions(flat_mask, None, 0, 8 * item, coders=w.coders)
+    kept = weight.reshape(-1)[torch.from_numpy(gap.positions)].float()
+    record = {"name": name, "shape": list(weight.shape), "encoding": "sparse", "dtype": dtype}
+    gap_bytes = len(gap.stream.payload) + item * len(gap.is_filler)
+    code = _mask_code(w, flat_mask, weight.shape)
+    if code is not None and len(code.payload) + item * len(gap.positions) < gap_bytes:
+        record["positions"] = w.add_mask(code, weight.shape)
+        return {**record, "values": w.add(_raw_bytes(kept, dtype))}  # no fillers: one value per kept position
+    values = torch.zeros(len(gap.is_filler), dtype=torch.float32)
+    values[torch.from_numpy(~gap.is_filler)] = kept
+    record["positions"] = {"span_bits": gap.span_bits, "stream": w.add_stream(gap.stream)}
+    return {**record, "values": w.add(_raw_bytes(values, dtype))}
 
 
 # ----------------------------------------------------------------------------------------- reading
@@ -143,8 +199,23 @@ def read_stream(stream: dict, sections: list[bytes], numel: int, what: str) -> n
     return decode_stream(sections[stream["section"]], stream["coder"], count, alphabet, what)
 
 
+def is_mask(positions: dict | None) -> bool:
+    """Mask positions (1.2) rather than gaps with fillers."""
+    return positions is not None and "mask" in positions
+
+
+def read_mask(record: dict, sections: list[bytes], what: str) -> np.ndarray:
+    """The flat bool mask of a record with mask positions."""
+    spec = record["positions"]["mask"]
+    return mask_model.decode(sections[spec["section"]], record["shape"], spec["order"], spec["alpha"], spec["beta"],
+                             spec["count"], f"{what} positions")
+
+
 def _read_positions(record: dict, sections: list[bytes], numel: int, what: str) -> np.ndarray:
+    """Flat position of every entry: kept positions (mask), or every gap entry, fillers included."""
     spec = record["positions"]
+    if is_mask(spec):
+        return np.flatnonzero(read_mask(record, sections, what))
     symbols = read_stream(spec["stream"], sections, numel, f"{what} positions")
     if spec["stream"]["alphabet"] != 1 << spec["span_bits"]:
         raise FormatError(f"{what}: position alphabet must be 2**span_bits = {1 << spec['span_bits']}")
@@ -182,6 +253,8 @@ def decode_entries(record: dict, sections: list[bytes]) -> Entries:
     if len(data) != len(positions) * size:
         raise FormatError(f"{what}: {len(data)} value bytes for {len(positions)} entries")
     values = _from_bytes(data, record["dtype"], [len(positions)]).float()
+    if is_mask(record["positions"]):  # no fillers: every entry is kept, zero or not
+        return Entries(positions, None, values, None)
     real = (values != 0).numpy()
     _check_positions(positions, real, numel, what)
     return Entries(positions[real], None, values[torch.from_numpy(real)], None)
@@ -232,6 +305,13 @@ def decode_shared(record: dict, sections: list[bytes]) -> Shared:
         if record["indices"]["alphabet"] != k + extra or len(symbols) != numel:
             raise FormatError(f"{what}: a dense shared layer needs {numel} indices over {k + extra} symbols")
         positions, outlier_symbol = np.arange(numel), k
+    elif is_mask(record["positions"]):
+        positions = _read_positions(record, sections, numel, what)
+        symbols = read_stream(record["indices"], sections, numel, f"{what} indices")
+        if record["indices"]["alphabet"] != k + extra or len(symbols) != len(positions):
+            raise FormatError(f"{what}: {len(symbols)} indices (alphabet {record['indices']['alphabet']}) "
+                              f"for {len(positions)} kept positions and {k} values")
+        outlier_symbol = k
     else:
         positions = _read_positions(record, sections, numel, what)
         symbols = read_stream(record["indices"], sections, numel, f"{what} indices")

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 
 from ..errors import FormatError
+from . import mask_model
+from .adaptive import MAX_ALPHABET as MAX_ADAPTIVE_ALPHABET
 
 MAX_TENSORS = 65_536
 MAX_SECTIONS = 1 << 20
@@ -25,10 +27,11 @@ FILE_ELEMENTS_PER_BYTE = 256  # ... this many per byte of the file (Deep Compres
 MAX_NAME = 1024
 MAX_WRITER = 256
 MAX_CODEBOOK = 65_536
-NEWEST_MINOR = 1  # 1.1: per-row codebooks ("rows") and outliers in shared records
+NEWEST_MINOR = 2  # 1.1: per-row codebooks ("rows") and outliers in shared records; 1.2: mask positions, adaptive coder
 MAX_SPAN_BITS = 24
 MAX_ALPHABET = (1 << 24) + 1
 CODERS = ("raw", "huffman", "rans")
+CODERS_1_2 = ("adaptive",)
 ITEM_SIZE = {"f32": 4, "f16": 2, "bf16": 2, "f64": 8, "i64": 8, "i32": 4, "i16": 2, "i8": 1, "u8": 1, "bool": 1}
 FLOAT_STORAGE = ("f32", "f16")
 HEADER_KEYS = {"writer", "model", "metadata", "sections", "tensors"}
@@ -43,6 +46,8 @@ CODEBOOK_KEYS_1_1 = {"rows"}
 RECORD_KEYS_1_1 = {"shared": {"outliers"}}  # optional keys new in 1.1
 OUTLIER_KEYS = {"dtype", "count", "section"}
 POSITIONS_KEYS = {"span_bits", "stream"}
+POSITIONS_KEYS_1_2 = {"mask"}  # mask positions: {"mask": {...}} instead of span_bits + stream
+MASK_KEYS = {"order", "count", "alpha", "beta", "section"}
 
 
 class ModelFitError(FormatError, ValueError):
@@ -111,6 +116,7 @@ class _Sections:
         self.sizes = sizes
         self.minor = minor  # the file's minor version: which keys it may use
         self.owner: dict[int, str] = {}
+        self.mask_steps = 0  # chunks the reader will decode one at a time (mask positions, 1.2)
 
     def claim(self, value: Any, what: str) -> int:
         require(is_uint(value) and value < len(self.sizes),
@@ -149,6 +155,14 @@ def check_header(header: dict, section_sizes: list[int], file_size: int, minor: 
     limit = file_element_limit(file_size)
     require(total <= limit, f"header 'tensors': {total} elements in all exceed the limit {limit} "
                             f"for a file of {file_size} bytes")
+    steps = mask_step_limit(file_size)
+    require(sections.mask_steps <= steps, f"header 'tensors': {sections.mask_steps} mask decoding steps in all "
+                                          f"exceed the limit {steps} for a file of {file_size} bytes")
+
+
+def mask_step_limit(file_size: int) -> int:
+    """The most mask decoding steps (chunks), all tensors together, a file of ``file_size`` bytes may declare."""
+    return mask_model.STEPS_BASE + mask_model.STEPS_PER_BYTE * file_size
 
 
 def check_shape(shape: Any, what: str) -> int:
@@ -213,8 +227,9 @@ def check_shared(record: dict, sections: _Sections, numel: int, what: str) -> No
         require(record["indices"]["count"] == numel, f"{what} indices: a dense shared layer needs {numel} indices, "
                                                      f"the stream declares {record['indices']['count']}")
         return
-    entries = check_positions(record["positions"], sections, numel, f"{what} positions")
-    check_stream(record["indices"], sections, numel, k + 1 + outliers, f"{what} indices")
+    entries = check_positions(record["positions"], sections, record["shape"], f"{what} positions")
+    filler = 0 if "mask" in record["positions"] else 1  # mask positions have no filler entries
+    check_stream(record["indices"], sections, numel, k + filler + outliers, f"{what} indices")
     require(record["indices"]["count"] == entries,
             f"{what} indices: {record['indices']['count']} indices for {entries} positions")
 
@@ -232,25 +247,43 @@ def check_outliers(spec: Any, sections: _Sections, numel: int, what: str) -> int
 
 def check_sparse(record: dict, sections: _Sections, numel: int, what: str) -> None:
     dtype = require_choice(record["dtype"], FLOAT_STORAGE, f"{what}: sparse values dtype")
-    entries = check_positions(record["positions"], sections, numel, f"{what} positions")
+    entries = check_positions(record["positions"], sections, record["shape"], f"{what} positions")
     section = sections.claim(record["values"], f"{what} values section")
     require(sections.sizes[section] == entries * ITEM_SIZE[dtype],
             f"{what}: {sections.sizes[section]} value bytes for {entries} entries of {dtype}")
 
 
-def check_positions(spec: Any, sections: _Sections, numel: int, what: str) -> int:
-    """A positions spec; returns its number of entries."""
+def check_positions(spec: Any, sections: _Sections, shape: list[int], what: str) -> int:
+    """A positions spec (gaps, or a mask in 1.2); returns its number of entries."""
     require(spec is not None, f"{what}: positions are required")
+    numel = element_count(shape)
+    if isinstance(spec, dict) and "mask" in spec and sections.minor >= 2:
+        require_keys(spec, POSITIONS_KEYS_1_2, set(), what)
+        return check_mask(spec["mask"], sections, shape, numel, f"{what} mask")
     spec = require_keys(spec, POSITIONS_KEYS, set(), what)
     span_bits = require_uint(spec["span_bits"], 1, MAX_SPAN_BITS, f"{what}: span_bits")
     check_stream(spec["stream"], sections, numel, 1 << span_bits, f"{what} stream")
     return spec["stream"]["count"]
 
 
+def check_mask(spec: Any, sections: _Sections, shape: list[int], numel: int, what: str) -> int:
+    """Mask positions (1.2): keys, ranges, the payload's words; adds its decoding steps; returns its count."""
+    require_keys(spec, MASK_KEYS, set(), what)
+    order = require_choice(spec["order"], mask_model.ORDERS, f"{what}: order")
+    count = require_uint(spec["count"], 0, numel, f"{what}: count")
+    require_uint(spec["alpha"], 1, mask_model.MAX_PRIOR, f"{what}: alpha")
+    require_uint(spec["beta"], 1, mask_model.MAX_PRIOR, f"{what}: beta")
+    size = sections.sizes[sections.claim(spec["section"], f"{what} section")]
+    require(size % 4 == 0, f"{what}: mask payload of {size} bytes is not a whole number of 32-bit words")
+    require(numel > 0 or size == 0, f"{what}: an empty tensor's mask must have an empty payload")
+    sections.mask_steps += mask_model.steps(shape, order)
+    return count
+
+
 def check_stream(stream: Any, sections: _Sections, numel: int, alphabet: int, what: str) -> None:
     """A stream: keys, coder, alphabet (must equal ``alphabet``), count against the tensor and the payload."""
     require_keys(stream, STREAM_KEYS, set(), what)
-    coder = require_choice(stream["coder"], CODERS, f"{what}: coder")
+    coder = require_choice(stream["coder"], CODERS + (CODERS_1_2 if sections.minor >= 2 else ()), f"{what}: coder")
     require(stream["alphabet"] == alphabet and is_uint(stream["alphabet"]),
             f"{what}: alphabet must be {alphabet}, got {_short(stream['alphabet'])}")
     count = stream["count"]
@@ -263,6 +296,10 @@ def check_stream(stream: Any, sections: _Sections, numel: int, alphabet: int, wh
         require(size == need, f"{what}: raw stream holds {size} bytes, {count} symbols of {width(alphabet)} bits need {need}")
     elif coder == "huffman":
         require(count <= 8 * size, f"{what}: {count} symbols cannot fit in {size} bytes of Huffman code")
+    elif coder == "adaptive":
+        require(alphabet <= MAX_ADAPTIVE_ALPHABET,
+                f"{what}: the adaptive coder takes alphabets of at most {MAX_ADAPTIVE_ALPHABET}, got {alphabet}")
+        require(size % 4 == 0, f"{what}: adaptive payload of {size} bytes is not a whole number of 32-bit words")
     # rans: the count is checked against the payload once the symbol table is read (ans.decode)
 
 

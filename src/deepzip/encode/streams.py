@@ -1,4 +1,4 @@
-"""Symbol streams: code with raw, Huffman and rANS, keep the smallest; decode by the recorded coder."""
+"""Symbol streams: code with raw, Huffman, rANS and (1.2) adaptive, keep the smallest; decode by the recorded coder."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import FormatError
-from . import ans, huffman
+from . import adaptive, ans, huffman
 from .bits import pack_fixed, unpack_fixed, width
 
-CODERS = ("raw", "huffman", "rans")
+CODERS = ("raw", "huffman", "rans", "adaptive")
+CODERS_1_0 = ("raw", "huffman", "rans")  # what a 1.0 / 1.1 file may use
 
 
 @dataclass(frozen=True)
@@ -20,8 +21,9 @@ class CodedStream:
     payload: bytes
     count: int
     alphabet: int
-    entropy_bits: float  # Shannon bound: count x H(symbols)
+    entropy_bits: float  # order-0 Shannon bound: count x H(symbols)
     sizes: dict  # bytes each coder produced
+    bound_bits: float = 0.0  # the bound of the chosen coder's model (adaptive: its ideal code length)
 
     @property
     def fixed_bits(self) -> int:
@@ -47,11 +49,23 @@ def encode_stream(symbols: np.ndarray, alphabet: int, coders=CODERS) -> CodedStr
             payloads[coder] = huffman.encode(symbols, alphabet)
         elif coder == "rans":
             payloads[coder] = ans.encode(symbols, alphabet)
+        elif coder == "adaptive":
+            if alphabet <= adaptive.MAX_ALPHABET:
+                payloads[coder] = adaptive.encode(symbols, alphabet)
         else:
             raise ValueError(f"unknown coder {coder!r}; allowed: {', '.join(CODERS)}")
     best = min(payloads, key=lambda c: len(payloads[c]))
-    return CodedStream(best, payloads[best], len(symbols), alphabet, entropy_bits(symbols, alphabet),
-                       {c: len(p) for c, p in payloads.items()})
+    order0 = entropy_bits(symbols, alphabet)
+    return CodedStream(best, payloads[best], len(symbols), alphabet, order0, {c: len(p) for c, p in payloads.items()},
+                       model_bound_bits(symbols, alphabet, best, order0))
+
+
+def model_bound_bits(symbols: np.ndarray, alphabet: int, coder: str, order0: float | None = None) -> float:
+    """The bound a stream is reported against: its adaptive model's ideal code length, or (raw, Huffman,
+    rANS: a model of the stream's own counts) the order-0 bound."""
+    if coder == "adaptive":
+        return adaptive.code_length_bits(symbols, alphabet)
+    return entropy_bits(symbols, alphabet) if order0 is None else order0
 
 
 def decode_stream(payload: bytes, coder: str, count: int, alphabet: int, what: str) -> np.ndarray:
@@ -61,6 +75,8 @@ def decode_stream(payload: bytes, coder: str, count: int, alphabet: int, what: s
         symbols = huffman.decode(payload, count, alphabet, what)
     elif coder == "rans":
         symbols = ans.decode(payload, count, alphabet, what)
+    elif coder == "adaptive":
+        symbols = adaptive.decode(payload, count, alphabet, what)
     else:
         raise FormatError(f"{what}: unknown coder {coder!r}; this reader knows {', '.join(CODERS)}")
     if len(symbols) != count or (count and (symbols.min() < 0 or symbols.max() >= alphabet)):

@@ -144,8 +144,10 @@ def test_convert_and_load_match_the_model(name, mode, tmp_path):
     for made in (fast, loaded):
         decisions = runtime.decisions(made)
         assert [d["layer"] for d in decisions] == [n[: -len(".weight")] for n in P.get_masks(model)]
+        per_layer = made.model if isinstance(made, runtime.FusedModel) else made  # fuse="auto" may compile a chain
+        assert runtime.fusion(made)["fused"] == (per_layer is not made)
         for d in decisions:  # what the model runs is what the decisions say
-            layer = made.get_submodule(d["layer"])
+            layer = per_layer.get_submodule(d["layer"])
             assert isinstance(layer, (SparseLinear, SparseConv2d)) == (d["kernel"] == "sparse")
             if mode != "auto":
                 assert d["kernel"] == mode
@@ -155,7 +157,7 @@ def test_convert_and_load_match_the_model(name, mode, tmp_path):
                     assert d["model_sparse_s"] < SPARSE_MARGIN * d["model_dense_s"]
                     assert d["whole_model_s"][0] < SPARSE_MARGIN * d["whole_model_s"][1]
     if mode == "sparse":  # straight from the file: no dense fp32 weight in any sparse layer
-        for module in loaded.modules():
+        for module in (loaded.model if isinstance(loaded, runtime.FusedModel) else loaded).modules():
             if isinstance(module, (SparseLinear, SparseConv2d)):
                 assert not hasattr(module, "weight") and module.matrix.codes.dtype == np.uint8
 
@@ -235,7 +237,7 @@ def test_calibration_keeps_sparse_only_if_it_wins_every_round(monkeypatch, round
     monkeypatch.setattr(convert_module, "_calibrate_in_model", scripted)
     model = nn.Sequential(nn.Linear(8, 4))
     deepzip.prune(model, sparsity=0.5)
-    fast = runtime.convert(model, example=torch.randn(1, 8))
+    fast = runtime.convert(model, example=torch.randn(1, 8), fuse="off")  # the per-layer choice alone
     decisions = runtime.decisions(fast)
     assert decisions[0]["kernel"] == kernel
     assert decisions[0]["model_sparse_s"] == np.median([s for s, _ in rounds])
@@ -253,7 +255,7 @@ def test_calibration_falls_back_to_dense_if_the_chosen_model_is_not_faster(monke
     deepzip.prune(model, sparsity=0.5)
     x = torch.randn(1, 8)
     expected = model(x)
-    fast = runtime.convert(model, example=x)
+    fast = runtime.convert(model, example=x, fuse="off")
     decisions = runtime.decisions(fast)
     assert fast is model and [d["kernel"] for d in decisions] == ["dense", "dense"]
     assert all(d["whole_model_s"] == [2.0, 2.0] for d in decisions)

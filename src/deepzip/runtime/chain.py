@@ -148,6 +148,9 @@ def _linear(p, arena, f32, i32, u16, u8):
         else:
             codes_mod._mm_rows(dense_codes, tables, per_row, half, xs, bias, outs, 0, height)
         return
+    if rows > 1:
+        _linear_batch(p, arena, f32, i32, u16, u8, bias)
+        return
     for b in range(rows):
         x = _seg(arena, src + b * width, width)
         out = _seg(arena, dst + b * height, height)
@@ -172,6 +175,45 @@ def _linear(p, arena, f32, i32, u16, u8):
                 kernels._mv_rows_coded(indptr, _seg(i32, p[8], nnz), codes, codebook, x, bias, out, 0, height, ahead)
             else:
                 kernels._mv_rows_coded(indptr, _seg(u16, p[8], nnz), codes, codebook, x, bias, out, 0, height, ahead)
+
+
+@numba.njit(cache=True, nogil=True)
+def _linear_batch(p, arena, f32, i32, u16, u8, bias):
+    """A dense or CSR Linear op on several rows: dense through BLAS, CSR through the batched kernels on
+    the input transposed into scratch (p[15]: (in, rows); p[16]: (out, rows))."""
+    op, src, dst, rows, width, height, bias_at = p[0], p[1], p[2], p[3], p[4], p[5], p[6]
+    xs = _seg(arena, src, rows * width).reshape((rows, width))
+    outs = _seg(arena, dst, rows * height).reshape((rows, height))
+    if op == LINEAR_DENSE:
+        w = _seg(f32, p[7], height * width).reshape((height, width))
+        np.dot(xs, w.T, outs)
+    else:
+        xt = _seg(arena, p[15], width * rows).reshape((width, rows))
+        ot = _seg(arena, p[16], height * rows).reshape((height, rows))
+        for b in range(rows):
+            for j in range(width):
+                xt[j, b] = xs[b, j]
+        nnz = p[9]
+        indptr = _seg(i32, p[7], height + 1)
+        if op == LINEAR_CSR:
+            values = _seg(f32, p[10], nnz)
+            if p[12]:
+                kernels._mm_rows(indptr, _seg(i32, p[8], nnz), values, xt, ot, 0, height)
+            else:
+                kernels._mm_rows(indptr, _seg(u16, p[8], nnz), values, xt, ot, 0, height)
+        else:
+            codes, codebook = _seg(u8, p[10], nnz), _seg(f32, p[13], p[14])
+            if p[12]:
+                kernels._mm_rows_coded(indptr, _seg(i32, p[8], nnz), codes, codebook, xt, ot, 0, height)
+            else:
+                kernels._mm_rows_coded(indptr, _seg(u16, p[8], nnz), codes, codebook, xt, ot, 0, height)
+        for b in range(rows):
+            for r in range(height):
+                outs[b, r] = ot[r, b]
+    if bias_at >= 0:
+        for b in range(rows):
+            for r in range(height):
+                outs[b, r] += bias[r]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -291,11 +333,14 @@ class _Builder:
         if isinstance(module, SparseLinear):
             m = module.matrix
             indptr, cols, wide = self._csr(m)
+            # 15, 16: the batched kernel's transposed input and output (several rows only)
+            scratch = (self.buffer(width * rows), self.buffer(height * rows)) if rows > 1 else (-1, -1)
             if m.codes is None:  # 7 indptr, 8 cols, 9 nnz, 10 values, 11 prefetch, 12 wide
-                self.emit(LINEAR_CSR, *head, indptr, cols, m.nnz, self.f32.add(m.values), m.prefetch_ahead, wide)
+                self.emit(LINEAR_CSR, *head, indptr, cols, m.nnz, self.f32.add(m.values), m.prefetch_ahead, wide,
+                          0, 0, *scratch)
             else:  # ... 10 codes, 13 codebook, 14 its length
                 self.emit(LINEAR_CSR_CODED, *head, indptr, cols, m.nnz, self.u8.add(m.codes), m.prefetch_ahead, wide,
-                          self.f32.add(m.codebook), len(m.codebook))
+                          self.f32.add(m.codebook), len(m.codebook), *scratch)
         elif isinstance(module, CodedLinear):
             m: CodedMatrix = module.matrix  # 7 codes, 8 bytes a row, 9 codebook (rows, k) at 10, 11, 12 pairs
             pairs = self.f32.add(m.pairs) if len(m.pairs) else -1  # 13 per_row, 14 half

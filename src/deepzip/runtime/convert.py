@@ -53,6 +53,7 @@ CONVERTIBLE = (nn.Linear, nn.Conv2d)
 SPARSE_MARGIN = 0.99
 CALIBRATION_ROUNDS = 3
 CALIBRATION_CALLS = 30  # of each, per round
+PROBE_MARGIN = 1.5  # a compiled chain this much slower than the per-layer model at first sight is not tried further
 
 
 def _time_both(run_sparse, run_dense, repeats: int = CALIBRATION_CALLS) -> tuple[float, float]:
@@ -337,6 +338,12 @@ def _fuse(model: nn.Module, decisions: list[dict], example: torch.Tensor | None,
         return model
     try:
         trace = Trace(model, example)
+        probe = interleaved({"chain": lambda c=Chain(trace): c(example), "layers": lambda: model(example)}, repeats=5,
+                            warmup=1)
+        if probe["chain"] > PROBE_MARGIN * probe["layers"]:  # far behind: not worth calibrating its forms
+            info["reason"] = (f"the compiled chain took {probe['chain'] / probe['layers']:.1f}x the per-layer model's "
+                              "time on the example (a first probe)")
+            return model
         chosen = _chain_forms(trace, decisions, example, forms)
         chain = Chain(trace, chosen)
     except Unsupported as error:

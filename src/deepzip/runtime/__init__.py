@@ -6,12 +6,15 @@ on a sample input says.
     deepzip.runtime.convert(pruned_model, example=x)        # in place: per-layer sparse or dense
     fast = deepzip.runtime.load("model.dz", MyNet, example=x)   # no dense fp32 weights built
     deepzip.runtime.decisions(fast)                           # what was chosen per layer, and why
+    deepzip.runtime.fusion(fast)        # whether the whole model runs as one compiled chain (`fuse=`)
 """
 
+from .chain import FusedModel, Unsupported, compile_chain
 from .codes import CodedMatrix
-from .convert import CODES_MIN_BYTES, DENSITY_CUTOFF, convert, decisions, load
+from .convert import CODES_MIN_BYTES, DENSITY_CUTOFF, FUSE, convert, decisions, fusion, load
 from .kernels import column_dtype, csr_mm, csr_mm_coded, to_csr
 from .layers import CodedLinear, SparseConv2d, SparseLinear, SparseMatrix
 
-__all__ = ["CODES_MIN_BYTES", "DENSITY_CUTOFF", "CodedLinear", "CodedMatrix", "SparseConv2d", "SparseLinear",
-           "SparseMatrix", "column_dtype", "convert", "csr_mm", "csr_mm_coded", "decisions", "load", "to_csr"]
+__all__ = ["CODES_MIN_BYTES", "DENSITY_CUTOFF", "FUSE", "CodedLinear", "CodedMatrix", "FusedModel", "SparseConv2d",
+           "SparseLinear", "SparseMatrix", "Unsupported", "column_dtype", "compile_chain", "convert", "csr_mm",
+           "csr_mm_coded", "decisions", "fusion", "load", "to_csr"]

@@ -11,10 +11,17 @@ takes the one faster alone into the whole-model race against dense.
 Without a sample input, a layer goes sparse when at most `DENSITY_CUTOFF` of its weights are kept, else
 to dense codes when it has them and its dense weight is at least `CODES_MIN_BYTES` (big enough to
 stream from memory, where 4x-8x fewer bytes pay for the table lookups), else dense.
+
+Then, with ``fuse`` (CPU, with an example): when the model is a chain the chain compiler runs
+(`runtime.chain`), each layer's form is chosen again inside the compiled chain (sparse, codes or dense,
+the fastest of them timed in the chain, in model order), and the chain is kept when it beats the
+per-layer model by 1% in every one of 3 rounds (``fuse="auto"``) or always (``"on"``); the result is then
+a `FusedModel` wrapping the per-layer model. `fusion(model)` says what was decided, and why not.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +34,7 @@ from ..prune.masks import MASK_SUFFIX, get_masks
 from ..prune.targets import replace_module
 from ..quantize.sharing import CODEBOOK, INDEX, OUTLIER_MASK, OUTLIERS, codebooks, outliers, shared_weight
 from . import gpu
+from .chain import Chain, FusedModel, Trace, Unsupported
 from .codes import CodedMatrix
 from .kernels import column_dtype
 from .layers import CodedLinear, SparseConv2d, SparseLinear, SparseMatrix
@@ -35,6 +43,7 @@ from .timing import interleaved
 DENSITY_CUTOFF = 0.3
 CODES_MIN_BYTES = 4 << 20
 MODES = ("auto", "sparse", "codes", "dense")
+FUSE = ("auto", "on", "off")
 CONVERTIBLE = (nn.Linear, nn.Conv2d)
 
 
@@ -45,6 +54,7 @@ CONVERTIBLE = (nn.Linear, nn.Conv2d)
 SPARSE_MARGIN = 0.99
 CALIBRATION_ROUNDS = 3
 CALIBRATION_CALLS = 30  # of each, per round
+PROBE_MARGIN = 1.5  # a compiled chain this much slower than the per-layer model at first sight is not tried further
 
 
 def _time_both(run_sparse, run_dense, repeats: int = CALIBRATION_CALLS) -> tuple[float, float]:
@@ -117,6 +127,7 @@ def build_sparse(module: nn.Module, codebook=None, index=None, mask=None) -> nn.
 
 
 DECISIONS = "_deepzip_runtime_decisions"
+FUSION = "_deepzip_runtime_fusion"
 
 
 def decisions(model: nn.Module) -> list[dict]:
@@ -129,11 +140,25 @@ def decisions(model: nn.Module) -> list[dict]:
     return found
 
 
+def fusion(model: nn.Module) -> dict:
+    """Whether `convert` or `load` compiled ``model`` into one chain: ``fused``, ``reason`` (why not, or
+    why), and when timed ``chain_s`` / ``layers_s`` (median seconds per round: the chain and the per-layer
+    model) and ``max_abs_diff`` (chain against the per-layer model on the example)."""
+    found = model.__dict__.get(FUSION)
+    if found is None:
+        raise ValueError(f"{type(model).__name__} was not made by deepzip.runtime.convert or runtime.load")
+    return found
+
+
 def convert(model: nn.Module, example: torch.Tensor | None = None, mode: str = "auto",
-            device: str | torch.device = "cpu") -> nn.Module:
+            device: str | torch.device = "cpu", fuse: str = "auto") -> nn.Module:
     """Turn ``model`` into an inference model in place and return it; `decisions(model)` tells per layer
     what was chosen. ``mode``: auto (calibrate on ``example``, or the density rule without it), sparse
     (CSR everywhere), codes (dense codes where a layer has them, else CSR), or dense.
+    ``fuse``: auto (compile the whole model into one call when it is a chain of supported ops and that is
+    faster on ``example``), on (compile it, an error if it cannot be), off. When fused, the return value
+    is a `runtime.chain.FusedModel` (use it, not ``model``): inputs of the example's shape run in one
+    compiled call, others through ``model``, converted per layer in place. `fusion(result)` says why.
 
     ``example``: a sample input batch for calibration, at the batch size the model will serve.
     Linear and Conv2d layers with a mask or a codebook are candidates. The model is switched to eval
@@ -141,7 +166,7 @@ def convert(model: nn.Module, example: torch.Tensor | None = None, mode: str = "
     ``device``: ``cpu`` (numba kernels), or ``cuda`` (Triton kernels or cuBLAS per layer; see
     `runtime.gpu`): the model moves there, the converted layers' weights go there compact.
     """
-    _check_mode(mode, device)
+    _check_mode(mode, device, fuse, example)
     cuda = _cuda(device)
     if cuda is not None:
         return _convert_gpu(model, example, mode, cuda)
@@ -168,14 +193,17 @@ def convert(model: nn.Module, example: torch.Tensor | None = None, mode: str = "
                 found[-1]["codes_bytes"] = layer_coded.matrix.nbytes()
             replace_module(model, name, sparse)
         model.eval()
-        _choose_kernels(model, found, example, mode, coded)
+        forms: dict[str, dict[str, nn.Module]] = {}
+        _choose_kernels(model, found, example, mode, coded, forms)
+        model.__dict__[DECISIONS] = found
+        return _fuse(model, found, example, fuse, forms)
     except BaseException:
         for name, module in originals.items():
             replace_module(model, name, module)
         model.train(was_training)
+        model.__dict__.pop(DECISIONS, None)
+        model.__dict__.pop(FUSION, None)
         raise
-    model.__dict__[DECISIONS] = found
-    return model
 
 
 def _cuda(device) -> torch.device | None:
@@ -220,6 +248,7 @@ def _convert_gpu(model: nn.Module, example: torch.Tensor | None, mode: str, devi
         model.to(home).train(was_training)
         raise
     model.__dict__[DECISIONS] = found
+    model.__dict__[FUSION] = {"fused": False, "reason": "the chain compiler is the CPU runtime's"}
     return model
 
 
@@ -227,9 +256,16 @@ def _cpu(tensor: torch.Tensor | None) -> torch.Tensor | None:
     return None if tensor is None else tensor.detach().cpu()
 
 
-def _check_mode(mode: str, device: str | torch.device = "cpu") -> None:
+def _check_mode(mode: str, device: str | torch.device = "cpu", fuse: str = "auto",
+                example: torch.Tensor | None = None) -> None:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if fuse not in FUSE:
+        raise ValueError(f"fuse must be one of {', '.join(FUSE)}, got {fuse!r}")
+    if fuse == "on" and torch.device(device).type != "cpu":
+        raise ValueError("fuse='on' is the CPU runtime's chain compiler; on cuda use fuse='auto' or 'off'")
+    if fuse == "on" and example is None:
+        raise ValueError("fuse='on' needs an example input: the chain is planned for the example's shape")
     if mode == "codes" and torch.device(device).type != "cpu":
         raise ValueError("mode 'codes' is the CPU runtime's; on cuda use auto (it picks dense codes where they "
                          "win), sparse or dense")
@@ -242,11 +278,14 @@ def _decision(name: str, matrix: SparseMatrix) -> dict:
 
 
 def _choose_kernels(model: nn.Module, decisions: list[dict], example: torch.Tensor | None, mode: str,
-                    coded: dict[str, nn.Module] | None = None) -> nn.Module:
+                    coded: dict[str, nn.Module] | None = None,
+                    forms: dict[str, dict[str, nn.Module]] | None = None) -> nn.Module:
     """Keep each layer sparse, run it from its codes (``coded``: name -> CodedLinear) or swap in its dense
     twin: by timing on ``example`` (auto with an example), by the density rule (auto without), or as
-    ``mode`` says. Records the choice in ``decisions``."""
+    ``mode`` says. Records the choice in ``decisions``; in mode auto, every form of each layer goes into
+    ``forms`` (name -> {kind: module}) for the chain compiler to choose from again."""
     coded = coded or {}
+    forms = {} if forms is None else forms
     if mode == "codes":
         for name, layer in coded.items():
             replace_module(model, name, layer)
@@ -258,6 +297,8 @@ def _choose_kernels(model: nn.Module, decisions: list[dict], example: torch.Tens
             sparse = model.get_submodule(d["layer"])
             dense = _dense_from_sparse(sparse)
             options = {"sparse": sparse, **({"codes": coded[d["layer"]]} if d["layer"] in coded else {})}
+            if mode == "auto":
+                forms[d["layer"]] = {**options, "dense": dense}
             if inputs is not None:  # layer by layer in model order, each choice kept for the next
                 alone = _calibrate({**options, "dense": dense}, inputs[d["layer"]])
                 d.update({f"{kind}_s": seconds for kind, seconds in alone.items()})
@@ -285,6 +326,100 @@ def _choose_kernels(model: nn.Module, decisions: list[dict], example: torch.Tens
     return model
 
 
+def _fuse(model: nn.Module, decisions: list[dict], example: torch.Tensor | None, fuse: str,
+          forms: dict[str, dict[str, nn.Module]]) -> nn.Module:
+    """``model`` (per-layer) or a `FusedModel` of it, as ``fuse`` and timing on ``example`` say (module doc)."""
+    info: dict = {"fused": False}
+    model.__dict__[FUSION] = info
+    if fuse == "off":
+        info["reason"] = "fuse='off'"
+        return model
+    if example is None:
+        info["reason"] = "no example input (the chain is planned for the example's shape)"
+        return model
+    try:
+        trace = Trace(model, example)
+        probe = interleaved({"chain": lambda c=Chain(trace): c(example), "layers": lambda: model(example)}, repeats=5,
+                            warmup=1)
+        if probe["chain"] > PROBE_MARGIN * probe["layers"]:  # far behind: not worth calibrating its forms
+            info["reason"] = (f"the compiled chain took {probe['chain'] / probe['layers']:.1f}x the per-layer model's "
+                              "time on the example (a first probe)")
+            return model
+        chosen, kinds = _chain_forms(trace, decisions, example, forms)
+        chain = Chain(trace, chosen)
+    except Unsupported as error:
+        if fuse == "on":
+            raise
+        info["reason"] = f"not a chain the compiler runs: {error}"
+        return model
+    with torch.inference_mode():
+        want, got = model(example), chain(example)
+    scale = float(want.abs().max()) if want.numel() else 0.0
+    info["max_abs_diff"] = float((got - want).abs().max()) if want.numel() else 0.0
+    if info["max_abs_diff"] > 1e-4 * max(scale, 1.0):  # fp32 reassociation stays far below this
+        if fuse == "on":
+            raise ValueError(f"the compiled chain differs from the per-layer model by {info['max_abs_diff']:.2e}")
+        info["reason"] = f"the compiled chain differs from the per-layer model by {info['max_abs_diff']:.2e}"
+        return model
+    rounds = [_time_both(lambda: chain(example), lambda: model(example)) for _ in range(CALIBRATION_ROUNDS)]
+    info["chain_s"], info["layers_s"] = _medians(rounds)
+    if fuse == "auto" and not _sparse_wins(rounds):
+        info["reason"] = "the compiled chain was not faster than the per-layer model on the example"
+        return model
+    info.update(fused=True, reason="fuse='on'" if fuse == "on" else "faster than the per-layer model on the example",
+                input_shape=list(chain.input_shape), ops=len(chain.program), chain_bytes=chain.nbytes())
+    for d in decisions:
+        if d["layer"] in chain.layers:  # kinds: where there were forms to choose from; else the model's own
+            d["chain_kernel"] = kinds.get(d["layer"], _kind(chain.layers[d["layer"]]))
+    fused = FusedModel(model, chain).eval()
+    fused.__dict__[DECISIONS], fused.__dict__[FUSION] = decisions, info
+    return fused
+
+
+def _chain_forms(trace: Trace, decisions: list[dict], example: torch.Tensor,
+                 forms: dict[str, dict[str, nn.Module]]) -> tuple[dict[str, nn.Module], dict[str, str]]:
+    """Each layer's form inside the chain (modules, and kinds where there was a choice): in model order, the fastest of its forms timed in the whole
+    compiled chain (the per-layer choice can differ: out of the chain a small sparse layer loses to its
+    fixed call costs, inside it it does not). Forms the compiler cannot run are skipped."""
+    chosen: dict[str, nn.Module] = {}
+    kinds: dict[str, str] = {}
+    by_layer = {d["layer"]: d for d in decisions}
+    for name in trace.layers:
+        options = dict(forms.get(name, {}))
+        sparse = options.get("sparse")
+        if sparse is not None and sparse.matrix.codes is not None:
+            options["sparse fp32"] = _with_values(sparse)
+        chains = {}
+        for kind, module in options.items():
+            try:
+                chains[kind] = Chain(trace, {**chosen, name: module})
+            except Unsupported:
+                continue
+        if len(chains) < 2:
+            if chains:
+                kinds[name] = next(iter(chains))
+                chosen[name] = options[kinds[name]]
+            continue
+        times = interleaved({k: (lambda c=c: c(example)) for k, c in chains.items()}, repeats=CALIBRATION_CALLS,
+                            warmup=5)
+        best = min(times, key=times.get)
+        chosen[name] = options[best]
+        if name in by_layer:
+            by_layer[name]["chain_s"] = times
+        kinds[name] = best
+    return chosen, kinds
+
+
+def _with_values(layer: nn.Module) -> nn.Module:
+    """A codebook CSR layer as fp32 values on the same pattern: 4 bytes a weight instead of 1, but no
+    table lookup per weight (LeNet-300-100's fc1 inside the chain: ~25% faster). Only the chain's copy
+    of the weights holds them, and only where its calibration picks this form."""
+    twin = copy.copy(layer)  # shares the bias; only the matrix differs
+    m = layer.matrix
+    twin.matrix = SparseMatrix(m.shape, m.indptr, m.cols, values=m.codebook[m.codes])
+    return twin
+
+
 def _kind(module: nn.Module) -> str:
     if isinstance(module, CodedLinear):
         return "codes"
@@ -305,7 +440,7 @@ def _check_whole_model(model: nn.Module, kept: dict[str, tuple[nn.Module, nn.Mod
 
 
 def load(path: str | Path, model: ModelOrBuilder, example: torch.Tensor | None = None, mode: str = "auto",
-         device: str | torch.device = "cpu") -> nn.Module:
+         device: str | torch.device = "cpu", fuse: str = "auto") -> nn.Module:
     """A runnable inference model straight from a .dz file; `decisions(model)` tells per layer what was chosen.
 
     ``model``: an instance of the saved architecture (its weights are not used: build it under
@@ -313,9 +448,10 @@ def load(path: str | Path, model: ModelOrBuilder, example: torch.Tensor | None =
     description (``deepzip.models.from_description`` for deepzip's registry models). Sparse layers are
     built from the decoded positions and codes: no dense fp32 weight is made for them (only,
     temporarily, when calibrating against dense with ``example``). ``device``: as in `convert`; on
-    ``cuda`` the compact layers are copied to the GPU from the decoded positions and codes.
+    ``cuda`` the compact layers are copied to the GPU from the decoded positions and codes. ``fuse``: as
+    in `convert` (the result may be a `runtime.chain.FusedModel`).
     """
-    _check_mode(mode, device)
+    _check_mode(mode, device, fuse, example)
     cuda = _cuda(device)
     header, sections, _ = open_file(path)  # the whole header checked, nothing decoded yet
     # a skeleton (layer hyperparameters without weight memory), checked against the records first
@@ -346,6 +482,7 @@ def load(path: str | Path, model: ModelOrBuilder, example: torch.Tensor | None =
         pending = {d["layer"]: (d.pop("matrix"), dense_state.get(f"{d['layer']}.bias"), d.pop("module")) for d in found}
         gpu.place(model, found, pending, None if example is None else example.to(cuda), mode, cuda)
         model.__dict__[DECISIONS] = found
+        model.__dict__[FUSION] = {"fused": False, "reason": "the chain compiler is the CPU runtime's"}
         return model
     coded = {}
     for d in found:
@@ -355,9 +492,10 @@ def load(path: str | Path, model: ModelOrBuilder, example: torch.Tensor | None =
         replace_module(model, d["layer"], sparse)
         if codes is not None:
             coded[d["layer"]] = CodedLinear(codes, bias)
-    _choose_kernels(model, found, example, mode, coded)
+    forms: dict[str, dict[str, nn.Module]] = {}
+    _choose_kernels(model, found, example, mode, coded, forms)
     model.__dict__[DECISIONS] = found
-    return model
+    return _fuse(model, found, example, fuse, forms)
 
 
 def _materialised(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

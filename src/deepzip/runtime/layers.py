@@ -80,16 +80,17 @@ class SparseMatrix:
         """W @ xt for xt of shape (in, batch), float32 C-contiguous."""
         out = np.empty((self.shape[0], xt.shape[1]), dtype=np.float32)
         threads = self._threads()
+        ahead = kernels.mm_ahead(xt)
         if threads > 1:
             chunks = self._chunks_for(threads)
             if self.codes is None:
-                kernels.csr_mm_parallel(self.indptr, self.cols, self.values, xt, out, chunks)
+                kernels.csr_mm_parallel(self.indptr, self.cols, self.values, xt, out, chunks, ahead)
             else:
-                kernels.csr_mm_coded_parallel(self.indptr, self.cols, self.codes, self.codebook, xt, out, chunks)
+                kernels.csr_mm_coded_parallel(self.indptr, self.cols, self.codes, self.codebook, xt, out, chunks, ahead)
         elif self.codes is None:
-            kernels.csr_mm(self.indptr, self.cols, self.values, xt, out)
+            kernels.csr_mm(self.indptr, self.cols, self.values, xt, out, ahead)
         else:
-            kernels.csr_mm_coded(self.indptr, self.cols, self.codes, self.codebook, xt, out)
+            kernels.csr_mm_coded(self.indptr, self.cols, self.codes, self.codebook, xt, out, ahead)
         return out
 
     def to_dense(self) -> torch.Tensor:

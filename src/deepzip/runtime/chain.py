@@ -47,14 +47,6 @@ class Unsupported(ValueError):
 # ---------------------------------------------------------------------------------------------------
 # The compiled side: one call runs the whole program.
 
-@numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
-def _dense_dot(w, x):
-    acc = np.float32(0.0)
-    for j in range(len(x)):
-        acc += w[j] * x[j]
-    return acc
-
-
 @numba.njit(cache=True, nogil=True)
 def _dense_mm(w, xt, out):
     """out (rows, L) = w (rows, K) @ xt (K, L); zero weights (a pruned layer run dense) are skipped."""
@@ -157,7 +149,7 @@ def _linear(p, arena, f32, i32, u16, u8):
         if op == LINEAR_DENSE:
             w = _seg(f32, p[7], height * width)
             for r in range(height):
-                acc = _dense_dot(w[r * width:(r + 1) * width], x)
+                acc = codes_mod._dot(w[r * width:(r + 1) * width], x)
                 out[r] = acc + bias[r] if bias_at >= 0 else acc
             continue
         nnz, ahead = p[9], p[11]
@@ -193,20 +185,8 @@ def _linear_batch(p, arena, f32, i32, u16, u8, bias):
         for b in range(rows):
             for j in range(width):
                 xt[j, b] = xs[b, j]
-        nnz = p[9]
-        indptr = _seg(i32, p[7], height + 1)
-        if op == LINEAR_CSR:
-            values = _seg(f32, p[10], nnz)
-            if p[12]:
-                kernels._mm_rows(indptr, _seg(i32, p[8], nnz), values, xt, ot, 0, height, 0)
-            else:
-                kernels._mm_rows(indptr, _seg(u16, p[8], nnz), values, xt, ot, 0, height, 0)
-        else:
-            codes, codebook = _seg(u8, p[10], nnz), _seg(f32, p[13], p[14])
-            if p[12]:
-                kernels._mm_rows_coded(indptr, _seg(i32, p[8], nnz), codes, codebook, xt, ot, 0, height, 0)
-            else:
-                kernels._mm_rows_coded(indptr, _seg(u16, p[8], nnz), codes, codebook, xt, ot, 0, height, 0)
+        _csr_mm(op != LINEAR_CSR, p[12], _seg(i32, p[7], height + 1), p[8], p[10], p[13], p[14], p[9], xt, ot,
+                f32, i32, u16, u8)
         for b in range(rows):
             for r in range(height):
                 outs[b, r] = ot[r, b]
@@ -214,6 +194,25 @@ def _linear_batch(p, arena, f32, i32, u16, u8, bias):
         for b in range(rows):
             for r in range(height):
                 outs[b, r] += bias[r]
+
+
+@numba.njit(cache=True, nogil=True)
+def _csr_mm(coded, wide, indptr, cols_at, values_at, codebook_at, k, nnz, x, out, f32, i32, u16, u8):
+    """out = W x for a CSR weight in the arena (the Linear and the lowered Conv ops share it): fp32 values or
+    uint8 codes into a ``k``-entry codebook, int32 (``wide``) or uint16 columns."""
+    rows = len(indptr) - 1
+    if coded:
+        codes, codebook = _seg(u8, values_at, nnz), _seg(f32, codebook_at, k)
+        if wide:
+            kernels._mm_rows_coded(indptr, _seg(i32, cols_at, nnz), codes, codebook, x, out, 0, rows, 0)
+        else:
+            kernels._mm_rows_coded(indptr, _seg(u16, cols_at, nnz), codes, codebook, x, out, 0, rows, 0)
+    else:
+        values = _seg(f32, values_at, nnz)
+        if wide:
+            kernels._mm_rows(indptr, _seg(i32, cols_at, nnz), values, x, out, 0, rows, 0)
+        else:
+            kernels._mm_rows(indptr, _seg(u16, cols_at, nnz), values, x, out, 0, rows, 0)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -232,20 +231,8 @@ def _conv(p, arena, f32, i32, u16, u8):
         if op == CONV_DENSE:
             _dense_mm(_seg(f32, p[20], rows * depth).reshape((rows, depth)), cols, out)
         else:
-            nnz = p[22]
-            indptr = _seg(i32, p[20], rows + 1)
-            if op == CONV_CSR:
-                values = _seg(f32, p[23], nnz)
-                if p[24]:
-                    kernels._mm_rows(indptr, _seg(i32, p[21], nnz), values, cols, out, 0, rows, 0)
-                else:
-                    kernels._mm_rows(indptr, _seg(u16, p[21], nnz), values, cols, out, 0, rows, 0)
-            else:
-                codes, codebook = _seg(u8, p[23], nnz), _seg(f32, p[25], p[26])
-                if p[24]:
-                    kernels._mm_rows_coded(indptr, _seg(i32, p[21], nnz), codes, codebook, cols, out, 0, rows, 0)
-                else:
-                    kernels._mm_rows_coded(indptr, _seg(u16, p[21], nnz), codes, codebook, cols, out, 0, rows, 0)
+            _csr_mm(op != CONV_CSR, p[24], _seg(i32, p[20], rows + 1), p[21], p[23], p[25], p[26], p[22], cols, out,
+                    f32, i32, u16, u8)
         if bias_at >= 0:
             _add_channel_bias(out, _seg(f32, bias_at, rows))
 

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from . import criteria
-from .masks import MASK_SUFFIX, apply_masks, get_masks
+from .masks import MASK_SUFFIX, DetachParams, apply_masks, get_masks
 from .targets import find_targets, split_name
 
 BETA, GAMMA, ZETA = 2.0 / 3.0, -0.1, 1.1
@@ -110,16 +110,8 @@ class L0Gates:
             if mask is not None else weight
 
 
-class DetachGates:
-    """The matching forward hook: after the forward the attribute keeps a detached copy of the gated
-    weight, so the module stays deep-copyable and does not pin the graph."""
-
-    def __init__(self, gates: L0Gates) -> None:
-        self.gates = gates
-
-    def __call__(self, module: nn.Module, _inputs=None, _output=None) -> None:
-        for param in self.gates.params:
-            setattr(module, param, getattr(module, param).detach())
+class DetachGates(DetachParams):
+    """The matching forward hook: the attribute keeps a detached copy of the gated weight."""
 
 
 def _gates_hook(module: nn.Module) -> L0Gates | None:

@@ -57,6 +57,19 @@ class MaskGradients:
         return {"_hooked": {}, "dense": None}
 
 
+class DetachParams:
+    """A forward hook for a pre-hook that sets computed parameters (``source.params``) on its module: after
+    the forward the graph holds the computed tensor, the attribute keeps a detached copy, so the module stays
+    deep-copyable and does not pin the graph. Each mechanism subclasses it, so it removes only its own."""
+
+    def __init__(self, source) -> None:
+        self.source = source
+
+    def __call__(self, module: nn.Module, _inputs=None, _output=None) -> None:
+        for param in self.source.params:
+            setattr(module, param, getattr(module, param).detach())
+
+
 def _masked_gradient(module: nn.Module, buffer: str, grad: torch.Tensor) -> torch.Tensor:
     hook = _mask_hook(module)
     if hook is not None and getattr(hook, "dense", None) is not None:  # capturing: keep the dense gradient before masking it

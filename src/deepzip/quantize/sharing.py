@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..prune import l0
-from ..prune.masks import MASK_SUFFIX, apply_masks, enforce, get_masks, saved_masks
+from ..prune.masks import MASK_SUFFIX, DetachParams, apply_masks, enforce, get_masks, saved_masks
 from ..prune.targets import split_name
 from .kmeans import MAX_ITERS, kmeans_1d
 from .lookup import shared_values
@@ -71,16 +71,8 @@ class SharedWeights:
             setattr(module, param, _effective(module, param))
 
 
-class DetachSharedWeights:
-    """The matching forward hook: after the forward the graph holds the effective weight; the attribute
-    keeps a detached copy so the module stays deep-copyable and does not pin the graph."""
-
-    def __init__(self, refresh: SharedWeights) -> None:
-        self.refresh = refresh
-
-    def __call__(self, module: nn.Module, _inputs=None, _output=None) -> None:
-        for param in self.refresh.params:
-            setattr(module, param, getattr(module, param).detach())
+class DetachSharedWeights(DetachParams):
+    """The matching forward hook: the attribute keeps a detached copy of the effective weight."""
 
 
 def _sharing_hook(module: nn.Module) -> SharedWeights | None:

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import kernels
-from .codes import CodedMatrix
 from .threads import kernel_threads
 
 
@@ -116,6 +115,19 @@ class _CompactLinear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().clone().float())
         self._bias = _NO_BIAS if bias is None else self.bias.numpy()
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._batch_one(x)
+        if out is not None:
+            return out
+        lead = x.shape[:-1]
+        rows = np.ascontiguousarray(x.detach().reshape(-1, self.in_features).numpy(), dtype=np.float32)
+        out = self.matrix.matvec(rows[0], self._bias) if rows.shape[0] == 1 else self._matmul(rows)
+        return torch.from_numpy(out).reshape(*lead, self.out_features)
+
+    def _matmul(self, rows: np.ndarray) -> np.ndarray:
+        """``rows @ W.T + bias`` for a batch of rows (fp32, C-contiguous): each layer's batched kernel."""
+        raise NotImplementedError
+
     def _batch_one(self, x: torch.Tensor) -> torch.Tensor | None:
         """The output for one contiguous fp32 row, else None. Batch 1 is latency-bound: a small layer's
         whole product takes a few microseconds, so this path does no reshapes or copies in Python, and
@@ -128,22 +140,12 @@ class _CompactLinear(nn.Module):
 
 
 class SparseLinear(_CompactLinear):
-    def __init__(self, matrix: SparseMatrix, bias: torch.Tensor | None):
-        super().__init__(matrix, bias)
+    """A Linear layer run from its CSR weight (`SparseMatrix`: fp32 values or codebook codes)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self._batch_one(x)
-        if out is not None:
-            return out
-        lead = x.shape[:-1]
-        if x.numel() == self.in_features:
-            vector = np.ascontiguousarray(x.detach().reshape(-1).numpy(), dtype=np.float32)
-            return torch.from_numpy(self.matrix.matvec(vector, self._bias)).reshape(*lead, self.out_features)
-        xt = np.ascontiguousarray(x.detach().reshape(-1, self.in_features).numpy().T, dtype=np.float32)
-        out = torch.from_numpy(self.matrix.matmul_t(xt).T)
-        if self.bias is not None:
-            out = out + self.bias
-        return out.reshape(*lead, self.out_features)
+    def _matmul(self, rows: np.ndarray) -> np.ndarray:
+        # The batched CSR kernels take the input transposed: each kept weight updates a contiguous batch vector.
+        out = self.matrix.matmul_t(np.ascontiguousarray(rows.T)).T
+        return out if self.bias is None else out + self._bias
 
     def extra_repr(self) -> str:
         kind = "codes" if self.matrix.codes is not None else "values"
@@ -153,18 +155,8 @@ class SparseLinear(_CompactLinear):
 class CodedLinear(_CompactLinear):
     """A Linear layer run from its codebook indices (`codes.CodedMatrix`): the weight-shared dense kernels."""
 
-    def __init__(self, matrix: CodedMatrix, bias: torch.Tensor | None):
-        super().__init__(matrix, bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self._batch_one(x)
-        if out is not None:
-            return out
-        lead = x.shape[:-1]
-        rows = np.ascontiguousarray(x.detach().reshape(-1, self.in_features).numpy(), dtype=np.float32)
-        if rows.shape[0] == 1:
-            return torch.from_numpy(self.matrix.matvec(rows[0], self._bias)).reshape(*lead, self.out_features)
-        return torch.from_numpy(self.matrix.matmul(rows, self._bias)).reshape(*lead, self.out_features)
+    def _matmul(self, rows: np.ndarray) -> np.ndarray:
+        return self.matrix.matmul(rows, self._bias)
 
     def extra_repr(self) -> str:
         table = "per-row codebooks" if self.matrix.per_row else "one codebook"

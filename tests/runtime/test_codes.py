@@ -11,7 +11,7 @@ from torch import nn
 import deepzip
 from deepzip import runtime
 from deepzip.quantize import codebooks, install
-from deepzip.runtime import CodedLinear, CodedMatrix
+from deepzip.runtime import CodedLinear, CodedMatrix, panels
 from deepzip.runtime.codes import pack, row_blocks
 
 
@@ -94,7 +94,9 @@ def test_convert_and_load_run_shared_layers_from_their_codes(tmp_path, per_row):
     expected = model(x)
     fast = runtime.convert(copy.deepcopy(model), mode="codes")
     assert [d["kernel"] for d in runtime.decisions(fast)] == ["codes", "codes"]
-    assert runtime.decisions(fast)[0]["codes_bytes"] == 64 * 24 + 16 * 4 * (64 if per_row else 1) + (0 if per_row else 2048)
+    in_panels = panels.available() and not per_row  # one codebook of 16: the panel kernels; else rows + pair table
+    assert runtime.decisions(fast)[0]["codes_kernel"] == ("panels fp32" if in_panels else "rows")
+    assert runtime.decisions(fast)[0]["codes_bytes"] == 64 * 24 + 16 * 4 * (64 if per_row else 1) + (0 if per_row or in_panels else 2048)
     close(fast(x), expected)
     deepzip.save(model, tmp_path / "m.dz")
     loaded = runtime.load(tmp_path / "m.dz", shared_mlp(seed=1), mode="codes")

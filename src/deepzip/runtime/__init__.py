@@ -7,14 +7,16 @@ on a sample input says.
     fast = deepzip.runtime.load("model.dz", MyNet, example=x)   # no dense fp32 weights built
     deepzip.runtime.decisions(fast)                           # what was chosen per layer, and why
     deepzip.runtime.fusion(fast)        # whether the whole model runs as one compiled chain (`fuse=`)
+    deepzip.runtime.convert(shared_model, example=tokens, precision="int8")  # 4-bit codes, int8 dot products
 """
 
 from .chain import FusedModel, Unsupported, compile_chain
 from .codes import CodedMatrix
-from .convert import CODES_MIN_BYTES, DENSITY_CUTOFF, FUSE, convert, decisions, fusion, load
+from .convert import CODES_MIN_BYTES, DENSITY_CUTOFF, FUSE, PRECISIONS, convert, decisions, fusion, load
 from .kernels import column_dtype, csr_mm, csr_mm_coded, to_csr
 from .layers import CodedLinear, SparseConv2d, SparseLinear, SparseMatrix
+from .panels import PanelMatrix
 
-__all__ = ["CODES_MIN_BYTES", "DENSITY_CUTOFF", "FUSE", "CodedLinear", "CodedMatrix", "FusedModel", "SparseConv2d",
+__all__ = ["CODES_MIN_BYTES", "DENSITY_CUTOFF", "FUSE", "CodedLinear", "CodedMatrix", "FusedModel", "PRECISIONS", "PanelMatrix", "SparseConv2d",
            "SparseLinear", "SparseMatrix", "Unsupported", "column_dtype", "compile_chain", "convert", "csr_mm",
            "csr_mm_coded", "decisions", "fusion", "load", "to_csr"]

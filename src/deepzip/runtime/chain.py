@@ -31,6 +31,7 @@ from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 from . import codes as codes_mod
 from . import kernels
 from .codes import CodedMatrix
+from .panels import PanelMatrix
 from .layers import CodedLinear, SparseConv2d, SparseLinear, SparseMatrix
 
 # Op codes (column 0 of a program row); the other columns are documented at each builder below.
@@ -332,7 +333,7 @@ class _Builder:
                 self.emit(LINEAR_CSR_CODED, *head, indptr, cols, m.nnz, self.u8.add(m.codes), m.prefetch_ahead, wide,
                           self.f32.add(m.codebook), len(m.codebook), *scratch)
         elif isinstance(module, CodedLinear):
-            m: CodedMatrix = module.matrix  # 7 codes, 8 bytes a row, 9 codebook (rows, k) at 10, 11, 12 pairs
+            m: CodedMatrix = _row_codes(module.matrix)  # 7 codes, 8 bytes a row, 9 codebook (rows, k) at 10, 11, 12 pairs
             pairs = self.f32.add(m.pairs) if len(m.pairs) else -1  # 13 per_row, 14 half
             self.emit(LINEAR_CODES, *head, self.u8.add(m.codes), m.codes.shape[1], self.f32.add(m.codebook),
                       m.codebook.shape[0], m.codebook.shape[1], pairs, m.per_row, m.half)
@@ -373,6 +374,16 @@ class _Builder:
         dst = self.buffer(batch * channels * ho * wo)
         self.emit(kind, src, dst, batch * channels, height, width, *kernel, *stride, ho, wo)
         return dst
+
+
+def _row_codes(matrix) -> CodedMatrix:
+    """A coded layer's codes in the row layout the chain's op reads (panels are repacked; the chain keeps
+    its own copy of every weight anyway)."""
+    if isinstance(matrix, PanelMatrix):
+        if matrix.precision != "fp32":
+            raise Unsupported(f"a layer run at precision={matrix.precision!r} (the chain multiplies in fp32)")
+        return CodedMatrix.from_index(torch.from_numpy(matrix.table), torch.from_numpy(matrix.index()))
+    return matrix
 
 
 def _pair(value) -> tuple[int, int]:

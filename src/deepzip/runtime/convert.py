@@ -35,6 +35,7 @@ from ..prune.targets import replace_module
 from ..quantize.sharing import CODEBOOK, INDEX, OUTLIER_MASK, OUTLIERS, codebooks, outliers, shared_weight
 from . import gpu
 from .chain import Chain, FusedModel, Trace, Unsupported
+from . import panels
 from .codes import CodedMatrix
 from .kernels import column_dtype
 from .layers import CodedLinear, SparseConv2d, SparseLinear, SparseMatrix
@@ -43,6 +44,7 @@ from .timing import interleaved
 DENSITY_CUTOFF = 0.3
 CODES_MIN_BYTES = 4 << 20
 MODES = ("auto", "sparse", "codes", "dense")
+PRECISIONS = panels.PRECISIONS
 FUSE = ("auto", "on", "off")
 CONVERTIBLE = (nn.Linear, nn.Conv2d)
 
@@ -110,13 +112,28 @@ def _layer_inputs(model: nn.Module, example: torch.Tensor, names: list[str]) -> 
 
 
 def build_coded(module: nn.Module, codebook: torch.Tensor | None, index: torch.Tensor | None, has_outliers: bool,
-                mask: torch.Tensor | None) -> CodedLinear | None:
+                mask: torch.Tensor | None, precision: str = "fp32") -> CodedLinear | None:
     """The dense-codes form of a weight-shared Linear layer, or None where the kernels cannot run it
     (not Linear, no codebook, exact outliers, more than 255 shared values)."""
     if not isinstance(module, nn.Linear) or not CodedMatrix.eligible(codebook, has_outliers):
         return None
-    return CodedLinear(CodedMatrix.from_index(codebook.detach().cpu(), index.cpu(),
-                                              None if mask is None else mask.cpu()), module.bias)
+    return CodedLinear(coded_matrix(codebook.detach().cpu(), index.cpu(), None if mask is None else mask.cpu(),
+                                    has_outliers, precision), module.bias)
+
+
+def _codes_kernel(matrix) -> str:
+    """How a layer's dense codes run: ``panels fp32`` / ``panels int8`` (`runtime.panels`) or ``rows``."""
+    return f"panels {matrix.precision}" if isinstance(matrix, panels.PanelMatrix) else "rows"
+
+
+def coded_matrix(codebook: torch.Tensor, index: torch.Tensor, mask: torch.Tensor | None, has_outliers: bool,
+                 precision: str) -> CodedMatrix | panels.PanelMatrix:
+    """A weight-shared layer's dense codes: in panels (`runtime.panels`: one codebook of at most 16 values,
+    on a CPU with AVX-512; ``precision`` applies there), else rows (`runtime.codes`, fp32)."""
+    pruned = mask is not None and not bool(mask.all())
+    if panels.eligible(codebook, has_outliers, pruned) and panels.available(precision):
+        return panels.PanelMatrix.from_index(codebook, index, mask, precision)
+    return CodedMatrix.from_index(codebook, index, mask)
 
 
 def build_sparse(module: nn.Module, codebook=None, index=None, mask=None) -> nn.Module:
@@ -151,7 +168,7 @@ def fusion(model: nn.Module) -> dict:
 
 
 def convert(model: nn.Module, example: torch.Tensor | None = None, mode: str = "auto",
-            device: str | torch.device = "cpu", fuse: str = "auto") -> nn.Module:
+            device: str | torch.device = "cpu", fuse: str = "auto", precision: str = "fp32") -> nn.Module:
     """Turn ``model`` into an inference model in place and return it; `decisions(model)` tells per layer
     what was chosen. ``mode``: auto (calibrate on ``example``, or the density rule without it), sparse
     (CSR everywhere), codes (dense codes where a layer has them, else CSR), or dense.
@@ -165,8 +182,12 @@ def convert(model: nn.Module, example: torch.Tensor | None = None, mode: str = "
     mode. If anything raises, the model is left as it was.
     ``device``: ``cpu`` (numba kernels), or ``cuda`` (Triton kernels or cuBLAS per layer; see
     `runtime.gpu`): the model moves there, the converted layers' weights go there compact.
+    ``precision``: how a weight-shared layer run from its 4-bit codes in panels multiplies (`runtime.panels`):
+    fp32 (exact up to fp32 reassociation), or int8 (the codebook on an int8 grid, each input row
+    quantized to int8 as dynamic int8 quantization does; ~2x faster at small batches, needs AVX-512 VNNI).
+    Other layers stay fp32.
     """
-    _check_mode(mode, device, fuse, example)
+    _check_mode(mode, device, fuse, example, precision)
     cuda = _cuda(device)
     if cuda is not None:
         return _convert_gpu(model, example, mode, cuda)
@@ -187,10 +208,10 @@ def convert(model: nn.Module, example: torch.Tensor | None = None, mode: str = "
             sparse = build_sparse(module, codebook, index, masks.get(weight))
             found.append(_decision(name, sparse.matrix))
             layer_coded = build_coded(module, *shared.get(weight, (None, None)), weight in with_outliers,
-                                      masks.get(weight))
+                                      masks.get(weight), precision)
             if layer_coded is not None:
                 coded[name] = layer_coded
-                found[-1]["codes_bytes"] = layer_coded.matrix.nbytes()
+                found[-1].update(codes_bytes=layer_coded.matrix.nbytes(), codes_kernel=_codes_kernel(layer_coded.matrix))
             replace_module(model, name, sparse)
         model.eval()
         forms: dict[str, dict[str, nn.Module]] = {}
@@ -257,7 +278,7 @@ def _cpu(tensor: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def _check_mode(mode: str, device: str | torch.device = "cpu", fuse: str = "auto",
-                example: torch.Tensor | None = None) -> None:
+                example: torch.Tensor | None = None, precision: str = "fp32") -> None:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if fuse not in FUSE:
@@ -266,6 +287,9 @@ def _check_mode(mode: str, device: str | torch.device = "cpu", fuse: str = "auto
         raise ValueError("fuse='on' is the CPU runtime's chain compiler; on cuda use fuse='auto' or 'off'")
     if fuse == "on" and example is None:
         raise ValueError("fuse='on' needs an example input: the chain is planned for the example's shape")
+    panels.check_precision(precision)
+    if precision != "fp32" and torch.device(device).type != "cpu":
+        raise ValueError(f"precision={precision!r} is the CPU runtime's panel kernels'; on cuda use precision='fp32'")
     if mode == "codes" and torch.device(device).type != "cpu":
         raise ValueError("mode 'codes' is the CPU runtime's; on cuda use auto (it picks dense codes where they "
                          "win), sparse or dense")
@@ -440,7 +464,7 @@ def _check_whole_model(model: nn.Module, kept: dict[str, tuple[nn.Module, nn.Mod
 
 
 def load(path: str | Path, model: ModelOrBuilder, example: torch.Tensor | None = None, mode: str = "auto",
-         device: str | torch.device = "cpu", fuse: str = "auto") -> nn.Module:
+         device: str | torch.device = "cpu", fuse: str = "auto", precision: str = "fp32") -> nn.Module:
     """A runnable inference model straight from a .dz file; `decisions(model)` tells per layer what was chosen.
 
     ``model``: an instance of the saved architecture (its weights are not used: build it under
@@ -449,9 +473,9 @@ def load(path: str | Path, model: ModelOrBuilder, example: torch.Tensor | None =
     built from the decoded positions and codes: no dense fp32 weight is made for them (only,
     temporarily, when calibrating against dense with ``example``). ``device``: as in `convert`; on
     ``cuda`` the compact layers are copied to the GPU from the decoded positions and codes. ``fuse``: as
-    in `convert` (the result may be a `runtime.chain.FusedModel`).
+    in `convert` (the result may be a `runtime.chain.FusedModel`). ``precision``: as in `convert`.
     """
-    _check_mode(mode, device, fuse, example)
+    _check_mode(mode, device, fuse, example, precision)
     cuda = _cuda(device)
     header, sections, _ = open_file(path)  # the whole header checked, nothing decoded yet
     # a skeleton (layer hyperparameters without weight memory), checked against the records first
@@ -465,11 +489,11 @@ def load(path: str | Path, model: ModelOrBuilder, example: torch.Tensor | None =
             dense_state.update(decode_records({"tensors": [record]}, sections, str(path)))
             continue
         rows, width = record["shape"][0], int(np.prod(record["shape"][1:]))
-        entries, coded = _decode_weight(record, sections, module, rows, width, cuda is None)
+        entries, coded = _decode_weight(record, sections, module, rows, width, cuda is None, precision)
         matrix = _matrix_from_entries(entries, rows, width)
         found.append({**_decision(module_name, matrix), "module": module, "matrix": matrix})
         if coded is not None:
-            found[-1].update(codes_bytes=coded.nbytes(), coded=coded)
+            found[-1].update(codes_bytes=coded.nbytes(), codes_kernel=_codes_kernel(coded), coded=coded)
     for key, value in _materialised(dense_state).items():  # biases and layers left to PyTorch
         value = value if cuda is None else value.to(cuda)
         owner, _, attr = key.rpartition(".")
@@ -514,7 +538,7 @@ def _materialised(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _decode_weight(record: dict, sections, module: nn.Module, rows: int, width: int,
-                   want_codes: bool) -> tuple[Entries, CodedMatrix | None]:
+                   want_codes: bool, precision: str = "fp32") -> tuple[Entries, CodedMatrix | None]:
     """A weight record's kept entries (for CSR) and, for a weight-shared Linear layer the dense-codes
     kernels can run (`CodedMatrix.eligible`), its `CodedMatrix`; the record is decoded once."""
     if record["encoding"] != "shared":
@@ -535,7 +559,7 @@ def _decode_weight(record: dict, sections, module: nn.Module, rows: int, width: 
         mask = torch.zeros(rows * width, dtype=torch.bool)
         mask[positions] = True
         mask = mask.reshape(rows, width)
-    return entries, CodedMatrix.from_index(shared.codebook, index.reshape(rows, width), mask)
+    return entries, coded_matrix(shared.codebook, index.reshape(rows, width), mask, has_outliers, precision)
 
 
 def _matrix_from_entries(entries, rows: int, width: int) -> SparseMatrix:

@@ -153,14 +153,16 @@ class SparseLinear(_CompactLinear):
 
 
 class CodedLinear(_CompactLinear):
-    """A Linear layer run from its codebook indices (`codes.CodedMatrix`): the weight-shared dense kernels."""
+    """A Linear layer run from its codebook indices: the weight-shared dense kernels, rows
+    (`codes.CodedMatrix`) or panels (`panels.PanelMatrix`)."""
 
     def _matmul(self, rows: np.ndarray) -> np.ndarray:
         return self.matrix.matmul(rows, self._bias)
 
     def extra_repr(self) -> str:
         table = "per-row codebooks" if self.matrix.per_row else "one codebook"
-        return (f"{self.in_features} -> {self.out_features}, {self.matrix.bits}-bit codes, {table}, "
+        layout = f", panels, {self.matrix.precision}" if hasattr(self.matrix, "precision") else ""
+        return (f"{self.in_features} -> {self.out_features}, {self.matrix.bits}-bit codes, {table}{layout}, "
                 f"{self.matrix.nbytes():,} bytes")
 
 

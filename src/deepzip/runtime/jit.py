@@ -1,0 +1,66 @@
+"""A small LLVM JIT for the host CPU: kernels written as LLVM IR text, compiled once per process.
+
+numba compiles Python loops well, but some instructions a kernel needs have no Python spelling: a
+16-entry table lookup held in a register (``vpermps`` / ``vpshufb``), or the int8 dot product
+(``vpdpbusd``). LLVM's x86 intrinsics reach them; llvmlite (already here under numba) compiles the IR
+for this machine's CPU and features. A function is compiled on first use and kept for the process
+(never at import); the CPU's features decide which kernels exist (`has`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import llvmlite.binding as llvm
+
+_compiled: dict[str, tuple] = {}  # name -> (ctypes function, module, engine): the engine owns the code
+
+
+@functools.cache
+def _target_machine():
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    target = llvm.Target.from_default_triple()
+    return target.create_target_machine(cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(),
+                                        opt=3, codemodel="jitdefault")
+
+
+@functools.cache
+def host_features() -> frozenset[str]:
+    """The host CPU's features as LLVM names them (``avx512f``, ``avx512vnni``, ...)."""
+    try:
+        flags = llvm.get_host_cpu_features()
+    except RuntimeError:  # LLVM cannot read them on this platform: no JIT kernels
+        return frozenset()
+    return frozenset(name for name, on in flags.items() if on)
+
+
+def has(*features: str) -> bool:
+    """Whether the host CPU has every one of ``features`` (LLVM's names)."""
+    return set(features) <= host_features()
+
+
+def compile_function(name: str, ir: str, restype, argtypes: list) -> ctypes._CFuncPtr:
+    """The function ``name`` of the LLVM IR module ``ir``, compiled for this CPU (once per process and name)."""
+    found = _compiled.get(name)
+    if found is None:
+        module = llvm.parse_assembly(ir)
+        module.verify()
+        machine = _target_machine()
+        passes = llvm.create_pass_builder(machine, llvm.create_pipeline_tuning_options(speed_level=3))
+        passes.getModulePassManager().run(module, passes)
+        engine = llvm.create_mcjit_compiler(module, machine)
+        engine.finalize_object()
+        function = ctypes.CFUNCTYPE(restype, *argtypes)(engine.get_function_address(name))
+        found = _compiled[name] = (function, module, engine)
+    return found[0]
+
+
+def assembly(ir: str) -> str:
+    """The machine code LLVM makes of ``ir`` for this CPU (for tests and for reading what a kernel became)."""
+    module = llvm.parse_assembly(ir)
+    machine = _target_machine()
+    passes = llvm.create_pass_builder(machine, llvm.create_pipeline_tuning_options(speed_level=3))
+    passes.getModulePassManager().run(module, passes)
+    return machine.emit_assembly(module)

@@ -1,0 +1,365 @@
+"""Codebook GEMM on panels of 16 outputs: a 4-bit weight-shared Linear layer run from its codes at
+register speed, for one input row or a small batch (a transformer's tokens).
+
+A layer with one codebook of at most 16 values keeps every weight as a 4-bit code. The codes are stored
+in panels: 16 consecutive outputs, and per step along the input the codes of those 16 outputs side by
+side, two a byte. The kernel (LLVM IR, compiled for this CPU by `runtime.jit`) holds the codebook in one
+vector register and turns a step's codes into 16 weights with one table lookup in registers, then
+multiplies them into the accumulators of up to `MAX_BLOCK` input rows at once (the classic GEMM
+micro-kernel, with the weight panel decoded on the fly instead of loaded as fp32): each decoded weight
+feeds every row of the block, and the codes are 8x fewer bytes than fp32 weights. Two precisions:
+
+- ``fp32``: the codebook as fp32 (``vpermps``), fp32 multiply-adds; results equal a dense fp32 matmul
+  of the same weights within fp32 reassociation. Needs AVX-512F.
+- ``int8``: the codebook rounded to int8 with one scale per layer (``vpshufb``), each input row quantized
+  to int8 with its own scale (as dynamic int8 quantization does), ``vpdpbusd`` dot products of four
+  weights at a time with int32 sums. About 3x the fp32 kernel's speed at 17 rows; the rounding is
+  int8 dynamic quantization's (reported as an error bound, not hidden). Needs AVX-512 VNNI.
+
+Layout, ``fp32``: panel p, step k: 8 bytes, byte b holding output 16p+b's code (low nibble) and output
+16p+b+8's (high nibble). ``int8``: a step is 4 inputs, 64 lanes (lane 4n+t: output 16p+n, input 4k+t), 32
+bytes, byte b holding lane b (low) and lane b+32 (high). Outputs pad to a multiple of 16, inputs to a
+multiple of 4 (int8), with code 0; padded outputs are never stored, padded inputs meet zero inputs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import numba
+import numpy as np
+import torch
+
+from . import jit
+
+PANEL = 16  # outputs a panel: one 512-bit register of fp32 or int32 sums
+MAX_BLOCK = 24  # input rows a kernel call multiplies at once: 24 accumulator registers of AVX-512's 32
+PRECISIONS = ("fp32", "int8")
+NEEDS = {"fp32": ("avx512f",), "int8": ("avx512f", "avx512bw", "avx512vnni")}
+STEP = {"fp32": 1, "int8": 4}  # inputs a step
+INT8_MAX = 127
+
+
+def available(precision: str = "fp32") -> bool:
+    """Whether this CPU runs the panel kernels at ``precision``."""
+    return jit.has(*NEEDS[precision])
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "fp32" and not available(precision):
+        raise ValueError(f"precision={precision!r} needs a CPU with {', '.join(NEEDS[precision])} (this one lacks "
+                         f"{', '.join(sorted(set(NEEDS[precision]) - jit.host_features()))}); use precision='fp32'")
+
+
+def eligible(codebook: torch.Tensor | None, has_outliers: bool, pruned: bool) -> bool:
+    """One codebook of at most 16 values (15 when pruned weights need their own +0.0 code), no outliers."""
+    if codebook is None or has_outliers or codebook.dim() != 1:
+        return False
+    return codebook.shape[0] + int(pruned) <= 16
+
+
+# ---------------------------------------------------------------------------------------------- kernels
+
+
+def _splat(count: int, value, kind: str = "i32") -> str:
+    return "<" + ", ".join([f"{kind} {value}"] * count) + ">"
+
+
+def _sequence(count: int) -> str:
+    return "<" + ", ".join(f"i32 {j}" for j in range(count)) + ">"
+
+
+_DECLARATIONS = """
+declare <16 x float> @llvm.x86.avx512.permvar.sf.512(<16 x float>, <16 x i32>)
+declare <64 x i8> @llvm.x86.avx512.pshuf.b.512(<64 x i8>, <64 x i8>)
+declare <16 x i32> @llvm.x86.avx512.vpdpbusd.512(<16 x i32>, <64 x i8>, <64 x i8>)
+declare <16 x float> @llvm.fma.v16f32(<16 x float>, <16 x float>, <16 x float>)
+declare <16 x float> @llvm.masked.load.v16f32.p0(ptr, i32, <16 x i1>, <16 x float>)
+declare void @llvm.masked.store.v16f32.p0(<16 x float>, ptr, i32, <16 x i1>)
+"""
+
+
+def kernel_name(precision: str, rows: int) -> str:
+    return f"deepzip_panels_{precision}_{rows}"
+
+
+def kernel_ir(precision: str, rows: int) -> str:
+    """LLVM IR of the kernel for ``rows`` input rows (1..MAX_BLOCK), one accumulator register a row:
+
+    void f(u8* codes, lut, xt, i64 ldx, i64 steps, i64 p0, i64 p1, float* bias (or null), float* out,
+           i64 ldo, i64 n_valid, float* scale, float* correction)
+
+    computes panels p0..p1-1 of out[0:rows, :] (row stride ``ldo``, columns < n_valid stored) from
+    ``xt``: the inputs transposed, step-major (``ldx`` apart), fp32 (fp32) or four uint8 (int8: q + 128)
+    a row and step. int8 only: out = scale[row] * (sum - correction[col]) + bias, where the correction is
+    128 times the column's int8 weight sum (the +128 that made the inputs unsigned).
+    """
+    int8 = precision == "int8"
+    code_bytes = PANEL * STEP[precision] // 2
+    lines = [_DECLARATIONS]
+    add = lines.append
+    add(f"define void @{kernel_name(precision, rows)}(ptr noalias %codes, ptr noalias %lut, ptr noalias %xt, "
+        "i64 %ldx, i64 %steps, i64 %p0, i64 %p1, ptr noalias %bias, ptr noalias %out, i64 %ldo, i64 %nvalid, "
+        "ptr noalias %scale, ptr noalias %correction) nounwind {")
+    add("entry:")
+    add("  %lutv = load <64 x i8>, ptr %lut, align 1" if int8 else "  %lutv = load <16 x float>, ptr %lut, align 4")
+    add("  %hasbias = icmp ne ptr %bias, null")
+    add("  %nv0 = insertelement <16 x i64> poison, i64 %nvalid, i64 0")
+    add("  %nv = shufflevector <16 x i64> %nv0, <16 x i64> poison, <16 x i32> zeroinitializer")
+    add("  br label %panel")
+    add("panel:")
+    add("  %p = phi i64 [%p0, %entry], [%pnext, %store]")
+    add("  %more = icmp slt i64 %p, %p1")
+    add("  br i1 %more, label %start, label %done")
+    add("start:")  # this panel's columns, which of them exist, and its bias
+    add(f"  %col = mul i64 %p, {PANEL}")
+    add("  %col0 = insertelement <16 x i64> poison, i64 %col, i64 0")
+    add("  %colv = shufflevector <16 x i64> %col0, <16 x i64> poison, <16 x i32> zeroinitializer")
+    add("  %cols = add <16 x i64> %colv, <" + ", ".join(f"i64 {j}" for j in range(PANEL)) + ">")
+    add("  %valid = icmp slt <16 x i64> %cols, %nv")
+    add("  %bptr = getelementptr float, ptr %bias, i64 %col")
+    add("  br i1 %hasbias, label %withbias, label %nobias")
+    add("withbias:")
+    add("  %bv = call <16 x float> @llvm.masked.load.v16f32.p0(ptr %bptr, i32 4, <16 x i1> %valid, "
+        "<16 x float> zeroinitializer)")
+    add("  br label %init")
+    add("nobias:")
+    add("  br label %init")
+    add("init:")
+    add("  %b = phi <16 x float> [%bv, %withbias], [zeroinitializer, %nobias]")
+    add("  %panelbytes = mul i64 %steps, " + str(code_bytes))
+    add("  %coff = mul i64 %p, %panelbytes")
+    add("  %cfirst = getelementptr i8, ptr %codes, i64 %coff")
+    add("  br label %step")
+    add("step:")
+    add("  %k = phi i64 [0, %init], [%knext, %step]")
+    add("  %cptr = phi ptr [%cfirst, %init], [%cnext, %step]")
+    add("  %xptr = phi ptr [%xt, %init], [%xnext, %step]")
+    start = "zeroinitializer" if int8 else "%b"
+    kind = "<16 x i32>" if int8 else "<16 x float>"
+    for r in range(rows):
+        add(f"  %acc{r} = phi {kind} [{start}, %init], [%next{r}, %step]")
+    if int8:  # 32 bytes -> 64 four-bit codes -> 64 int8 weights by one in-register lookup per 16 codes
+        add("  %c = load <32 x i8>, ptr %cptr, align 1")
+        add(f"  %lo = and <32 x i8> %c, {_splat(32, 15, 'i8')}")
+        add(f"  %hi = lshr <32 x i8> %c, {_splat(32, 4, 'i8')}")
+        add(f"  %idx = shufflevector <32 x i8> %lo, <32 x i8> %hi, <64 x i32> {_sequence(64)}")
+        add("  %w = call <64 x i8> @llvm.x86.avx512.pshuf.b.512(<64 x i8> %lutv, <64 x i8> %idx)")
+    else:  # 8 bytes -> 16 codes -> 16 fp32 weights by one in-register lookup
+        add("  %c = load <8 x i8>, ptr %cptr, align 1")
+        add("  %cw = zext <8 x i8> %c to <8 x i32>")
+        add(f"  %lo = and <8 x i32> %cw, {_splat(8, 15)}")
+        add(f"  %hi = lshr <8 x i32> %cw, {_splat(8, 4)}")
+        add(f"  %idx = shufflevector <8 x i32> %lo, <8 x i32> %hi, <16 x i32> {_sequence(16)}")
+        add("  %w = call <16 x float> @llvm.x86.avx512.permvar.sf.512(<16 x float> %lutv, <16 x i32> %idx)")
+    for r in range(rows):  # one broadcast input (fp32, or 4 uint8) into each row's accumulator
+        add(f"  %xp{r} = getelementptr i32, ptr %xptr, i64 {r}")
+        add(f"  %xs{r} = load {'i32' if int8 else 'float'}, ptr %xp{r}, align 4")
+        if int8:
+            add(f"  %xi{r} = insertelement <16 x i32> poison, i32 %xs{r}, i64 0")
+            add(f"  %xb{r} = shufflevector <16 x i32> %xi{r}, <16 x i32> poison, <16 x i32> zeroinitializer")
+            add(f"  %xv{r} = bitcast <16 x i32> %xb{r} to <64 x i8>")
+            add(f"  %next{r} = call <16 x i32> @llvm.x86.avx512.vpdpbusd.512(<16 x i32> %acc{r}, <64 x i8> %xv{r}, "
+                "<64 x i8> %w)")
+        else:
+            add(f"  %xi{r} = insertelement <16 x float> poison, float %xs{r}, i64 0")
+            add(f"  %xv{r} = shufflevector <16 x float> %xi{r}, <16 x float> poison, <16 x i32> zeroinitializer")
+            add(f"  %next{r} = call <16 x float> @llvm.fma.v16f32(<16 x float> %xv{r}, <16 x float> %w, "
+                f"<16 x float> %acc{r})")
+    add(f"  %cnext = getelementptr i8, ptr %cptr, i64 {code_bytes}")
+    add("  %xnext = getelementptr i32, ptr %xptr, i64 %ldx")
+    add("  %knext = add i64 %k, 1")
+    add("  %again = icmp slt i64 %knext, %steps")
+    add("  br i1 %again, label %step, label %store")
+    add("store:")
+    if int8:
+        add("  %corrptr = getelementptr float, ptr %correction, i64 %col")
+        add("  %corr = load <16 x float>, ptr %corrptr, align 4")
+    for r in range(rows):
+        value = f"%next{r}"
+        if int8:  # scale[r] * (sum - correction) + bias
+            add(f"  %f{r} = sitofp <16 x i32> %next{r} to <16 x float>")
+            add(f"  %d{r} = fsub <16 x float> %f{r}, %corr")
+            add(f"  %sp{r} = getelementptr float, ptr %scale, i64 {r}")
+            add(f"  %s{r} = load float, ptr %sp{r}, align 4")
+            add(f"  %si{r} = insertelement <16 x float> poison, float %s{r}, i64 0")
+            add(f"  %sv{r} = shufflevector <16 x float> %si{r}, <16 x float> poison, <16 x i32> zeroinitializer")
+            add(f"  %y{r} = call <16 x float> @llvm.fma.v16f32(<16 x float> %d{r}, <16 x float> %sv{r}, <16 x float> %b)")
+            value = f"%y{r}"
+        add(f"  %orow{r} = mul i64 %ldo, {r}")
+        add(f"  %oat{r} = add i64 %orow{r}, %col")
+        add(f"  %optr{r} = getelementptr float, ptr %out, i64 %oat{r}")
+        add(f"  call void @llvm.masked.store.v16f32.p0(<16 x float> {value}, ptr %optr{r}, i32 4, <16 x i1> %valid)")
+    add("  %pnext = add i64 %p, 1")
+    add("  br label %panel")
+    add("done:")
+    add("  ret void")
+    add("}")
+    return "\n".join(lines)
+
+
+_ARGS = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 4 + [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 2
+
+
+@functools.cache  # the IR text is only built on a kernel's first use
+def kernel(precision: str, rows: int):
+    """The compiled kernel for ``rows`` input rows (see `kernel_ir`), compiled on first use."""
+    return jit.compile_function(kernel_name(precision, rows), kernel_ir(precision, rows), None, _ARGS)
+
+
+# ---------------------------------------------------------------------------------------------- layout
+
+
+def pack(index: np.ndarray, precision: str) -> np.ndarray:
+    """Codes (rows, width) < 16 in panel layout: (panels, steps, bytes a step) uint8 (module docstring)."""
+    step = STEP[precision]
+    rows, width = index.shape
+    panels, steps = -(-rows // PANEL), -(-width // step)
+    padded = np.zeros((panels * PANEL, steps * step), np.uint8)
+    padded[:rows, :width] = index
+    lanes = padded.reshape(panels, PANEL, steps, step).transpose(0, 2, 1, 3).reshape(panels, steps, PANEL * step)
+    half = PANEL * step // 2
+    return np.ascontiguousarray(lanes[:, :, :half] | (lanes[:, :, half:] << 4))
+
+
+def unpack(codes: np.ndarray, precision: str, shape: tuple[int, int]) -> np.ndarray:
+    """The inverse of `pack`: codes (rows, width) uint8."""
+    step = STEP[precision]
+    panels, steps, _ = codes.shape
+    lanes = np.concatenate([codes & 15, codes >> 4], axis=2)
+    index = lanes.reshape(panels, steps, PANEL, step).transpose(0, 2, 1, 3).reshape(panels * PANEL, steps * step)
+    return np.ascontiguousarray(index[: shape[0], : shape[1]])
+
+
+def int8_table(table: np.ndarray) -> tuple[np.ndarray, float]:
+    """(the codebook as int8 levels, scale): table ~= scale * levels, levels in [-127, 127]."""
+    peak = float(np.abs(table).max()) if len(table) else 0.0
+    scale = peak / INT8_MAX if peak > 0 else 1.0
+    return np.clip(np.rint(table / scale), -INT8_MAX, INT8_MAX).astype(np.int8), scale
+
+
+@numba.njit(cache=True, nogil=True)
+def _row_peaks(bits, peaks):
+    """max |x| of each row, from x's float32 bits as int32: with the sign bit cleared, the bits of
+    non-negative floats order as the floats do, and an integer max vectorizes (a float max does not)."""
+    for r in range(bits.shape[0]):
+        peak = np.int32(0)
+        for j in range(bits.shape[1]):
+            peak = max(peak, bits[r, j] & np.int32(0x7FFFFFFF))
+        peaks[r] = peak
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _quantize_rows(x, peaks, q, scales, weight_scale):
+    """Each row of x (rows, width) as int8 with its own scale (its peak |x| / 127), plus 128 (uint8),
+    into q (rows, padded width; the padding stays zero-valued: 128); scales[r] = the row's scale times
+    the weight scale. Inputs must be finite (as for any int8 quantization)."""
+    rows, width = x.shape
+    for r in range(rows):
+        scale = peaks[r] / np.float32(INT8_MAX) if peaks[r] > 0 else np.float32(1.0)
+        inverse = np.float32(1.0) / scale
+        scales[r] = scale * weight_scale
+        for j in range(width):  # x * inverse + 128 in [1, 255]: + 0.5 and truncation round it
+            q[r, j] = np.uint8(np.int32(x[r, j] * inverse + np.float32(128.5)))
+        for j in range(width, q.shape[1]):
+            q[r, j] = np.uint8(128)
+
+
+def quantize_rows(x: np.ndarray, padded_width: int, weight_scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """(q, scales): x's rows as uint8 (int8 + 128) with per-row scales (`_quantize_rows`)."""
+    peaks = np.empty(x.shape[0], np.int32)
+    _row_peaks(x.view(np.int32), peaks)
+    quantized = np.empty((x.shape[0], padded_width), np.uint8)
+    scales = np.empty(x.shape[0], np.float32)
+    _quantize_rows(x, peaks.view(np.float32), quantized, scales, np.float32(weight_scale))
+    return quantized, scales
+
+
+def blocks(rows: int) -> list[tuple[int, int]]:
+    """Input rows split into near-equal blocks of at most MAX_BLOCK (17 -> one block; 32 -> 16 + 16)."""
+    count = -(-rows // MAX_BLOCK)
+    bounds = [round(i * rows / count) for i in range(count + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(count)]
+
+
+class PanelMatrix:
+    """A dense weight of 4-bit codes in panel layout and the multiplies that use it (module docstring).
+    The same interface as `codes.CodedMatrix` (``matvec``, ``matmul``, ``nbytes``, ``to_dense``)."""
+
+    bits = 4
+    per_row = 0
+
+    def __init__(self, shape, index: np.ndarray, table: np.ndarray, precision: str = "fp32"):
+        check_precision(precision)
+        if len(table) > 16 or (index.size and int(index.max()) >= len(table)):
+            raise ValueError(f"panel codes hold at most 16 values, and every index must be < {len(table)}")
+        self.shape = tuple(shape)
+        self.precision = precision
+        self.nnz = self.shape[0] * self.shape[1]
+        self.codes = pack(index, precision)
+        self.steps = self.codes.shape[1]
+        self.table = np.zeros(16, np.float32)
+        self.table[: len(table)] = table
+        if precision == "int8":
+            levels, self.weight_scale = int8_table(self.table)
+            self.lut = np.tile(levels, 4)  # vpshufb looks up within each 128-bit lane
+            weights = levels[unpack(self.codes, precision, (self.codes.shape[0] * PANEL, self.steps * 4))]
+            self.correction = (128.0 * weights.sum(axis=1, dtype=np.int64)).astype(np.float32)
+        else:
+            self.lut, self.weight_scale, self.correction = self.table, 1.0, np.zeros(0, np.float32)
+
+    @classmethod
+    def from_index(cls, codebook: torch.Tensor, index: torch.Tensor, mask: torch.Tensor | None = None,
+                   precision: str = "fp32") -> "PanelMatrix":
+        """From a layer's sharing state (one codebook [k]); pruned weights get an extra code of value +0.0."""
+        rows = index.shape[0]
+        table = codebook.detach().float().reshape(-1).numpy()
+        idx = index.reshape(rows, -1).numpy().astype(np.int64)
+        if mask is not None and not bool(mask.all()):
+            table = np.append(table, np.float32(0.0))
+            idx = np.where(mask.reshape(rows, -1).numpy(), idx, len(table) - 1)
+        return cls((rows, idx.shape[1]), idx.astype(np.uint8), table, precision)
+
+    def nbytes(self) -> int:
+        return self.codes.nbytes + self.lut.nbytes + self.correction.nbytes
+
+    def index(self) -> np.ndarray:
+        """The codes as (rows, width) uint8 indices into `table`."""
+        return unpack(self.codes, self.precision, self.shape)
+
+    def to_dense(self) -> torch.Tensor:
+        """The weight the kernels multiply by (int8: the codebook as its int8 levels times their scale)."""
+        table = self.table if self.precision == "fp32" else self.lut[:16].astype(np.float32) * self.weight_scale
+        return torch.from_numpy(np.ascontiguousarray(table[self.index()], dtype=np.float32))
+
+    def matvec(self, x: np.ndarray, bias: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """W @ x + bias for one float32 vector."""
+        out = np.empty(self.shape[0], dtype=np.float32) if out is None else out
+        self._run(x.reshape(1, -1), bias, out.reshape(1, -1))
+        return out
+
+    def matmul(self, x: np.ndarray, bias: np.ndarray) -> np.ndarray:
+        """x @ W.T + bias for x (batch, in) float32 C-contiguous: (batch, out)."""
+        out = np.empty((x.shape[0], self.shape[0]), dtype=np.float32)
+        self._run(x, bias, out)
+        return out
+
+    def _run(self, x: np.ndarray, bias: np.ndarray, out: np.ndarray) -> None:
+        rows = x.shape[0]
+        if self.precision == "int8":
+            quantized, scales = quantize_rows(x, self.steps * 4, self.weight_scale)
+            xt = quantized.view(np.uint32)  # a row's four inputs of a step as one word
+            xt = xt if rows == 1 else np.ascontiguousarray(xt.T)  # step-major: (steps, rows)
+            scale_at, correction_at = scales.ctypes.data, self.correction.ctypes.data
+        else:
+            xt = x if rows == 1 else np.ascontiguousarray(x.T)  # step-major: (in, rows)
+            scale_at = correction_at = None
+        bias_at = bias.ctypes.data if len(bias) else None
+        for start, stop in blocks(rows):
+            kernel(self.precision, stop - start)(
+                self.codes.ctypes.data, self.lut.ctypes.data, xt.ctypes.data + 4 * start, rows, self.steps, 0,
+                self.codes.shape[0], bias_at, out.ctypes.data + 4 * start * out.shape[1], out.shape[1],
+                self.shape[0], None if scale_at is None else scale_at + 4 * start, correction_at)

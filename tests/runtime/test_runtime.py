@@ -170,8 +170,8 @@ def test_convert_and_load_match_the_model(name, mode, tmp_path):
             if mode != "auto":
                 assert d["kernel"] == mode
             else:  # calibrated: sparse only where it won every round by the margin, in this very model
-                assert "model_sparse_s" in d and "model_dense_s" in d
-                if d["kernel"] == "sparse":
+                assert ("model_sparse_s" in d and "model_dense_s" in d) or "group_s" in d or d["kernel"] == "dense"
+                if d["kernel"] == "sparse" and "group_s" not in d:
                     assert d["model_sparse_s"] < SPARSE_MARGIN * d["model_dense_s"]
                     assert d["whole_model_s"][0] < SPARSE_MARGIN * d["whole_model_s"][1]
     if mode == "sparse":  # straight from the file: no dense fp32 weight in any sparse layer
@@ -289,3 +289,38 @@ def test_compare_models_reports_the_noise_floor_with_a_control():
     assert set(plain) == {"deepzip", "dense", "speedup"}
     timed = compare_models(model, model, x, repeats=20, control=copy.deepcopy(model))
     assert set(timed) == {"deepzip", "dense", "speedup", "noise"} and timed["noise"] > 0
+
+
+@pytest.mark.parametrize("group_wins", [True, False])
+def test_small_layers_faster_alone_are_raced_together(monkeypatch, group_wins):
+    """30 layers of ~3% of the model each: none is raced alone; the ones faster alone go or stay together,
+    then the near ties."""
+    convert_module = importlib.import_module("deepzip.runtime.convert")
+    raced = []
+
+    def alone(options, x):  # layer 3 is slower sparse alone: never in a group; 4 ties dense: the second group
+        if "sparse" not in options:
+            return {"dense": 2.0}  # each layer 2 of the 60 all the layers take dense
+        sparse = {id(layers[3]): 3.0, id(layers[4]): 2.02}.get(id(options["sparse"]), 1.0)
+        return {"sparse": sparse, "dense": 2.0}
+
+    def in_model(model, sparse, dense, example):
+        raced.append(sorted(sparse))
+        return [(1.0, 2.0) if group_wins else (2.0, 2.0)] * 3
+
+    monkeypatch.setattr(convert_module, "_calibrate", alone)
+    monkeypatch.setattr(convert_module, "_calibrate_in_model", in_model)
+    model = nn.Sequential(*[nn.Linear(8, 8) for _ in range(30)])
+    deepzip.prune(model, sparsity=0.5)
+    layers = {}
+    original = convert_module.build_sparse
+    monkeypatch.setattr(convert_module, "build_sparse", lambda module, *a: layers.setdefault(
+        next(i for i, m in enumerate(model) if m is module), original(module, *a)))
+    fast = runtime.convert(model, example=torch.randn(1, 8), fuse="off")
+    decisions = runtime.decisions(fast)
+    first = [str(i) for i in range(30) if i not in (3, 4)]
+    assert raced[0] == sorted(first) and raced[1] == ["4"]  # the faster group, then the near tie
+    assert len(raced) == (3 if group_wins else 2)  # then the whole-model check, when something was kept
+    assert [d["kernel"] for d in decisions] == [("sparse" if group_wins else "dense") if i != 3 else "dense"
+                                                for i in range(30)]
+    assert all("model_sparse_s" not in d for d in decisions)

@@ -7,7 +7,10 @@ order by timing the whole model with the layer sparse and with it dense, alterna
 layers' traffic through the caches is counted; sparse must win by 1% in every one of 3 rounds. Then the
 chosen model must beat the all-dense one the same way, or every layer goes back to dense. The layer's
 own times (alone, on the input it sees in the model) are recorded too. A layer with both compact forms
-takes the one faster alone into the whole-model race against dense.
+takes the one faster alone into the whole-model race against dense; calibration starts from the all-dense
+model. Layers that are each a small part of the model (under 10% of the dense layers' time, as a
+transformer's) are not raced one by one, which cannot resolve gains that small: those faster alone are
+raced together, kept together or not, then those within 5% of dense alone the same way (`_race_group`).
 Without a sample input, a layer goes sparse when at most `DENSITY_CUTOFF` of its weights are kept, else
 to dense codes when it has them and its dense weight is at least `CODES_MIN_BYTES` (big enough to
 stream from memory, where 4x-8x fewer bytes pay for the table lookups), else dense.
@@ -56,6 +59,9 @@ CONVERTIBLE = (nn.Linear, nn.Conv2d)
 SPARSE_MARGIN = 0.99
 CALIBRATION_ROUNDS = 3
 CALIBRATION_CALLS = 30  # of each, per round
+RACE_SHARE = 0.1  # a layer under this share of the dense layers' time is raced in a group (`_race_group`)
+NEAR_TIE = 1.05  # small layers this close to dense alone (or faster) go into a group race: in the model, with
+# the other layers' weights through the caches, a form that ties alone can win (a transformer's codes do)
 PROBE_MARGIN = 1.5  # a compiled chain this much slower than the per-layer model at first sight is not tried further
 
 
@@ -86,6 +92,23 @@ def _calibrate_in_model(model: nn.Module, sparse: dict[str, nn.Module], dense: d
         return call
 
     return [_time_both(run_with(sparse), run_with(dense)) for _ in range(CALIBRATION_ROUNDS)]
+
+
+def _race_group(model: nn.Module, group: dict[str, tuple[nn.Module, nn.Module]], decisions: list[dict],
+                example: torch.Tensor) -> dict[str, tuple[nn.Module, nn.Module]]:
+    """Small layers (each under RACE_SHARE of the dense layers' time) whose compact form was faster alone
+    (or, the second group, near a tie), raced together in the whole model against dense: kept together
+    (returned) or not at all.
+    Alone, each one's gain is under what a whole-model race can tell from noise (a transformer's 36
+    Linear layers are ~2% of its time each); together they are not."""
+    rounds = _calibrate_in_model(model, {n: c for n, (c, _) in group.items()}, {n: t for n, (_, t) in group.items()},
+                                 example)
+    wins = _sparse_wins(rounds)
+    for d in decisions:
+        if d["layer"] in group:
+            d["group_s"] = _medians(rounds)  # [the group compact, the group dense]
+            replace_module(model, d["layer"], group[d["layer"]][0 if wins else 1])
+    return group if wins else {}
 
 
 def _sparse_wins(rounds: list[tuple[float, float]]) -> bool:
@@ -316,22 +339,36 @@ def _choose_kernels(model: nn.Module, decisions: list[dict], example: torch.Tens
     elif mode != "sparse":
         inputs = _layer_inputs(model, example, [d["layer"] for d in decisions]) \
             if example is not None and mode == "auto" else None
-        kept: dict[str, tuple[nn.Module, nn.Module]] = {}
+        layer_forms = {}
         for d in decisions:
             sparse = model.get_submodule(d["layer"])
-            dense = _dense_from_sparse(sparse)
             options = {"sparse": sparse, **({"codes": coded[d["layer"]]} if d["layer"] in coded else {})}
+            layer_forms[d["layer"]] = {**options, "dense": _dense_from_sparse(sparse)}
             if mode == "auto":
-                forms[d["layer"]] = {**options, "dense": dense}
+                forms[d["layer"]] = layer_forms[d["layer"]]
+            if inputs is not None:  # calibration starts from the all-dense model: each race moves one layer
+                replace_module(model, d["layer"], layer_forms[d["layer"]]["dense"])
+        kept: dict[str, tuple[nn.Module, nn.Module]] = {}
+        groups: list[dict[str, tuple[nn.Module, nn.Module]]] = [{}, {}]  # small layers: faster alone; near ties
+        dense_total = sum(_calibrate({"dense": f["dense"]}, inputs[n])["dense"] for n, f in layer_forms.items()) \
+            if inputs is not None else 0.0
+        for d in decisions:
+            options = dict(layer_forms[d["layer"]])
+            dense = options.pop("dense")
             if inputs is not None:  # layer by layer in model order, each choice kept for the next
                 alone = _calibrate({**options, "dense": dense}, inputs[d["layer"]])
                 d.update({f"{kind}_s": seconds for kind, seconds in alone.items()})
                 fastest = min(options, key=alone.get)  # the compact form to race dense in the model
-                rounds = _calibrate_in_model(model, {d["layer"]: options[fastest]}, {d["layer"]: dense}, example)
-                d["model_sparse_s"], d["model_dense_s"] = _medians(rounds)  # "sparse": the compact form raced
                 d["raced"] = fastest
-                choice = fastest if _sparse_wins(rounds) else None
-                replace_module(model, d["layer"], sparse)
+                choice = None
+                if alone["dense"] < RACE_SHARE * dense_total:  # too small to race alone: raced in a group
+                    tier = 0 if alone[fastest] < SPARSE_MARGIN * alone["dense"] else 1
+                    if alone[fastest] <= NEAR_TIE * alone["dense"]:
+                        groups[tier][d["layer"]] = (options[fastest], dense)
+                else:
+                    rounds = _calibrate_in_model(model, {d["layer"]: options[fastest]}, {d["layer"]: dense}, example)
+                    d["model_sparse_s"], d["model_dense_s"] = _medians(rounds)  # "sparse": the compact form raced
+                    choice = fastest if _sparse_wins(rounds) else None
             elif mode == "auto" and d["density"] <= DENSITY_CUTOFF:
                 choice = "sparse"
             elif mode == "auto" and "codes" in options and d["dense_bytes"] >= CODES_MIN_BYTES:
@@ -343,6 +380,9 @@ def _choose_kernels(model: nn.Module, decisions: list[dict], example: torch.Tens
                 replace_module(model, d["layer"], options[choice])
             else:
                 replace_module(model, d["layer"], dense)
+        for group in groups:
+            if group:
+                kept.update(_race_group(model, group, decisions, example))
         if inputs is not None and kept:
             _check_whole_model(model, kept, decisions, example)
     for d in decisions:

@@ -278,11 +278,12 @@ def quantize_rows(x: np.ndarray, padded_width: int, weight_scale: float) -> tupl
     return quantized, scales
 
 
-def blocks(rows: int) -> list[tuple[int, int]]:
+@functools.cache
+def blocks(rows: int) -> tuple[tuple[int, int], ...]:
     """Input rows split into near-equal blocks of at most MAX_BLOCK (17 -> one block; 32 -> 16 + 16)."""
     count = -(-rows // MAX_BLOCK)
     bounds = [round(i * rows / count) for i in range(count + 1)]
-    return [(bounds[i], bounds[i + 1]) for i in range(count)]
+    return tuple((bounds[i], bounds[i + 1]) for i in range(count))
 
 
 class PanelMatrix:
@@ -310,6 +311,9 @@ class PanelMatrix:
             self.correction = (128.0 * weights.sum(axis=1, dtype=np.int64)).astype(np.float32)
         else:
             self.lut, self.weight_scale, self.correction = self.table, 1.0, np.zeros(0, np.float32)
+        # addresses read on every call (numpy's .ctypes costs ~1 us each); the arrays live as long as self
+        self._codes_at, self._lut_at = self.codes.ctypes.data, self.lut.ctypes.data
+        self._correction_at = self.correction.ctypes.data if precision == "int8" else None
 
     @classmethod
     def from_index(cls, codebook: torch.Tensor, index: torch.Tensor, mask: torch.Tensor | None = None,
@@ -349,17 +353,18 @@ class PanelMatrix:
 
     def _run(self, x: np.ndarray, bias: np.ndarray, out: np.ndarray) -> None:
         rows = x.shape[0]
+        scale_at = None
         if self.precision == "int8":
             quantized, scales = quantize_rows(x, self.steps * 4, self.weight_scale)
             xt = quantized.view(np.uint32)  # a row's four inputs of a step as one word
             xt = xt if rows == 1 else np.ascontiguousarray(xt.T)  # step-major: (steps, rows)
-            scale_at, correction_at = scales.ctypes.data, self.correction.ctypes.data
+            scale_at = scales.ctypes.data
         else:
             xt = x if rows == 1 else np.ascontiguousarray(x.T)  # step-major: (in, rows)
-            scale_at = correction_at = None
         bias_at = bias.ctypes.data if len(bias) else None
+        xt_at, out_at, width = xt.ctypes.data, out.ctypes.data, out.shape[1]
         for start, stop in blocks(rows):
             kernel(self.precision, stop - start)(
-                self.codes.ctypes.data, self.lut.ctypes.data, xt.ctypes.data + 4 * start, rows, self.steps, 0,
-                self.codes.shape[0], bias_at, out.ctypes.data + 4 * start * out.shape[1], out.shape[1],
-                self.shape[0], None if scale_at is None else scale_at + 4 * start, correction_at)
+                self._codes_at, self._lut_at, xt_at + 4 * start, rows, self.steps, 0, self.codes.shape[0], bias_at,
+                out_at + 4 * start * width, width, self.shape[0], None if scale_at is None else scale_at + 4 * start,
+                self._correction_at)

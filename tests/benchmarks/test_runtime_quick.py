@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from deepzip.runtime import panels
+
 ROOT = Path(__file__).resolve().parents[2]
 pytest.importorskip("transformers")
 
@@ -24,14 +26,18 @@ def test_quick_runtime_benchmark_runs_every_section():
     assert [m[0] for m in loaded] == ["lenet300_100", "lenet5", "tiny BERT, 4-bit"]
     assert all(m[1] == "yes" for m in loaded)
     # the encoder: every representation timed, codes hold fewer bytes than fp32 weights
-    row = re.search(r"^\| Linear weight bytes \| ([\d,]+) \| ([\d,]+) \| ([\d,]+) \| ([\d,]+) \|( \(file\) \|)*$", out,
-                    flags=re.M)
+    row = re.search(r"^\| Linear weight bytes \| ([\d,]+) \| ([\d,]+) \| ([\d,]+) \| ([\d,]+) \|( [\d,]+ \|)?"
+                    r"( \(file\) \|)*$", out, flags=re.M)
     fp32, int8, _, codes = (int(g.replace(",", "")) for g in row.groups()[:4])
     assert int8 < fp32 / 3 and codes < fp32 / 1.9
     assert re.search(r"deepzip \(codes\) vs its dense 4-bit \d\.\de-0[5-9]|deepzip \(codes\) vs its dense 4-bit 0\.0e\+00", out)
+    if panels.available("int8"):  # int8 panels: timed, and their rounding reported beside int8 dynamic's
+        assert re.search(r"deepzip int8 vs its dense 4-bit \d\.\de[-+]\d\d; deepzip int8 \d\.\de[-+]\d\d", out)
+        assert "panels fp32" in out
     # ONNX Runtime beside them where it is installed (the onnx extra), said plainly where not
     if importlib.util.find_spec("onnxruntime") is not None:
-        assert re.search(r"^\|  \| fp32 \| int8 dynamic \| deepzip auto \| deepzip codes \| ORT fp32 \| ORT int8 \|$", out, flags=re.M)
+        assert re.search(r"^\|  \| fp32 \| int8 dynamic \| deepzip auto \| deepzip codes \|( deepzip int8 \|)? ORT fp32 \| "
+                         r"ORT int8 \|$", out, flags=re.M)
         assert re.search(r"ORT fp32 \d\.\de-0[5-9]", out)  # the exported model computes the same
     else:
         assert "ONNX Runtime: not measured (onnxruntime not installed" in out

@@ -125,7 +125,7 @@ class Residual(nn.Module):
 
 @pytest.mark.parametrize("model, reason", [
     (Residual(), "not a chain at node 'fc' (call_module fc): 'x' is read by 2 nodes (fc, add)"),
-    (nn.Sequential(nn.Linear(8, 8), nn.Sigmoid()), "node '_1' (call_module 1) is not supported"),
+    (nn.Sequential(nn.Linear(8, 8), nn.Sigmoid(), nn.Linear(8, 8)), "node '_1' (call_module 1) is not supported"),
 ])
 def test_unsupported_graphs_fall_back_with_a_reason(model, reason):
     deepzip.prune(model, sparsity=0.5)
@@ -184,3 +184,11 @@ def test_fused_model_calls_are_independent_and_it_copies():
         assert_close(fused(x.clone().requires_grad_()), model(x))  # through the per-layer model
     twin = copy.deepcopy(fused)
     assert torch.equal(twin(y), fused(y)) and twin.chain.arena is not fused.chain.arena
+
+
+def test_auto_does_not_fuse_a_single_weight_layer():
+    """A chain of one layer saves no calls between layers; its timing win could only be noise."""
+    model = nn.Sequential(nn.Linear(32, 16), nn.ReLU())
+    deepzip.prune(model, sparsity=0.9)
+    fast = runtime.convert(model, example=torch.randn(1, 32))
+    assert not runtime.fusion(fast)["fused"] and "nothing to fuse" in runtime.fusion(fast)["reason"]

@@ -403,6 +403,10 @@ def _fuse(model: nn.Module, decisions: list[dict], example: torch.Tensor | None,
         return model
     try:
         trace = Trace(model, example)
+        if fuse == "auto" and len(trace.layers) < 2:
+            info["reason"] = ("one weight layer: nothing to fuse (the chain saves the calls between layers; a "
+                              "single layer's kernel runs per layer as it would in the chain)")
+            return model
         probe = interleaved({"chain": lambda c=Chain(trace): c(example), "layers": lambda: model(example)}, repeats=5,
                             warmup=1)
         if probe["chain"] > PROBE_MARGIN * probe["layers"]:  # far behind: not worth calibrating its forms

@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -179,3 +180,16 @@ def test_bench_says_whether_the_model_runs_as_one_chain(tmp_path, capsys, fuse, 
     assert main(["bench", str(tmp_path / "m.dz"), "--repeats", "3", "--mode", "sparse", "--fuse", fuse]) == 0
     out = capsys.readouterr().out
     assert line in out and "max output difference" in out
+
+
+def test_bench_runs_weight_shared_layers_at_the_chosen_precision(tmp_path, capsys):
+    model = models.build("lenet300_100", seed=0)
+    deepzip.quantize(model, 4)
+    deepzip.save(model, tmp_path / "m.dz")
+    assert main(["bench", str(tmp_path / "m.dz"), "--repeats", "3", "--mode", "codes", "--fuse", "off",
+                 "--precision", "fp32"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"max output difference \d\.\de-0[5-9]\)", out)  # exact up to fp32 reassociation
+    result = subprocess.run([sys.executable, "-m", "deepzip", "bench", str(tmp_path / "m.dz"), "--precision", "int4"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "argument --precision: invalid choice: 'int4' (choose from 'fp32', 'int8')" in result.stderr

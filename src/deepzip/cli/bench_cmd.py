@@ -9,7 +9,8 @@ import torch
 from ..api import load
 from ..prune import remove
 from ..quantize import finalize
-from ..runtime import FUSE, convert, decisions as runtime_decisions, fusion
+from ..runtime import FUSE, PRECISIONS, convert, decisions as runtime_decisions, fusion
+from ..runtime.convert import MODES
 from ..runtime.timing import compare_models
 
 HELP = "batch-1 latency of the sparse runtime vs dense for a .dz file, per layer and whole model"
@@ -18,10 +19,13 @@ HELP = "batch-1 latency of the sparse runtime vs dense for a .dz file, per layer
 def add_arguments(parser) -> None:
     parser.add_argument("file", help="a .dz file of a registry model")
     parser.add_argument("--repeats", type=int, default=300, help="timed calls per measurement (median reported)")
-    parser.add_argument("--mode", default="auto", choices=("auto", "sparse", "codes", "dense"),
+    parser.add_argument("--mode", default="auto", choices=MODES,
                         help="auto: calibrate each layer and keep the faster of sparse and dense")
     parser.add_argument("--fuse", default="auto", choices=FUSE,
                         help="auto: run the whole model as one compiled chain where that is faster (runtime.chain)")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="how weight-shared layers run from 4-bit codes multiply (runtime.panels): fp32 (exact), "
+                             "or int8 (int8 dot products, dynamic int8 inputs; needs AVX-512 VNNI)")
 
 
 def run(args) -> int:
@@ -30,7 +34,7 @@ def run(args) -> int:
     compressed = load(args.file, keep_state=True)  # parsed once; the runtime is built from its masks and codebooks
     description = getattr(compressed, "_deepzip_description", {})
     example = torch.randn(1, *description.get("input_shape", (1, 28, 28)))
-    fast = convert(copy.deepcopy(compressed), example=example, mode=args.mode, fuse=args.fuse)
+    fast = convert(copy.deepcopy(compressed), example=example, mode=args.mode, fuse=args.fuse, precision=args.precision)
     dense = remove(finalize(compressed)).eval()
     decisions = runtime_decisions(fast)
     # layer alone: sparse / dense us; model: the whole model's us with this layer sparse / dense
@@ -40,6 +44,9 @@ def run(args) -> int:
     for d in decisions:
         print(f"{d['layer']:<12}{d['density']:>9.2%}{d['kernel']:>8}{us(d, 'sparse_s'):>11}{us(d, 'dense_s'):>10}"
               f"{us(d, 'model_sparse_s'):>14}{us(d, 'model_dense_s'):>13}{d['sparse_bytes']:>10,}{d['dense_bytes']:>13,}")
+    grouped = [d["layer"] for d in decisions if "group_s" in d]
+    if grouped:
+        print(f"({', '.join(grouped)}: each too small a part of the model to race alone; raced together)")
     reverted = [d["layer"] for d in decisions if "whole_model_s" in d and d["kernel"] == "dense"]
     if reverted:
         print(f"({', '.join(reverted)} won alone, but together did not make the whole model faster: kept dense)")

@@ -167,3 +167,28 @@ def test_a_failed_convert_leaves_the_model_as_it_was():
         runtime.convert(model, precision="int8", device="cuda")
     with torch.inference_mode():
         assert F.linear(torch.ones(1, 48), model[0].weight).shape == (1, 64)
+
+
+@needs_int8
+@pytest.mark.parametrize("precision", panels.PRECISIONS)
+def test_copies_run_on_their_own_arrays(precision):
+    """The kernels read cached addresses: a deepcopy or a pickle must take its own, never the original's."""
+    import pickle
+
+    table, index, dense = weights(40, 24)
+    original = PanelMatrix((40, 24), index, table, precision)
+    x = np.random.default_rng(5).standard_normal((17, 24)).astype(np.float32)
+    want = original.matmul(x, NO_BIAS)
+    for copied in (copy.deepcopy(original), pickle.loads(pickle.dumps(original))):
+        assert copied._codes_at == copied.codes.ctypes.data != original._codes_at
+        assert np.array_equal(copied.matmul(x, NO_BIAS), want)
+    layer = runtime.CodedLinear(original, None)
+    twin = copy.deepcopy(layer)
+    del layer, original
+    assert np.array_equal(twin(torch.from_numpy(x)).numpy(), want)
+
+
+def test_int8_falls_back_to_fp32_where_int32_sums_could_overflow():
+    assert panels.precision_for(panels.INT8_MAX_WIDTH, "int8") == "int8"
+    assert panels.precision_for(panels.INT8_MAX_WIDTH + 1, "int8") == "fp32"
+    assert 255 * panels.INT8_MAX * panels.INT8_MAX_WIDTH < 2**31

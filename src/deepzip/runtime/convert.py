@@ -154,6 +154,7 @@ def coded_matrix(codebook: torch.Tensor, index: torch.Tensor, mask: torch.Tensor
     """A weight-shared layer's dense codes: in panels (`runtime.panels`: one codebook of at most 16 values,
     on a CPU with AVX-512; ``precision`` applies there), else rows (`runtime.codes`, fp32)."""
     pruned = mask is not None and not bool(mask.all())
+    precision = panels.precision_for(index[0].numel(), precision)
     if panels.eligible(codebook, has_outliers, pruned) and panels.available(precision):
         return panels.PanelMatrix.from_index(codebook, index, mask, precision)
     return CodedMatrix.from_index(codebook, index, mask)

@@ -39,6 +39,7 @@ PRECISIONS = ("fp32", "int8")
 NEEDS = {"fp32": ("avx512f",), "int8": ("avx512f", "avx512bw", "avx512vnni")}
 STEP = {"fp32": 1, "int8": 4}  # inputs a step
 INT8_MAX = 127
+INT8_MAX_WIDTH = (2**31 - 1) // (255 * INT8_MAX)  # inputs an int32 sum of uint8 x int8 products holds (66,311)
 
 
 def available(precision: str = "fp32") -> bool:
@@ -59,6 +60,11 @@ def eligible(codebook: torch.Tensor | None, has_outliers: bool, pruned: bool) ->
     if codebook is None or has_outliers or codebook.dim() != 1:
         return False
     return codebook.shape[0] + int(pruned) <= 16
+
+
+def precision_for(width: int, precision: str) -> str:
+    """The precision a layer of ``width`` inputs runs at: int8 only while its int32 sums cannot overflow."""
+    return "fp32" if precision == "int8" and width > INT8_MAX_WIDTH else precision
 
 
 # ---------------------------------------------------------------------------------------------- kernels
@@ -311,9 +317,20 @@ class PanelMatrix:
             self.correction = (128.0 * weights.sum(axis=1, dtype=np.int64)).astype(np.float32)
         else:
             self.lut, self.weight_scale, self.correction = self.table, 1.0, np.zeros(0, np.float32)
-        # addresses read on every call (numpy's .ctypes costs ~1 us each); the arrays live as long as self
+        self._cache_addresses()
+
+    def _cache_addresses(self) -> None:
+        """Addresses read on every call (numpy's ``.ctypes`` costs ~1 us each), valid while self holds
+        the arrays; a copy (deepcopy, pickle) takes them anew (`__setstate__`), never the original's."""
         self._codes_at, self._lut_at = self.codes.ctypes.data, self.lut.ctypes.data
-        self._correction_at = self.correction.ctypes.data if precision == "int8" else None
+        self._correction_at = self.correction.ctypes.data if self.precision == "int8" else None
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if not k.endswith("_at")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._cache_addresses()
 
     @classmethod
     def from_index(cls, codebook: torch.Tensor, index: torch.Tensor, mask: torch.Tensor | None = None,

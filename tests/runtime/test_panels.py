@@ -38,7 +38,8 @@ def test_pack_and_unpack_are_inverse_on_ragged_shapes(precision):
     _, index, _ = weights(21, 37)
     packed = panels.pack(index, precision)
     step = panels.STEP[precision]
-    assert packed.shape == (2, -(-37 // step), 8 * step)  # 21 outputs -> 2 panels; 8 bytes per 16 codes
+    steps = 37 if precision == "fp32" else 16  # int8: 37 inputs pad to one AMX chunk of 64 (16 steps of 4)
+    assert packed.shape == (2, steps, 8 * step)  # 21 outputs -> 2 panels; 8 bytes per 16 codes
     assert np.array_equal(panels.unpack(packed, precision, (21, 37)), index)
     # fp32: byte b of a step holds output b (low nibble) and output b + 8 (high nibble)
     if precision == "fp32":
@@ -62,8 +63,12 @@ def test_fp32_panels_match_a_dense_matmul(rows, width, batch):
 
 
 @needs_int8
-@pytest.mark.parametrize("batch", [1, 17, 30])
-def test_int8_panels_are_exact_integer_dot_products_with_per_row_scales(batch):
+@pytest.mark.parametrize("tiles", [True, False], ids=["amx", "vnni"])
+@pytest.mark.parametrize("batch", [1, 17, 30, 40])
+def test_int8_panels_are_exact_integer_dot_products_with_per_row_scales(monkeypatch, batch, tiles):
+    if tiles and not panels.amx_available():
+        pytest.skip("no AMX tiles here")
+    monkeypatch.setattr(panels, "amx_available", lambda: tiles)
     rows, width = 40, 70  # width not a multiple of 4: padded inputs must add nothing
     table, index, dense = weights(rows, width)
     matrix = PanelMatrix((rows, width), index, table, "int8")
@@ -94,7 +99,9 @@ def test_kernels_look_codes_up_in_registers():
     fp32, int8 = jit.assembly(panels.kernel_ir("fp32", 17)), jit.assembly(panels.kernel_ir("int8", 17))
     assert "vperm" in fp32 and "vfmadd231ps" in fp32
     assert "vpshufb" in int8 and "vpdpbusd" in int8
-    assert "gather" not in fp32 + int8
+    amx = jit.assembly(panels.amx_kernel_ir(2))
+    assert "vpshufb" in amx and "tdpbusd" in amx and "ldtilecfg" in amx and "tilerelease" in amx
+    assert "gather" not in fp32 + int8 + amx
 
 
 def test_eligibility_and_precision_errors(monkeypatch):
@@ -192,3 +199,22 @@ def test_int8_falls_back_to_fp32_where_int32_sums_could_overflow():
     assert panels.precision_for(panels.INT8_MAX_WIDTH, "int8") == "int8"
     assert panels.precision_for(panels.INT8_MAX_WIDTH + 1, "int8") == "fp32"
     assert 255 * panels.INT8_MAX * panels.INT8_MAX_WIDTH < 2**31
+
+
+@needs_int8
+def test_amx_and_vnni_kernels_agree():
+    if not panels.amx_available():
+        pytest.skip("no AMX tiles here")
+    table, index, _ = weights(100, 200)
+    matrix = PanelMatrix((100, 200), index, table, "int8")
+    x = np.random.default_rng(6).standard_normal((33, 200)).astype(np.float32)
+    bias = np.random.default_rng(7).standard_normal(100).astype(np.float32)
+    amx = matrix.matmul(x, bias)
+    matrix_vnni = copy.deepcopy(matrix)
+    original = panels.amx_available
+    try:
+        panels.amx_available = lambda: False
+        vnni = matrix_vnni.matmul(x, bias)
+    finally:
+        panels.amx_available = original
+    np.testing.assert_allclose(amx, vnni, rtol=1e-6, atol=1e-5)  # the same int32 sums; float epilogues differ by an ulp

@@ -41,6 +41,22 @@ def has(*features: str) -> bool:
     return set(features) <= host_features()
 
 
+@functools.cache
+def amx_permitted() -> bool:
+    """Whether this process may use AMX tiles: Linux grants the tile data state only on request
+    (arch_prctl ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA; once per process, as oneDNN does too)."""
+    if not has("amx-tile", "amx-int8"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) == 0
+    except (OSError, AttributeError):  # not Linux, or no syscall(): no tiles
+        return False
+
+
+_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 158, 0x1023, 18  # x86-64 Linux
+
+
 def compile_function(name: str, ir: str, restype, argtypes: list) -> ctypes._CFuncPtr:
     """The function ``name`` of the LLVM IR module ``ir``, compiled for this CPU (once per process and name)."""
     found = _compiled.get(name)

@@ -53,6 +53,7 @@ from deepzip.runtime.timing import interleaved
 
 ALEXNET = [("fc6 9216x4096", (4096, 9216), 0.09), ("fc7 4096x4096", (4096, 4096), 0.09), ("fc8 4096x1000", (1000, 4096), 0.25)]
 METHODS = ("dense", "torch CSR", "scipy CSR", "deepzip", "deepzip codes", "deepzip auto")
+NOISE_COPIES = 3
 
 
 def ort_session(model: torch.nn.Module, example: torch.Tensor, path: Path, int8: bool = False, threads: int = 1):
@@ -118,7 +119,8 @@ def linear_contenders(w: torch.Tensor, codebook=None, index=None, mask=None):
         "deepzip": lambda x: values(x),
         "deepzip codes": lambda x: coded(x),
     }
-    return fns, memory, {name: coded_w if name == "deepzip codes" else w for name in (*fns, "deepzip auto", "dense module", "dense module again")}
+    checked = (*fns, "deepzip auto", "dense module", *(f"dense module again {i}" for i in range(NOISE_COPIES)))
+    return fns, memory, {name: coded_w if name == "deepzip codes" else w for name in checked}
 
 
 def calibrated(w: torch.Tensor, x: torch.Tensor):
@@ -147,7 +149,11 @@ def layer_rows(label, fns, memory, weights, in_features, repeats, results):
         for batch in (1, 32):
             x = torch.randn(batch, in_features)
             fns["deepzip auto"], kernel, fns["dense module"] = calibrated(weights["deepzip"], x)
-            fns["dense module again"] = copy.deepcopy(fns["dense module"])  # the noise floor of the auto column
+            # the noise floor of the auto column: the same dense module in other objects. One copy is not enough:
+            # on a microsecond layer where each lands in memory moves its time by up to ~10% (a fresh copy of the
+            # very nn.Linear calibration kept dense measured 3% faster than it), so the floor is the slowest of 3
+            for i in range(NOISE_COPIES):
+                fns[f"dense module again {i}"] = copy.deepcopy(fns["dense module"])
             with torch.no_grad():
                 for name, fn in fns.items():  # every contender computes the same product
                     out = torch.as_tensor(np.asarray(fn(x))).float()
@@ -156,7 +162,8 @@ def layer_rows(label, fns, memory, weights, in_features, repeats, results):
                         raise AssertionError(f"{label}: {name} differs from dense by {(out - reference).abs().max():.2e}")
             ratios = measure(fns, x, repeats)
             ratios["deepzip auto"] /= ratios["dense module"]  # auto against the dense module it replaces
-            ratios["noise"] = ratios.pop("dense module again") / ratios.pop("dense module")
+            plain = ratios.pop("dense module")
+            ratios["noise"] = min(ratios.pop(f"dense module again {i}") for i in range(NOISE_COPIES)) / plain
             results.append({"layer": label, "threads": threads, "batch": batch, **ratios, "memory": memory,
                             "auto_kernel": kernel})
 
@@ -428,8 +435,9 @@ def render(rows, whole, loaded_rows, encoder, load_average: float) -> str:
           "`deepzip codes`: uint8 codebook indices + uint16 columns (weight sharing); AlexNet rows use a random "
           "5-bit codebook on the same pattern. `deepzip auto`: what `runtime.convert(model, example=x)` gives a "
           "user, deepzip's sparse kernel or dense as its calibration on that input chose (in brackets), as a speedup "
-          "over the same `nn.Linear` module left dense (module-call overhead on both sides). `noise`: that dense module "
-          "against a copy of itself, timed the same way: how far from 1.00x a ratio strays by chance.\n"]
+          "over the same `nn.Linear` module left dense (module-call overhead on both sides). `noise`: the slowest of three "
+          "copies of that dense module against it, timed the same way: how far from 1.00x a ratio strays by chance "
+          "(on a microsecond layer, where a module's tensors land in memory moves its time by several percent).\n"]
     md.append(table(["layer", "threads", "batch", "dense us"] + list(METHODS[1:]) + ["noise"],
                     [[r["layer"], r["threads"], r["batch"], f"{r['dense_us']:.0f}"] + [f"{r[m]:.2f}x" for m in METHODS[1:-1]]
                      + [f"{r['deepzip auto']:.2f}x ({r['auto_kernel']})", f"{r['noise']:.2f}x"] for r in rows]))

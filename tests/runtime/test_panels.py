@@ -218,3 +218,25 @@ def test_amx_and_vnni_kernels_agree():
     finally:
         panels.amx_available = original
     np.testing.assert_allclose(amx, vnni, rtol=1e-6, atol=1e-5)  # the same int32 sums; float epilogues differ by an ulp
+
+
+@needs_int8
+@pytest.mark.parametrize("precision, tiles", [("fp32", False), ("int8", False), ("int8", True)],
+                         ids=["fp32", "int8-vnni", "int8-amx"])
+def test_threads_split_panels_and_agree_with_one_thread(monkeypatch, precision, tiles):
+    if tiles and not panels.amx_available():
+        pytest.skip("no AMX tiles here")
+    monkeypatch.setattr(panels, "amx_available", lambda: tiles)
+    table, index, _ = weights(400, 96)  # 38,400 weights: over PARALLEL_MIN_NNZ, so threads split the panels
+    matrix = PanelMatrix((400, 96), index, table, precision)
+    x = np.random.default_rng(8).standard_normal((17, 96)).astype(np.float32)
+    bias = np.random.default_rng(9).standard_normal(400).astype(np.float32)
+    one = matrix.matmul(x, bias), matrix.matvec(x[0], bias)
+    torch.set_num_threads(2)
+    try:
+        two = matrix.matmul(x, bias), matrix.matvec(x[0], bias)
+        # 400 outputs: 25 panels (int8: 26, an even count for AMX's pairs), split in two near-equal runs
+        assert matrix._bounds().tolist() == ([0, 12, 26] if precision == "int8" else [0, 12, 25])
+    finally:
+        torch.set_num_threads(1)
+    assert np.array_equal(one[0], two[0]) and np.array_equal(one[1], two[1])

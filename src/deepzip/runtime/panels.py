@@ -35,6 +35,8 @@ import numpy as np
 import torch
 
 from . import jit
+from .kernels import PARALLEL_MIN_NNZ
+from .threads import kernel_threads
 
 PANEL = 16  # outputs a panel: one 512-bit register of fp32 or int32 sums
 MAX_BLOCK = 24  # input rows a kernel call multiplies at once: 24 accumulator registers of AVX-512's 32
@@ -368,6 +370,42 @@ def amx_available() -> bool:
     return available("int8") and jit.amx_permitted()
 
 
+# For the threaded drivers, the same kernels typed with integer addresses (numba passes no void pointers)
+_WORDS = [ctypes.c_uint64] * 3 + [ctypes.c_int64] * 4 + [ctypes.c_uint64] * 2 + [ctypes.c_int64] * 2 + [ctypes.c_uint64] * 2
+_AMX_WORDS = [ctypes.c_uint64] * 3 + [ctypes.c_int64] * 4 + [ctypes.c_uint64] + [ctypes.c_int64] * 2
+
+
+def _as_words(function, words: list):
+    """``function`` (a compiled kernel) as a ctypes function of integer arguments, for numba to call."""
+    return _typed(ctypes.cast(function, ctypes.c_void_p).value, tuple(words))
+
+
+@functools.cache
+def _typed(address: int, words: tuple):
+    return ctypes.CFUNCTYPE(None, *words)(address)
+
+
+# Threads split a layer's panels (each writes its own output columns): numba's prange on its OpenMP layer,
+# torch's pool (`threads`), calling the compiled kernel through its address. One compile per signature.
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _drive(fn, codes, lut, xt, ldx, steps, bounds, bias, out, ldo, nvalid, scale, correction):
+    for t in numba.prange(len(bounds) - 1):
+        fn(codes, lut, xt, ldx, steps, bounds[t], bounds[t + 1], bias, out, ldo, nvalid, scale, correction)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _drive_amx(fn, codes, lut, xq, ldx, steps, bounds, sums, ldsums, rows):
+    for t in numba.prange(len(bounds) - 1):
+        fn(codes, lut, xq, ldx, steps, bounds[t], bounds[t + 1], sums, ldsums, rows)
+
+
+def panel_bounds(panels_count: int, parts: int, multiple: int) -> np.ndarray:
+    """Panel boundaries splitting ``panels_count`` into ``parts`` near-equal runs, multiples of ``multiple``."""
+    bounds = (np.linspace(0, panels_count / multiple, parts + 1).round() * multiple).astype(np.int64)
+    bounds[-1] = panels_count
+    return bounds
+
+
 _ARGS = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 4 + [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 2
 
 
@@ -479,6 +517,7 @@ class PanelMatrix:
             self.correction = (128.0 * weights.sum(axis=1, dtype=np.int64)).astype(np.float32)
         else:
             self.lut, self.weight_scale, self.correction = self.table, 1.0, np.zeros(0, np.float32)
+        self._thread_bounds: dict[int, np.ndarray] = {}
         self._cache_addresses()
 
     def _cache_addresses(self) -> None:
@@ -545,11 +584,28 @@ class PanelMatrix:
             xt = x if rows == 1 else np.ascontiguousarray(x.T)  # step-major: (in, rows)
         bias_at = bias.ctypes.data if len(bias) else None
         xt_at, out_at, width = xt.ctypes.data, out.ctypes.data, out.shape[1]
+        bounds = self._bounds()
         for start, stop in blocks(rows):
-            kernel(self.precision, stop - start)(
-                self._codes_at, self._lut_at, xt_at + 4 * start, rows, self.steps, 0, self.codes.shape[0], bias_at,
-                out_at + 4 * start * width, width, self.shape[0], None if scale_at is None else scale_at + 4 * start,
-                self._correction_at)
+            function = kernel(self.precision, stop - start)
+            at = (xt_at + 4 * start, rows, self.steps)
+            rest = (out_at + 4 * start * width, width, self.shape[0], None if scale_at is None else scale_at + 4 * start,
+                    self._correction_at)
+            if bounds is None:
+                function(self._codes_at, self._lut_at, *at, 0, self.codes.shape[0], bias_at, *rest)
+            else:  # numba takes no None: null addresses are 0
+                _drive(_as_words(function, _WORDS), self._codes_at, self._lut_at, *at, bounds, bias_at or 0,
+                       *(value or 0 for value in rest))
+
+    def _bounds(self) -> np.ndarray | None:
+        """Panel boundaries, one run a thread, where the layer is large enough for threads; else None."""
+        threads = kernel_threads() if self.nnz >= PARALLEL_MIN_NNZ else 1
+        if threads <= 1:
+            return None
+        found = self._thread_bounds.get(threads)
+        if found is None:
+            found = self._thread_bounds[threads] = panel_bounds(self.codes.shape[0], threads,
+                                                                PANEL_MULTIPLE[self.precision])
+        return found
 
     def _run_amx(self, x: np.ndarray, bias: np.ndarray, out: np.ndarray) -> None:
         """int8 on AMX tiles: the quantized rows as they are (no transpose), up to 32 rows a call, into
@@ -560,8 +616,14 @@ class PanelMatrix:
         sums = np.empty((rows, panels_count * PANEL), np.int32)
         ldx, ldsums = quantized.shape[1], sums.shape[1] * 4
         xq_at, sums_at = quantized.ctypes.data, sums.ctypes.data
+        bounds = self._bounds()
         for start, stop in blocks(rows, AMX_ROWS):
-            amx_kernel(1 if stop - start <= 16 else 2)(self._codes_at, self._lut_at, xq_at + start * ldx, ldx,
-                                                       self.steps, 0, panels_count, sums_at + start * ldsums, ldsums,
-                                                       stop - start)
+            function = amx_kernel(1 if stop - start <= 16 else 2)
+            at = (xq_at + start * ldx, ldx, self.steps)
+            if bounds is None:
+                function(self._codes_at, self._lut_at, *at, 0, panels_count, sums_at + start * ldsums, ldsums,
+                         stop - start)
+            else:
+                _drive_amx(_as_words(function, _AMX_WORDS), self._codes_at, self._lut_at, *at, bounds,
+                           sums_at + start * ldsums, ldsums, stop - start)
         _finish_int8(sums, scales, self.correction, bias, out)

@@ -11,7 +11,7 @@ from torch import nn
 import deepzip
 from deepzip import runtime
 from deepzip.quantize import install
-from deepzip.runtime import jit, panels
+from deepzip.runtime import jit, panel_ir, panels
 from deepzip.runtime.chain import Unsupported
 from deepzip.runtime.panels import PanelMatrix
 
@@ -96,10 +96,10 @@ def test_quantize_rows_rounds_to_nearest_with_each_rows_own_scale():
 @needs_int8
 def test_kernels_look_codes_up_in_registers():
     """The point of the kernels: one in-register table lookup per 16 (fp32) or 64 (int8) codes, no gathers."""
-    fp32, int8 = jit.assembly(panels.kernel_ir("fp32", 17)), jit.assembly(panels.kernel_ir("int8", 17))
+    fp32, int8 = jit.assembly(panel_ir.kernel_ir("fp32", 17)), jit.assembly(panel_ir.kernel_ir("int8", 17))
     assert "vperm" in fp32 and "vfmadd231ps" in fp32
     assert "vpshufb" in int8 and "vpdpbusd" in int8
-    amx = jit.assembly(panels.amx_kernel_ir(2))
+    amx = jit.assembly(panel_ir.amx_kernel_ir(2))
     assert "vpshufb" in amx and "tdpbusd" in amx and "ldtilecfg" in amx and "tilerelease" in amx
     assert "gather" not in fp32 + int8 + amx
 

@@ -4,6 +4,7 @@ import copy
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -240,3 +241,20 @@ def test_threads_split_panels_and_agree_with_one_thread(monkeypatch, precision, 
     finally:
         torch.set_num_threads(1)
     assert np.array_equal(one[0], two[0]) and np.array_equal(one[1], two[1])
+
+
+@needs_int8
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 70), width=st.integers(1, 150), batch=st.integers(1, 60), values=st.integers(1, 16),
+       seed=st.integers(0, 2**16))
+def test_any_shape_matches_its_reference(rows, width, batch, values, seed):
+    """Ragged outputs (masked stores), inputs (padding), batches (row blocks, AMX tiles of 1..16 rows)."""
+    table, index, dense = weights(rows, width, values, seed)
+    x = np.random.default_rng(seed + 1).standard_normal((batch, width)).astype(np.float32)
+    bias = np.random.default_rng(seed + 2).standard_normal(rows).astype(np.float32)
+    fp32 = PanelMatrix((rows, width), index, table)
+    np.testing.assert_allclose(run(fp32, x, bias), x.astype(np.float64) @ dense.T + bias, rtol=1e-4, atol=1e-4)
+    int8 = PanelMatrix((rows, width), index, table, "int8")
+    q, scales = panels.quantize_rows(x, int8.steps * 4, int8.weight_scale)
+    integer = (q[:, :width].astype(np.int64) - 128) @ int8.lut[:16].astype(np.int64)[index].T
+    np.testing.assert_allclose(run(int8, x, bias), scales[:, None] * integer + bias, rtol=1e-5, atol=1e-4)

@@ -52,6 +52,7 @@ bench: setup
 	$(PY) benchmarks/compress.py
 	$(PY) benchmarks/lottery.py
 	$(PY) benchmarks/runtime.py
+	$(PY) benchmarks/panels.py
 	$(PY) benchmarks/fuzz_dz.py
 	$(PY) benchmarks/scale_out.py
 

@@ -258,3 +258,14 @@ def test_any_shape_matches_its_reference(rows, width, batch, values, seed):
     q, scales = panels.quantize_rows(x, int8.steps * 4, int8.weight_scale)
     integer = (q[:, :width].astype(np.int64) - 128) @ int8.lut[:16].astype(np.int64)[index].T
     np.testing.assert_allclose(run(int8, x, bias), scales[:, None] * integer + bias, rtol=1e-5, atol=1e-4)
+
+
+@needs_fp32
+def test_without_an_example_panel_layers_from_512_kib_run_from_their_codes():
+    """The density rule: a 384x384 4-bit layer (576 KiB dense) on panels, a small one dense."""
+    model = nn.Sequential(nn.Linear(384, 384), nn.ReLU(), nn.Linear(384, 10))
+    for layer in model[::2]:
+        table, index, _ = weights(layer.out_features, layer.in_features)
+        install(layer, "weight", torch.from_numpy(table), torch.from_numpy(index.astype(np.int64)))
+    fast = runtime.convert(model)
+    assert [d["kernel"] for d in runtime.decisions(fast)] == ["codes", "dense"]

@@ -13,7 +13,8 @@ transformer's) are not raced one by one, which cannot resolve gains that small: 
 raced together, kept together or not, then those within 5% of dense alone the same way (`_race_group`).
 Without a sample input, a layer goes sparse when at most `DENSITY_CUTOFF` of its weights are kept, else
 to dense codes when it has them and its dense weight is at least `CODES_MIN_BYTES` (big enough to
-stream from memory, where 4x-8x fewer bytes pay for the table lookups), else dense.
+stream from memory, where 4x-8x fewer bytes pay for the table lookups; `PANELS_MIN_BYTES` for the panel
+kernels, which beat MKL from MiniLM's smallest layer up), else dense.
 
 Then, with ``fuse`` (CPU, with an example): when the model is a chain the chain compiler runs
 (`runtime.chain`), each layer's form is chosen again inside the compiled chain (sparse, codes or dense,
@@ -46,6 +47,10 @@ from .timing import interleaved
 
 DENSITY_CUTOFF = 0.3
 CODES_MIN_BYTES = 4 << 20
+# The panel kernels beat MKL fp32 on every MiniLM shape at 1 to 32 input rows, the smallest (384x384, 576 KiB)
+# by 1.26-1.72x (benchmarks/results/panels.md): without an example they are kept from 512 KiB up (measured
+# sizes only; smaller layers stay dense unless calibration says otherwise).
+PANELS_MIN_BYTES = 512 << 10
 MODES = ("auto", "sparse", "codes", "dense")
 PRECISIONS = panels.PRECISIONS
 FUSE = ("auto", "on", "off")
@@ -142,6 +147,11 @@ def build_coded(module: nn.Module, codebook: torch.Tensor | None, index: torch.T
         return None
     return CodedLinear(coded_matrix(codebook.detach().cpu(), index.cpu(), None if mask is None else mask.cpu(),
                                     has_outliers, precision), module.bias)
+
+
+def _codes_min_bytes(layer: nn.Module) -> int:
+    """The dense bytes from which the density rule (no example) keeps a layer's dense codes."""
+    return PANELS_MIN_BYTES if isinstance(layer.matrix, panels.PanelMatrix) else CODES_MIN_BYTES
 
 
 def _codes_kernel(matrix) -> str:
@@ -372,7 +382,7 @@ def _choose_kernels(model: nn.Module, decisions: list[dict], example: torch.Tens
                     choice = fastest if _sparse_wins(rounds) else None
             elif mode == "auto" and d["density"] <= DENSITY_CUTOFF:
                 choice = "sparse"
-            elif mode == "auto" and "codes" in options and d["dense_bytes"] >= CODES_MIN_BYTES:
+            elif mode == "auto" and "codes" in options and d["dense_bytes"] >= _codes_min_bytes(options["codes"]):
                 choice = "codes"
             else:
                 choice = None

@@ -299,8 +299,7 @@ def test_small_layers_faster_alone_are_raced_together(monkeypatch, group_wins):
     raced = []
 
     def alone(options, x):  # layer 3 is slower sparse alone: never in a group; 4 ties dense: the second group
-        if "sparse" not in options:
-            return {"dense": 2.0}  # each layer 2 of the 60 all the layers take dense
+        # dense: each layer 2 of the 60 all the layers take dense
         sparse = {id(layers[3]): 3.0, id(layers[4]): 2.02}.get(id(options["sparse"]), 1.0)
         return {"sparse": sparse, "dense": 2.0}
 

@@ -361,13 +361,15 @@ def _choose_kernels(model: nn.Module, decisions: list[dict], example: torch.Tens
                 replace_module(model, d["layer"], layer_forms[d["layer"]]["dense"])
         kept: dict[str, tuple[nn.Module, nn.Module]] = {}
         groups: list[dict[str, tuple[nn.Module, nn.Module]]] = [{}, {}]  # small layers: faster alone; near ties
-        dense_total = sum(_calibrate({"dense": f["dense"]}, inputs[n])["dense"] for n, f in layer_forms.items()) \
-            if inputs is not None else 0.0
+        # each layer's forms alone on the input it sees (independent of the other layers' choices), timed once:
+        # they rank its forms, and the dense times sum to the total a layer's share is measured against
+        alone_times = {n: _calibrate(f, inputs[n]) for n, f in layer_forms.items()} if inputs is not None else {}
+        dense_total = sum(times["dense"] for times in alone_times.values())
         for d in decisions:
             options = dict(layer_forms[d["layer"]])
             dense = options.pop("dense")
             if inputs is not None:  # layer by layer in model order, each choice kept for the next
-                alone = _calibrate({**options, "dense": dense}, inputs[d["layer"]])
+                alone = alone_times[d["layer"]]
                 d.update({f"{kind}_s": seconds for kind, seconds in alone.items()})
                 fastest = min(options, key=alone.get)  # the compact form to race dense in the model
                 d["raced"] = fastest

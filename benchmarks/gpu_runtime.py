@@ -9,7 +9,8 @@ in a shuffled order, medians of CUDA-event times. Each graph sweeps through enou
 operation's weights (>= 256 MiB in all, several times the L2 cache; at most 256 copies) that every call
 reads its weights from HBM, as a layer in a model whose other layers have evicted it. Achieved bandwidth is (compact
 weight bytes + x + y) / time, as a fraction of the card's peak, measured in the same run with a
-device-to-device copy. The layers have random masks and random 256-entry codebooks; the 50% layer also
+device-to-device copy. The layers have random masks and random 256-entry codebooks, each as CSR and in
+the sliced layout (`triton_kernels.slice_rows`); the 50% layer also
 runs as 4-bit dense codes (a 15-centroid codebook + the pruned entries' 0.0). The whole LeNets are
 built in this script with random weights (no trained checkpoint is used), pruned to Deep Compression's
 per-layer densities and quantized (conv 8 bits, fc 5 bits), saved to a .dz and loaded with
@@ -156,6 +157,9 @@ def layer_contenders(weight: torch.Tensor, matrix, batch: int, quick: bool, code
             out[label] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
     layer = gpu_layers.GpuCsr(matrix, device)
     add("deepzip CSR+codes", lambda: (lambda x, m=copy.deepcopy(layer): m.matmul(x, None)), layer.nbytes(), x32, 4)
+    sliced = gpu_layers.GpuSliced(matrix, device)  # bytes: its padding too, read or not
+    add("deepzip sliced CSR+codes", lambda: (lambda x, m=copy.deepcopy(sliced): m.matmul(x, None)), sliced.nbytes(),
+        x32, 4)
     if codes_matrix is not None:
         codes = gpu_layers.GpuCodes(codes_matrix, device)
         add(f"deepzip {codes.bits}-bit dense codes", lambda: (lambda x, m=copy.deepcopy(codes): m.matmul(x, None)),
@@ -351,7 +355,9 @@ def markdown(report: dict) -> str:
                      f"**{report['peak']['bytes_per_s'] / 1e12:.2f} TB/s**.")
     lines += ["", "Timing: CUDA-graph replays (launch overhead out of all), shuffled order, medians of CUDA events; "
               "weights rotated through >= 256 MiB of copies so every call reads them from HBM. Layers: random masks, "
-              "random 256-entry codebooks (uint8 codes, uint16 columns, int32 row pointers); the 50% layer also as 4-bit "
+              "random 256-entry codebooks (uint8 codes, uint16 columns, int32 row pointers), as CSR and in the sliced "
+              "layout (rows sorted by length, 16 to a slice, stored step-major: 16-byte loads; its bytes count its "
+              "padding); the 50% layer also as 4-bit "
               "dense codes. Speedup = contender time / best deepzip kernel time.", ""]
     if report.get("layers"):
         headers = ["layer", "kept", "batch", "deepzip kernel", "time", "vs cuBLAS fp32", "vs cuBLAS fp16",

@@ -29,4 +29,4 @@ def test_quick_gpu_runtime_benchmark(tmp_path):
         rows = report["interpreter_rows"]
         assert {r["batch"] for r in rows} == {1, 3}
         assert all(v["max_abs_error"] < 1e-5 for r in rows for v in r["results"].values())
-        assert {k for r in rows for k in r["results"]} == {"csr", "codes"}
+        assert {k for r in rows for k in r["results"]} == {"csr", "sliced", "codes"}

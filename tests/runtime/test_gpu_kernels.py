@@ -79,6 +79,58 @@ def test_csr_kernel_with_int32_columns_and_a_wide_matrix():
     close(y.cpu(), F.linear(x, weight))
 
 
+def test_slice_rows_sorts_rows_by_length_and_stores_each_slice_step_major():
+    lengths = [3, 0, 5, 1] + [2] * 14 + [4]  # 19 rows: two slices of 16, the second part empty
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    cols = np.arange(indptr[-1], dtype=np.uint16)  # entry e of the CSR has column e: its place is traceable
+    data = (np.arange(indptr[-1]) % 251).astype(np.uint8)
+    layout = tk.slice_rows(indptr, cols, data)
+    order = layout["order"]
+    assert list(order[:3]) == [2, 18, 0] and order[-1] == 1  # longest first, the empty row last
+    assert sorted(order) == list(range(19)) and list(layout["lengths"]) == [lengths[r] for r in order]
+    assert list(layout["slice_ptr"]) == [0, 5 * 16, 5 * 16 + 2 * 16]  # each slice padded to its longest row
+    assert layout["cols"].dtype == np.uint16 and layout["data"].dtype == np.uint8
+    for rank, row in enumerate(order):  # every row's entries, in order, at slice start + step * 16 + lane
+        start = layout["slice_ptr"][rank // tk.SLICE] + rank % tk.SLICE
+        for step in range(lengths[row]):
+            assert layout["cols"][start + step * tk.SLICE] == indptr[row] + step
+    assert np.count_nonzero(layout["cols"]) == indptr[-1] - 1  # the rest is zero padding (entry 0 has column 0)
+
+
+def test_slice_rows_of_an_empty_matrix():
+    layout = tk.slice_rows(np.zeros(1, dtype=np.int32), np.zeros(0, np.uint16), np.zeros(0, np.uint8))
+    assert list(layout["slice_ptr"]) == [0] and layout["cols"].size == 0 and layout["order"].size == 0
+
+
+def sliced_on_device(matrix, data):
+    layout = tk.slice_rows(matrix.indptr, matrix.cols, data)
+    return [torch.from_numpy(layout[k]).to(DEVICE) for k in ("slice_ptr", "lengths", "order", "cols", "data")]
+
+
+@pytest.mark.parametrize("batch", [1, 3, 17])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_sliced_kernel_with_codes_matches_dense(batch, with_bias):
+    weight, matrix = coded_layer(37, 70, 0.3)  # 3 slices, the last one part empty; row 0 empty
+    slice_ptr, lengths, order, cols, codes = sliced_on_device(matrix, matrix.codes)
+    x = torch.randn(batch, 70)
+    bias = torch.randn(37) if with_bias else None
+    y = tk.sliced_matmul(slice_ptr, lengths, order, cols, codes, torch.from_numpy(matrix.codebook).to(DEVICE),
+                         x.to(DEVICE), None if bias is None else bias.to(DEVICE))
+    close(y.cpu(), F.linear(x, weight, bias))
+    assert y[:, 0].cpu().eq(0 if bias is None else bias[0]).all()  # the empty row
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_sliced_kernel_with_half_values_and_inputs(batch):
+    weight, matrix = coded_layer(20, 50, 0.4)
+    values = matrix.codebook[matrix.codes].astype(np.float16)
+    slice_ptr, lengths, order, cols, data = sliced_on_device(matrix, values)
+    x = torch.randn(batch, 50)
+    y16 = tk.sliced_matmul(slice_ptr, lengths, order, cols, data, None, x.half().to(DEVICE))
+    assert y16.dtype == torch.float16
+    close(y16.cpu(), F.linear(x.half().float(), weight.half().float()).half(), tol=2e-3)
+
+
 @pytest.mark.parametrize("levels, bits", [(2, 1), (3, 2), (4, 2), (5, 4), (16, 4), (17, 8), (256, 8), (257, 0)])
 def test_packed_bits(levels, bits):
     assert tk.packed_bits(levels) == bits
@@ -103,7 +155,7 @@ def test_pack_codes_refuses_other_widths():
         tk.pack_codes(torch.zeros(2, 2, dtype=torch.int64), 3)
 
 
-@pytest.mark.parametrize("kind", ["csr", "codes"])
+@pytest.mark.parametrize("kind", ["csr", "sliced", "codes"])
 @pytest.mark.parametrize("batch", [1, 4])
 def test_gpu_linear_from_a_pruned_weight_shared_matrix(kind, batch):
     weight, matrix = coded_layer(30, 40, 0.5, k=15)
@@ -113,18 +165,21 @@ def test_gpu_linear_from_a_pruned_weight_shared_matrix(kind, batch):
     close(layer(x.to(DEVICE)).cpu(), F.linear(x, weight, bias))
     if kind == "codes":  # 15 centroids + the pruned entries' 0.0: 4-bit codes, 1/8 of fp32's bytes and less
         assert layer.weight.bits == 4 and layer.weight.nbytes() == 30 * 32 + 16 * 4
+    elif kind == "sliced":  # the same codes and columns, padded to each slice's longest row, + 8 bytes a row
+        padded = layer.weight.data.numel()
+        assert padded >= matrix.nnz and layer.weight.nbytes() == 3 * 4 + 30 * 8 + padded * 3 + 15 * 4
     else:
         assert layer.weight.nbytes() == matrix.nbytes()
 
 
 def test_dense_codes_need_a_small_codebook():
     _, matrix = coded_layer(4, 8, 0.5, k=256)  # 256 centroids + 0.0 for the pruned ones: 9 bits
-    assert gpu_layers.kinds_for(matrix) == ["csr"]
+    assert gpu_layers.kinds_for(matrix) == ["csr", "sliced"]
     with pytest.raises(ValueError, match="at most 256 entries"):
         gpu_layers.GpuCodes(matrix, DEVICE)
 
 
-@pytest.mark.parametrize("kind", ["csr", "codes"])
+@pytest.mark.parametrize("kind", ["csr", "sliced", "codes"])
 def test_gpu_conv2d_matches_conv2d(kind):
     conv = nn.Conv2d(3, 6, 3, stride=2, padding=1)
     g = torch.Generator().manual_seed(0)
@@ -221,11 +276,12 @@ def fake_timing(costs, whole_model_slower=False):
 
 
 @pytest.mark.parametrize("costs, whole_model_slower, kinds", [
-    ({"csr": 1.0, "codes": 0.5, "dense": 2.0}, False, ["codes", "codes", "codes"]),
-    ({"csr": 0.5, "codes": 1.0, "dense": 2.0}, False, ["csr", "csr", "csr"]),
-    ({"csr": 3.0, "codes": 3.0, "dense": 1.0}, False, ["dense", "dense", "dense"]),  # kernels lose: dense
-    ({"csr": 1.0, "codes": 1.0, "dense": 1.005}, False, ["dense", "dense", "dense"]),  # within the 1% margin
-    ({"csr": 1.0, "codes": 0.5, "dense": 2.0}, True, ["dense", "dense", "dense"]),  # the whole model lost
+    ({"csr": 1.0, "sliced": 0.8, "codes": 0.5, "dense": 2.0}, False, ["codes", "codes", "codes"]),
+    ({"csr": 0.5, "sliced": 0.7, "codes": 1.0, "dense": 2.0}, False, ["csr", "csr", "csr"]),
+    ({"csr": 0.7, "sliced": 0.5, "codes": 1.0, "dense": 2.0}, False, ["sliced", "sliced", "sliced"]),
+    ({"csr": 3.0, "sliced": 3.0, "codes": 3.0, "dense": 1.0}, False, ["dense", "dense", "dense"]),  # kernels lose
+    ({"csr": 1.0, "sliced": 1.0, "codes": 1.0, "dense": 1.005}, False, ["dense", "dense", "dense"]),  # in the 1% margin
+    ({"csr": 1.0, "sliced": 1.0, "codes": 0.5, "dense": 2.0}, True, ["dense", "dense", "dense"]),  # the model lost
 ])
 def test_calibration_keeps_a_kernel_only_where_it_wins(gpu_here, monkeypatch, costs, whole_model_slower, kinds):
     model = small_model()
@@ -242,5 +298,5 @@ def test_calibration_keeps_a_kernel_only_where_it_wins(gpu_here, monkeypatch, co
     assert [d["kernel"] for d in runtime.decisions(fast)] == kinds
     close(fast(x.to(DEVICE)).cpu(), model(x), tol=1e-4)
     first = runtime.decisions(fast)[0]
-    assert set(first["model_s"]) == {"csr", "codes", "dense"}
+    assert set(first["model_s"]) == {"csr", "sliced", "codes", "dense"}
     assert ("whole_model_s" in first) == (kinds != ["dense"] * 3 or whole_model_slower)  # checked when one won

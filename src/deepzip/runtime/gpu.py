@@ -1,11 +1,12 @@
 """The CUDA side of `runtime.convert` / `runtime.load`: per layer, a Triton kernel on the compact weights
-(CSR, or dense packed codes) or cuBLAS on a dense weight, whichever runs the model faster.
+(CSR, sliced CSR, or dense packed codes) or cuBLAS on a dense weight, whichever runs the model faster.
 
 With a sample input, each layer is decided in model order by timing the whole model with the layer as each
 candidate (CUDA-graph replays, so Python's launch overhead is out of all alike; shuffled order, CUDA
 events): a kernel is kept only if it beats dense by 1% in each of 3 groups of rounds. Then the chosen
 model must beat the all-dense one the same way, or every layer goes back to dense. Without a sample, the
-density rule: CSR at <= `DENSITY_CUTOFF` kept, else dense codes where the codebook allows, else dense.
+density rule: CSR at <= `DENSITY_CUTOFF` kept, else dense codes where the codebook allows, else dense (the
+rule keeps plain CSR until the sliced layout has been measured faster on a GPU).
 """
 
 from __future__ import annotations

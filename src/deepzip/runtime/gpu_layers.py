@@ -1,4 +1,5 @@
-"""GPU inference modules on the compact weights: the weight (CSR or dense packed codes) and the layer around it.
+"""GPU inference modules on the compact weights: the weight (CSR, sliced CSR or dense packed codes) and the
+layer around it.
 
 A weight is a small module of buffers (so ``.to(device)`` and ``state_dict`` carry it) with one method,
 ``matmul(x2, bias)`` for a (batch, in) input. `GpuLinear` and `GpuConv2d` (im2col, as the CPU runtime)
@@ -46,6 +47,35 @@ class GpuCsr(nn.Module):
         return f"{self.shape[1]} -> {self.shape[0]}, nnz={self.data.numel()}, {self.nbytes():,} bytes"
 
 
+class GpuSliced(nn.Module):
+    """The CSR's entries in the sliced layout (`triton_kernels.slice_rows`): rows sorted by length, 16 to a
+    slice, stored step-major so a step's codes for 16 rows are one 16-byte load. Same codes and columns as
+    `GpuCsr`, plus a little padding and 8 bytes a row (its length and its place in the output)."""
+
+    kind = "sliced"
+
+    def __init__(self, matrix: SparseMatrix, device):
+        super().__init__()
+        self.shape = matrix.shape
+        coded = matrix.codes is not None
+        layout = tk.slice_rows(matrix.indptr, matrix.cols, matrix.codes if coded else matrix.values)
+        for name in ("slice_ptr", "lengths", "order", "cols", "data"):
+            self.register_buffer(name, _tensor(layout[name], device))
+        self.register_buffer("codebook", _tensor(matrix.codebook, device) if coded else None)
+        self.nnz = matrix.nnz
+
+    def matmul(self, x2: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return tk.sliced_matmul(self.slice_ptr, self.lengths, self.order, self.cols, self.data, self.codebook, x2, bias)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.slice_ptr, self.lengths, self.order, self.cols,
+                                                           self.data, self.codebook) if t is not None)
+
+    def extra_repr(self) -> str:
+        return (f"{self.shape[1]} -> {self.shape[0]}, nnz={self.nnz}, {self.data.numel() - self.nnz} padding, "
+                f"{self.nbytes():,} bytes")
+
+
 def dense_codes_bits(matrix: SparseMatrix) -> int:
     """The packed width dense codes of ``matrix`` would take (a pruned entry is one more code, for 0.0);
     0 when it has no codebook or needs more than 8 bits."""
@@ -85,7 +115,7 @@ class GpuCodes(nn.Module):
         return f"{self.shape[1]} -> {self.shape[0]}, {self.bits}-bit codes, {self.nbytes():,} bytes"
 
 
-WEIGHTS = {"csr": GpuCsr, "codes": GpuCodes}
+WEIGHTS = {"csr": GpuCsr, "sliced": GpuSliced, "codes": GpuCodes}
 
 
 def _rows(x: torch.Tensor, width: int) -> torch.Tensor:
@@ -131,7 +161,7 @@ def _device(weight: nn.Module) -> torch.device:
 
 
 def build(kind: str, matrix: SparseMatrix, bias: torch.Tensor | None, module: nn.Module, device) -> nn.Module:
-    """The GPU layer of ``kind`` (csr or codes) for ``module`` (its Linear / Conv2d hyperparameters)."""
+    """The GPU layer of ``kind`` (csr, sliced or codes) for ``module`` (its Linear / Conv2d hyperparameters)."""
     weight = WEIGHTS[kind](matrix, device)
     if isinstance(module, nn.Linear):
         return GpuLinear(weight, bias)
@@ -140,4 +170,4 @@ def build(kind: str, matrix: SparseMatrix, bias: torch.Tensor | None, module: nn
 
 def kinds_for(matrix: SparseMatrix) -> list[str]:
     """The GPU weight kinds ``matrix`` can run as."""
-    return ["csr"] + (["codes"] if dense_codes_bits(matrix) else [])
+    return ["csr", "sliced"] + (["codes"] if dense_codes_bits(matrix) else [])

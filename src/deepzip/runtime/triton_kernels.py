@@ -4,7 +4,11 @@ The same layouts as the CPU kernels (`runtime.kernels`): ``indptr`` int32 (rows 
 (int32 past 65,536 columns), and either ``codes`` uint8/uint16 into an fp32 ``codebook`` or ``values``
 fp32/fp16. The dense-codes layout holds one 1/2/4/8-bit codebook index per weight, pruned or not,
 packed into bytes (code of column c in byte c // per_byte, bits from (c % per_byte) * bits up), each
-row padded to a multiple of 16 bytes so row starts are aligned for vector loads.
+row padded to a multiple of 16 bytes so row starts are aligned for vector loads. The sliced layout
+(`slice_rows`) is CSR reordered for the GPU's loads: rows sorted by length (longest first) and cut into
+slices of `SLICE` rows, each slice stored step-major (its rows' first entries, then their second ones,
+...) and padded to its longest row, so 16 rows' entries at one step are 16 contiguous codes: one 16-byte
+load, where CSR's rows start anywhere and a thread loads its codes a byte at a time.
 
 At batch 1 a layer's time is the bytes it reads, so each program sums a block of rows at once as a
 [rows, entries] tile (every lane busy with an independent weight, no serial dependence per row), with
@@ -36,6 +40,7 @@ else:
 MAX_CODEBOOK = 1 << 16  # codes are uint8 (<= 256 entries) or uint16
 PACK_BITS = (1, 2, 4, 8)  # a dense code's storage width; 3 bits are stored in 4, 5-7 in 8
 ROW_ALIGN = 16  # bytes: packed rows start on 16-byte boundaries
+SLICE = 16  # rows per slice of the sliced layout: 16 uint8 codes per step, one 16-byte load
 
 
 def packed_bits(levels: int) -> int:
@@ -64,6 +69,38 @@ def unpack_codes(packed: torch.Tensor, bits: int, cols: int) -> torch.Tensor:
     shifts = torch.arange(per, device=packed.device) * bits
     codes = (packed.to(torch.int64)[..., None] >> shifts) & ((1 << bits) - 1)
     return codes.reshape(packed.shape[0], -1)[:, :cols]
+
+
+def slice_rows(indptr, cols, data):
+    """CSR arrays (numpy) -> the sliced layout: ``slice_ptr`` (int32, first entry of each slice, slices + 1),
+    ``lengths`` (int32, each sorted row's entries), ``order`` (int32, the original row of each sorted row),
+    and ``cols`` / ``data`` step-major within each slice, padded with zeros (dtypes kept).
+
+    Sorting by length makes a slice's rows nearly equally long, so its padding is small (the kernels never
+    use padded entries: a row's entries past its length are masked out of the input gather)."""
+    import numpy as np
+
+    indptr = np.asarray(indptr, dtype=np.int64)
+    lengths = np.diff(indptr)
+    rows = lengths.shape[0]
+    order = np.argsort(-lengths, kind="stable")
+    slices = -(-rows // SLICE)
+    sorted_lengths = np.zeros(slices * SLICE, dtype=np.int64)
+    sorted_lengths[:rows] = lengths[order]
+    steps = sorted_lengths.reshape(slices, SLICE).max(axis=1) if slices else np.zeros(0, dtype=np.int64)
+    slice_ptr = np.concatenate([[0], np.cumsum(steps * SLICE)])
+    if slice_ptr[-1] > np.iinfo(np.int32).max:
+        raise ValueError(f"the sliced layout holds at most 2**31 - 1 entries, this one needs {slice_ptr[-1]:,}")
+    rank = np.empty(rows, dtype=np.int64)
+    rank[order] = np.arange(rows)  # sorted position of each original row
+    row_of = np.repeat(np.arange(rows), lengths)
+    step = np.arange(indptr[-1]) - indptr[row_of]
+    where = slice_ptr[rank[row_of] // SLICE] + step * SLICE + rank[row_of] % SLICE
+    out_cols = np.zeros(slice_ptr[-1], dtype=np.asarray(cols).dtype)
+    out_data = np.zeros(slice_ptr[-1], dtype=np.asarray(data).dtype)
+    out_cols[where], out_data[where] = cols, data
+    return {"slice_ptr": slice_ptr.astype(np.int32), "lengths": lengths[order].astype(np.int32),
+            "order": order.astype(np.int32), "cols": out_cols, "data": out_data}
 
 
 def _bench(kernel_call, quantiles):
@@ -184,6 +221,83 @@ if triton is not None:
         tl.store(y + b[None, :] * stride_y + r[:, None], acc.to(y.dtype.element_ty),
                  mask=live[:, None] & in_batch[None, :])
 
+    _SLICE = tl.constexpr(SLICE)  # (a global a kernel reads must be a constexpr)
+
+    @triton.jit
+    def _sliced_rows(pid, slice_ptr, lengths, order, rows, BLOCK_R: tl.constexpr):
+        """A program's BLOCK_R sorted rows (a part of one slice): where its entries start, how many steps
+        the slice has, each row's length, the rows' original indices and which of them exist."""
+        PARTS: tl.constexpr = _SLICE // BLOCK_R
+        s = pid // PARTS
+        lane = (pid % PARTS) * BLOCK_R  # a multiple of BLOCK_R: the loads below stay aligned
+        first = tl.load(slice_ptr + s)
+        steps = (tl.load(slice_ptr + s + 1) - first) // _SLICE
+        i = s * _SLICE + lane + tl.arange(0, BLOCK_R)
+        live = i < rows
+        length = tl.load(lengths + i, mask=live, other=0)
+        dest = tl.load(order + i, mask=live, other=0)
+        return tl.multiple_of(first, _SLICE) + lane, steps, length, dest, live
+
+    @triton.jit
+    def _sliced_mv(slice_ptr, lengths, order, cols, data, codebook, x, bias, y, rows, steps_bucket,
+                   CODED: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr):
+        """y[order[i]] = sum over step j of w(i, j) * x[col(i, j)] for BLOCK_R sorted rows i, batch 1.
+
+        The tile is [steps, rows]: along rows the entries are contiguous (vector loads), its mask depends
+        on the step alone (the slice's length), and a row's own length masks only the input gather."""
+        base, steps, length, dest, live = _sliced_rows(tl.program_id(0), slice_ptr, lengths, order, rows, BLOCK_R)
+        r = tl.arange(0, BLOCK_R)
+        acc = tl.zeros([BLOCK_J, BLOCK_R], dtype=tl.float32)
+        j0 = steps * 0
+        while j0 < steps:  # (a while loop: Triton's interpreter cannot take a loaded bound in range())
+            j = j0 + tl.arange(0, BLOCK_J)
+            at = base + j[:, None] * _SLICE + r[None, :]
+            in_slice = (j < steps)[:, None]
+            c = tl.load(cols + at, mask=in_slice, other=0).to(tl.int32)
+            if CODED:
+                k = tl.load(data + at, mask=in_slice, other=0).to(tl.int32)
+                w = tl.load(codebook + k)
+            else:
+                w = tl.load(data + at, mask=in_slice, other=0.0).to(tl.float32)
+            xv = tl.load(x + c, mask=j[:, None] < length[None, :], other=0.0).to(tl.float32)
+            acc += w * xv
+            j0 += BLOCK_J
+        out = tl.sum(acc, axis=0)
+        if HAS_BIAS:
+            out += tl.load(bias + dest, mask=live, other=0.0).to(tl.float32)
+        tl.store(y + dest, out.to(y.dtype.element_ty), mask=live)
+
+    @triton.jit
+    def _sliced_mm(slice_ptr, lengths, order, cols, data, codebook, x, bias, y, rows, batch, stride_x, stride_y,
+                   steps_bucket, CODED: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr,
+                   BLOCK_J: tl.constexpr, BLOCK_B: tl.constexpr):
+        """`_sliced_mv` with a batch axis: each weight is loaded and decoded once for BLOCK_B inputs."""
+        base, steps, length, dest, live = _sliced_rows(tl.program_id(0), slice_ptr, lengths, order, rows, BLOCK_R)
+        b = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+        in_batch = b < batch
+        r = tl.arange(0, BLOCK_R)
+        acc = tl.zeros([BLOCK_J, BLOCK_R, BLOCK_B], dtype=tl.float32)
+        j0 = steps * 0
+        while j0 < steps:
+            j = j0 + tl.arange(0, BLOCK_J)
+            at = base + j[:, None] * _SLICE + r[None, :]
+            in_slice = (j < steps)[:, None]
+            c = tl.load(cols + at, mask=in_slice, other=0).to(tl.int32)
+            if CODED:
+                k = tl.load(data + at, mask=in_slice, other=0).to(tl.int32)
+                w = tl.load(codebook + k)
+            else:
+                w = tl.load(data + at, mask=in_slice, other=0.0).to(tl.float32)
+            used = (j[:, None] < length[None, :])[:, :, None] & in_batch[None, None, :]
+            xv = tl.load(x + b[None, None, :] * stride_x + c[:, :, None], mask=used, other=0.0).to(tl.float32)
+            acc += w[:, :, None] * xv
+            j0 += BLOCK_J
+        out = tl.sum(acc, axis=0)  # [BLOCK_R, BLOCK_B]
+        if HAS_BIAS:
+            out += tl.load(bias + dest, mask=live, other=0.0).to(tl.float32)[:, None]
+        tl.store(y + b[None, :] * stride_y + dest[:, None], out.to(y.dtype.element_ty),
+                 mask=live[:, None] & in_batch[None, :])
+
     # The tuned versions, used on the GPU. Keys: the shape (and nonzeros, which set the work per row).
     _csr_mv_tuned = triton.autotune(
         configs=[triton.Config({"BLOCK_R": r, "BLOCK_N": n}, num_warps=w)
@@ -198,6 +312,18 @@ if triton is not None:
                  for r, n, bb, w in [(4, 32, 16, 4), (8, 32, 16, 8), (4, 64, 16, 8), (8, 16, 16, 4),
                                      (16, 16, 16, 8), (8, 64, 4, 4)]],
         key=["rows", "nnz_bucket", "batch", "CODED"], do_bench=_bench)(_csr_mm)
+    # Sliced: BLOCK_R rows of a 16-row slice (16: one 16-byte load of codes a step), BLOCK_J steps a trip;
+    # many small programs keep one wave of the grid resident and many loads in flight.
+    _sliced_mv_tuned = triton.autotune(
+        configs=[triton.Config({"BLOCK_R": r, "BLOCK_J": j}, num_warps=w)
+                 for r, j, w in [(16, 64, 4), (16, 128, 4), (16, 256, 8), (16, 512, 8), (8, 128, 4), (8, 256, 4),
+                                 (8, 512, 8), (8, 1024, 8), (4, 256, 4), (4, 512, 4), (4, 1024, 8), (2, 512, 4)]],
+        key=["rows", "steps_bucket", "CODED"], do_bench=_bench)(_sliced_mv)
+    _sliced_mm_tuned = triton.autotune(
+        configs=[triton.Config({"BLOCK_R": r, "BLOCK_J": j, "BLOCK_B": bb}, num_warps=w)
+                 for r, j, bb, w in [(16, 16, 16, 4), (16, 32, 16, 8), (8, 32, 16, 4), (8, 64, 16, 8),
+                                     (16, 64, 4, 4), (4, 64, 16, 8)]],
+        key=["rows", "steps_bucket", "batch", "CODED"], do_bench=_bench)(_sliced_mm)
     _codes_mv_tuned = triton.autotune(
         configs=[triton.Config({"BLOCK_R": r, "BLOCK_K": k}, num_warps=w)
                  for r, k, w in [(4, 64, 2), (8, 64, 4), (8, 128, 4), (16, 64, 4), (16, 128, 8), (32, 32, 4)]],
@@ -210,7 +336,8 @@ if triton is not None:
 
 # Off the GPU (the interpreter) there is nothing to tune and no benchmarker: one small configuration.
 _INTERPRETED = {"csr_mv": {"BLOCK_R": 4, "BLOCK_N": 16}, "csr_mm": {"BLOCK_R": 4, "BLOCK_N": 16, "BLOCK_B": 4},
-                "codes_mv": {"BLOCK_R": 4, "BLOCK_K": 16}, "codes_mm": {"BLOCK_R": 16, "BLOCK_K": 16, "BLOCK_B": 16}}
+                "codes_mv": {"BLOCK_R": 4, "BLOCK_K": 16}, "codes_mm": {"BLOCK_R": 16, "BLOCK_K": 16, "BLOCK_B": 16},
+                "sliced_mv": {"BLOCK_R": 8, "BLOCK_J": 8}, "sliced_mm": {"BLOCK_R": 4, "BLOCK_J": 8, "BLOCK_B": 4}}
 
 
 def require() -> None:
@@ -283,4 +410,30 @@ def codes_matmul(packed: torch.Tensor, bits: int, width: int, codebook: torch.Te
         grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_R"]), triton.cdiv(batch, meta["BLOCK_B"]))  # noqa: E731
         _launch("codes_mm", _codes_mm_tuned, _codes_mm, grid, packed, codebook, x, bias_arg, y, rows, width,
                 row_bytes, batch, x.stride(0), y.stride(0), BITS=bits, HAS_BIAS=has_bias)
+    return y
+
+
+def sliced_matmul(slice_ptr: torch.Tensor, lengths: torch.Tensor, order: torch.Tensor, cols: torch.Tensor,
+                  data: torch.Tensor, codebook: torch.Tensor | None, x: torch.Tensor,
+                  bias: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """`csr_matmul` on the sliced layout (`slice_rows`'s arrays on the device): (batch, rows) in ``x``'s dtype."""
+    require()
+    rows, batch = lengths.shape[0], x.shape[0]
+    y = _output(x, rows, out)
+    if rows == 0 or batch == 0:
+        return y
+    coded = codebook is not None
+    book = codebook if coded else data
+    has_bias = bias is not None
+    bias_arg = bias if has_bias else y
+    bucket = _nnz_bucket(data.shape[0], rows)  # the longest slice's steps, to a power of two, roughly
+    parts = lambda meta: triton.cdiv(rows, SLICE) * (SLICE // meta["BLOCK_R"])  # noqa: E731
+    if batch == 1:
+        grid = lambda meta: (parts(meta),)  # noqa: E731
+        _launch("sliced_mv", _sliced_mv_tuned, _sliced_mv, grid, slice_ptr, lengths, order, cols, data, book, x,
+                bias_arg, y, rows, bucket, CODED=coded, HAS_BIAS=has_bias)
+    else:
+        grid = lambda meta: (parts(meta), triton.cdiv(batch, meta["BLOCK_B"]))  # noqa: E731
+        _launch("sliced_mm", _sliced_mm_tuned, _sliced_mm, grid, slice_ptr, lengths, order, cols, data, book, x,
+                bias_arg, y, rows, batch, x.stride(0), y.stride(0), bucket, CODED=coded, HAS_BIAS=has_bias)
     return y

@@ -36,12 +36,15 @@ SLICED_ARGS = {"slice_ptr": "*i32", "lengths": "*i32", "order": "*i32", "cols": 
 CODES_ARGS = {"packed": "*u8", "codebook": "*fp32", "x": "*fp32", "bias": "*fp32", "y": "*fp32", "rows": "i32"}
 BATCH_ARGS = {"batch": "i32", "stride_x": "i32", "stride_y": "i32"}
 CODED = {"CODED": True, "HAS_BIAS": True}
+ALIGNED_INTS = ("stride_xt",)  # always a multiple of 16 (`triton_kernels._transposed`): Triton specializes on it
 DENSE_CODES = {"width": 4096, "row_bytes": 2048, "BITS": 4, "HAS_BIAS": True}  # a 4096-wide layer's 4-bit codes
 KERNELS = {  # name -> (the tuned kernel in triton_kernels, its runtime arguments' types, constants besides the config's)
     "csr_mv": ("_csr_mv_tuned", {**CSR_ARGS, "nnz_bucket": "i32"}, CODED),
     "csr_mm": ("_csr_mm_tuned", {**CSR_ARGS, **BATCH_ARGS, "nnz_bucket": "i32"}, CODED),
     "sliced_mv": ("_sliced_mv_tuned", {**SLICED_ARGS, "steps_bucket": "i32"}, CODED),
-    "sliced_mm": ("_sliced_mm_tuned", {**SLICED_ARGS, **BATCH_ARGS, "steps_bucket": "i32"}, CODED),
+    "sliced_mm": ("_sliced_mm_tuned", {**{k: v for k, v in SLICED_ARGS.items() if k != "x"}, "xt": "*fp32",
+                                       "batch": "i32", "stride_xt": "i32", "stride_y": "i32", "steps_bucket": "i32"},
+                  CODED),
     "codes_mv": ("_codes_mv_tuned", CODES_ARGS, DENSE_CODES),
     "codes_mm": ("_codes_mm_tuned", {**CODES_ARGS, **BATCH_ARGS}, DENSE_CODES),
 }
@@ -65,7 +68,8 @@ def compile_for_h100(tuned, types: dict, constants: dict, config) -> dict:
     fn, names = tuned.fn, tuned.fn.arg_names
     consts = {**constants, **config.kwargs}
     signature = {n: ("constexpr" if n in consts else types[n]) for n in names}
-    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n, t in signature.items() if t.startswith("*")}
+    aligned = [n for n, t in signature.items() if t.startswith("*") or n in ALIGNED_INTS]
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in aligned}
     kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts, attrs=attrs),
                             target=GPUTarget("cuda", 90, 32),
                             options={"num_warps": config.num_warps, "num_stages": config.num_stages})

@@ -1,7 +1,8 @@
 """benchmarks/gpu_compile.py: every tuned configuration of the GPU kernels compiled for an H100 here, without a
 GPU (Triton's offline compiler and its ptxas). What would otherwise fail only on a lent GPU: a configuration
 that does not compile or spills; and the sliced layout's point, read from the PTX: its columns and codes
-are loaded 16 bytes at a time, where CSR's rows, starting anywhere, are loaded byte by byte."""
+are loaded 16 bytes at a time, where CSR's rows, starting anywhere, are loaded byte by byte, and at batch
+> 1 an entry's inputs (from the transposed input) are gathered 16 bytes at a time."""
 
 import json
 import os
@@ -42,5 +43,7 @@ def test_the_sliced_layout_loads_16_bytes_at_a_time_and_csr_does_not(compiled):
     wide = [r for r in compiled if r["kernel"] == "sliced_mv" and r["config"]["BLOCK_R"] == 16]
     assert wide and all(r["loads"].get("ld.global.v4.b32", 0) >= 1 for r in wide)
     assert all("ld.global.b8" not in r["loads"] and "ld.global.b16" not in r["loads"] for r in wide)
+    batched = [r for r in compiled if r["kernel"] == "sliced_mm" and r["config"]["BLOCK_B"] == 16]
+    assert batched and all(r["loads"].get("ld.global.v4.b32", 0) >= 4 for r in batched)  # 16 inputs of an entry
     csr = [r for r in compiled if r["kernel"] == "csr_mv"]
     assert csr and all(r["loads"].get("ld.global.b8", 0) > 0 and "ld.global.v4.b32" not in r["loads"] for r in csr)

@@ -268,13 +268,16 @@ if triton is not None:
         tl.store(y + dest, out.to(y.dtype.element_ty), mask=live)
 
     @triton.jit
-    def _sliced_mm(slice_ptr, lengths, order, cols, data, codebook, x, bias, y, rows, batch, stride_x, stride_y,
+    def _sliced_mm(slice_ptr, lengths, order, cols, data, codebook, xt, bias, y, rows, batch, stride_xt, stride_y,
                    steps_bucket, CODED: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr,
                    BLOCK_J: tl.constexpr, BLOCK_B: tl.constexpr):
-        """`_sliced_mv` with a batch axis: each weight is loaded and decoded once for BLOCK_B inputs."""
+        """`_sliced_mv` with a batch axis: each weight is loaded and decoded once for BLOCK_B inputs.
+
+        ``xt`` is the input transposed, (in, stride_xt) with the batch contiguous and zero-padded to a
+        multiple of 16 (`_transposed`): an entry's BLOCK_B inputs are one contiguous gather (16-byte loads)
+        where x's rows would be BLOCK_B separate cache lines; the padding keeps the gather unmasked by batch."""
         base, steps, length, dest, live = _sliced_rows(tl.program_id(0), slice_ptr, lengths, order, rows, BLOCK_R)
         b = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-        in_batch = b < batch
         r = tl.arange(0, BLOCK_R)
         acc = tl.zeros([BLOCK_J, BLOCK_R, BLOCK_B], dtype=tl.float32)
         j0 = steps * 0
@@ -288,15 +291,15 @@ if triton is not None:
                 w = tl.load(codebook + k)
             else:
                 w = tl.load(data + at, mask=in_slice, other=0.0).to(tl.float32)
-            used = (j[:, None] < length[None, :])[:, :, None] & in_batch[None, None, :]
-            xv = tl.load(x + b[None, None, :] * stride_x + c[:, :, None], mask=used, other=0.0).to(tl.float32)
+            used = (j[:, None] < length[None, :])[:, :, None]
+            xv = tl.load(xt + c[:, :, None] * stride_xt + b[None, None, :], mask=used, other=0.0).to(tl.float32)
             acc += w[:, :, None] * xv
             j0 += BLOCK_J
         out = tl.sum(acc, axis=0)  # [BLOCK_R, BLOCK_B]
         if HAS_BIAS:
             out += tl.load(bias + dest, mask=live, other=0.0).to(tl.float32)[:, None]
         tl.store(y + b[None, :] * stride_y + dest[:, None], out.to(y.dtype.element_ty),
-                 mask=live[:, None] & in_batch[None, :])
+                 mask=live[:, None] & (b < batch)[None, :])
 
     # The tuned versions, used on the GPU. Keys: the shape (and nonzeros, which set the work per row).
     _csr_mv_tuned = triton.autotune(
@@ -433,7 +436,19 @@ def sliced_matmul(slice_ptr: torch.Tensor, lengths: torch.Tensor, order: torch.T
         _launch("sliced_mv", _sliced_mv_tuned, _sliced_mv, grid, slice_ptr, lengths, order, cols, data, book, x,
                 bias_arg, y, rows, bucket, CODED=coded, HAS_BIAS=has_bias)
     else:
+        xt = _transposed(x)
         grid = lambda meta: (parts(meta), triton.cdiv(batch, meta["BLOCK_B"]))  # noqa: E731
-        _launch("sliced_mm", _sliced_mm_tuned, _sliced_mm, grid, slice_ptr, lengths, order, cols, data, book, x,
-                bias_arg, y, rows, batch, x.stride(0), y.stride(0), bucket, CODED=coded, HAS_BIAS=has_bias)
+        _launch("sliced_mm", _sliced_mm_tuned, _sliced_mm, grid, slice_ptr, lengths, order, cols, data, book, xt,
+                bias_arg, y, rows, batch, xt.stride(0), y.stride(0), bucket, CODED=coded, HAS_BIAS=has_bias)
     return y
+
+
+def _transposed(x: torch.Tensor) -> torch.Tensor:
+    """(batch, in) -> (in, batch rounded up to 16), zero-padded: the layout `_sliced_mm` gathers from.
+    Its row stride is then a multiple of 16, which Triton's launcher specializes on (aligned vector loads);
+    the tuned BLOCK_B never exceeds 16, so no program reads past the padding."""
+    batch = x.shape[0]
+    padded = -(-batch // 16) * 16
+    if padded != batch:
+        x = torch.nn.functional.pad(x, (0, 0, 0, padded - batch))
+    return x.t().contiguous()

@@ -111,6 +111,18 @@ def _bench(kernel_call, quantiles):
 
 if triton is not None:
     @triton.jit
+    def _entries(cols, data, codebook, at, mask, CODED: tl.constexpr):
+        """The columns (int32) and fp32 weights of the entries at ``at``: codes looked up in the codebook (a
+        <= 256-entry table, cached) or values."""
+        c = tl.load(cols + at, mask=mask, other=0).to(tl.int32)
+        if CODED:
+            k = tl.load(data + at, mask=mask, other=0).to(tl.int32)
+            w = tl.load(codebook + k)
+        else:
+            w = tl.load(data + at, mask=mask, other=0.0).to(tl.float32)
+        return c, w
+
+    @triton.jit
     def _csr_mv(indptr, cols, data, codebook, x, bias, y, rows, nnz_bucket,
                 CODED: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
         """y[r] = sum_j w(r, j) * x[cols[j]] (+ bias[r]) for a block of BLOCK_R rows, batch 1."""
@@ -125,12 +137,7 @@ if triton is not None:
             j = j0 + tl.arange(0, BLOCK_N)
             inside = j[None, :] < length[:, None]
             at = start[:, None] + j[None, :]
-            c = tl.load(cols + at, mask=inside, other=0).to(tl.int32)
-            if CODED:
-                k = tl.load(data + at, mask=inside, other=0).to(tl.int32)
-                w = tl.load(codebook + k)  # a <= 256-entry table: cached
-            else:
-                w = tl.load(data + at, mask=inside, other=0.0).to(tl.float32)
+            c, w = _entries(cols, data, codebook, at, inside, CODED)
             xv = tl.load(x + c, mask=inside, other=0.0).to(tl.float32)
             acc += w * xv
             j0 += BLOCK_N
@@ -156,12 +163,7 @@ if triton is not None:
             j = j0 + tl.arange(0, BLOCK_N)
             inside = j[None, :] < length[:, None]
             at = start[:, None] + j[None, :]
-            c = tl.load(cols + at, mask=inside, other=0).to(tl.int32)
-            if CODED:
-                k = tl.load(data + at, mask=inside, other=0).to(tl.int32)
-                w = tl.load(codebook + k)
-            else:
-                w = tl.load(data + at, mask=inside, other=0.0).to(tl.float32)
+            c, w = _entries(cols, data, codebook, at, inside, CODED)
             xv = tl.load(x + b[None, None, :] * stride_x + c[:, :, None],
                          mask=inside[:, :, None] & in_batch[None, None, :], other=0.0).to(tl.float32)
             acc += w[:, :, None] * xv
@@ -253,12 +255,7 @@ if triton is not None:
             j = j0 + tl.arange(0, BLOCK_J)
             at = base + j[:, None] * _SLICE + r[None, :]
             in_slice = (j < steps)[:, None]
-            c = tl.load(cols + at, mask=in_slice, other=0).to(tl.int32)
-            if CODED:
-                k = tl.load(data + at, mask=in_slice, other=0).to(tl.int32)
-                w = tl.load(codebook + k)
-            else:
-                w = tl.load(data + at, mask=in_slice, other=0.0).to(tl.float32)
+            c, w = _entries(cols, data, codebook, at, in_slice, CODED)
             xv = tl.load(x + c, mask=j[:, None] < length[None, :], other=0.0).to(tl.float32)
             acc += w * xv
             j0 += BLOCK_J
@@ -285,12 +282,7 @@ if triton is not None:
             j = j0 + tl.arange(0, BLOCK_J)
             at = base + j[:, None] * _SLICE + r[None, :]
             in_slice = (j < steps)[:, None]
-            c = tl.load(cols + at, mask=in_slice, other=0).to(tl.int32)
-            if CODED:
-                k = tl.load(data + at, mask=in_slice, other=0).to(tl.int32)
-                w = tl.load(codebook + k)
-            else:
-                w = tl.load(data + at, mask=in_slice, other=0.0).to(tl.float32)
+            c, w = _entries(cols, data, codebook, at, in_slice, CODED)
             used = (j[:, None] < length[None, :])[:, :, None]
             xv = tl.load(xt + c[:, :, None] * stride_xt + b[None, None, :], mask=used, other=0.0).to(tl.float32)
             acc += w[:, :, None] * xv

@@ -2,8 +2,10 @@
 # The one prepared run on a lent GPU machine (its python3 holds CUDA PyTorch and Triton), from the repo
 # root. Writes into $OUT: the gpu tests' JUnit XML, each part's JSON, gpu_runtime.{json,md}, logs.txt.
 # Afterwards, here: python benchmarks/gpu.py report --out <those files>  (writes benchmarks/results/gpu.*).
-# What the machine lacks travels in .devcarry/ (git-ignored): fashion-mnist/ (Debian's IDX files) and whl/
-# (constriction's wheel for its Python). Every part has its own time limit, so one that hangs or fails
+# What the machine lacks travels in .devcarry/ (git-ignored): fashion-mnist/ (Debian's IDX files), whl/
+# (constriction's wheel for its Python) and minilm/ (the compressed MiniLM encoder for gpu_runtime.py's whole-encoder
+# rows; make it here with: PYTHONPATH=src python benchmarks/gpu_runtime.py --prepare-minilm .devcarry/minilm).
+# Every part has its own time limit, so one that hangs or fails
 # costs only itself; the CPU compression runs beside the GPU parts on the other half of the cores.
 set -u
 OUT=${OUT:-gpu-out}
@@ -38,7 +40,9 @@ section "compression on the GPU"
 $gpu_side timeout 100 python3 benchmarks/gpu.py compress --out "$OUT" --device cuda --quiet >"$LOGS/compress_cuda.log" 2>&1
 section "GPU runtime kernels"
 if [ -f benchmarks/gpu_runtime.py ]; then
-  $gpu_side timeout 210 python3 benchmarks/gpu_runtime.py --out "$OUT" >"$LOGS/gpu_runtime.log" 2>&1
+  # 300 s: the MiniLM rows come last (calibrating 36 layers per batch: an estimated 1-2 min more than the ~40 s before)
+  $gpu_side timeout 300 python3 benchmarks/gpu_runtime.py --out "$OUT" --minilm .devcarry/minilm \
+    >"$LOGS/gpu_runtime.log" 2>&1
 fi
 section "waiting for the CPU compression"
 wait "$cpu_job"

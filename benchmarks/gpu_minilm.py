@@ -15,7 +15,7 @@ On CUDA (`bench`): `runtime.load(model.dz, BertModel, example=ids, device="cuda"
 against the dense model holding the same decoded weights at fp32 and fp16, timed as the whole-LeNet rows
 (CUDA graphs, and eager). Without CUDA (`interpreter_check`, gpu_runtime.py --quick): a tiny random BERT
 compressed the same way into a temporary folder, read back as on the GPU, its Linear layers made the GPU
-runtime's layers (every layer CSR, then every layer dense codes: each kind `gpu_layers.kinds_for` offers) with
+runtime's layers (every layer CSR, then sliced, then dense codes: each kind `gpu_layers.kinds_for` offers) with
 the kernels in Triton's interpreter, against the dense decoded model.
 """
 

@@ -1,0 +1,232 @@
+"""LLVM IR text of the row-table kernel (`runtime.rowtables` has the layout, the packing and the calls).
+
+One output row at a time: the row's own 16-entry fp32 table sits in one register, ``vpermps`` turns the 8
+code bytes of a block of 16 consecutive inputs into those inputs' 16 weights, and one FMA per input row
+(token) multiplies them with the token's 16 inputs (a memory operand) into the token's accumulator. At the
+end of the row the accumulators are summed across their lanes together (`reduce_lines`: a transpose-add
+tree, 3 instructions a vector instead of ~8 for a horizontal sum each) and stored, one scalar a token.
+Generated per token count (one accumulator register a token, so the count is fixed in the code).
+"""
+
+from __future__ import annotations
+
+LANES = 16  # inputs a block: one 512-bit register of fp32 weights
+BLOCK_BYTES = LANES // 2  # two 4-bit codes a byte
+
+_DECLARATIONS = """
+declare <16 x float> @llvm.x86.avx512.permvar.sf.512(<16 x float>, <16 x i32>)
+declare <16 x float> @llvm.fma.v16f32(<16 x float>, <16 x float>, <16 x float>)
+"""
+
+
+def _mask(lanes: list[int]) -> str:
+    return "<" + ", ".join(f"i32 {j}" for j in lanes) + ">"
+
+
+def _halves(labels: list[int], offset: int) -> tuple[list[int], list[int], list[int]]:
+    """Lanes of a vector (``labels``: the token each lane's partial sum belongs to; lane numbers from
+    ``offset``) split into two sets pairing lanes of the same token, and the labels of their sum."""
+    first, second, result = [], [], []
+    for token in dict.fromkeys(labels):
+        lanes = [offset + i for i, label in enumerate(labels) if label == token]
+        half = len(lanes) // 2
+        first += lanes[:half]
+        second += lanes[half:]
+        result += [token] * half
+    return first, second, result
+
+
+def reduce_lines(sources: dict[int, str], prefix: str) -> tuple[list[str], str, list[int]]:
+    """IR lines summing the lanes of each token's accumulator (``sources``: token -> its <16 x float> value;
+    a power of two of them, at most 16), new values named from ``prefix``: (lines, the result vector, the
+    token of each of its lanes). Pairs of vectors are combined
+    by two two-source shuffles and one add (each output lane adds two partial sums of one token), halving
+    each token's lane count, until one vector holds them all; while a token still has several lanes (fewer
+    than 16 tokens), the vector is folded onto itself, halving its width."""
+    lines: list[str] = []
+    vectors = [(value, [t] * LANES) for t, value in sources.items()]
+    serial = 0
+    while len(vectors) > 1:
+        combined = []
+        for (a, la), (b, lb) in zip(vectors[::2], vectors[1::2]):
+            fa, sa, ra = _halves(la, 0)
+            fb, sb, rb = _halves(lb, LANES)
+            v = f"{prefix}t{serial}"
+            serial += 1
+            lines += [f"  {v}a = shufflevector <16 x float> {a}, <16 x float> {b}, <16 x i32> {_mask(fa + fb)}",
+                      f"  {v}b = shufflevector <16 x float> {a}, <16 x float> {b}, <16 x i32> {_mask(sa + sb)}",
+                      f"  {v} = fadd <16 x float> {v}a, {v}b"]
+            combined.append((v, ra + rb))
+        vectors = combined
+    vector, labels = vectors[0]
+    width = LANES
+    while len(labels) > len(set(labels)):
+        first, second, labels = _halves(labels, 0)
+        half, v = width // 2, f"{prefix}f{serial}"
+        serial += 1
+        lines += [f"  {v}a = shufflevector <{width} x float> {vector}, <{width} x float> poison, <{half} x i32> "
+                  f"{_mask(first)}",
+                  f"  {v}b = shufflevector <{width} x float> {vector}, <{width} x float> poison, <{half} x i32> "
+                  f"{_mask(second)}",
+                  f"  {v} = fadd <{half} x float> {v}a, {v}b"]
+        vector, width = v, half
+    return lines, vector, labels
+
+
+def _groups(tokens: int) -> list[list[int]]:
+    """Tokens split into power-of-two groups of at most 16, largest first (17: 16 + 1; 24: 16 + 8)."""
+    groups, start, size = [], 0, LANES
+    while start < tokens:
+        while size > tokens - start:
+            size //= 2
+        groups.append(list(range(start, start + size)))
+        start += size
+    return groups
+
+
+def unroll(tokens: int, pair: int) -> int:
+    """Blocks a loop iteration takes: with few tokens, each token sums into several accumulators (one per
+    block of the iteration), so enough independent FMA chains hide the FMA latency (8: two FMA ports x 4
+    cycles); `BLOCK_MULTIPLE` is a multiple of every unroll."""
+    return max(1, min(BLOCK_MULTIPLE, 8 // (tokens * pair)))
+
+
+BLOCK_MULTIPLE = 4  # a layer's blocks (and each call's run of them) pad to a multiple of this
+
+
+def kernel_name(tokens: int, pair: int = 1) -> str:
+    return f"deepzip_rowtables_fp32_{tokens}_{pair}"
+
+
+def kernel_ir(tokens: int, pair: int = 1) -> str:
+    """LLVM IR of the kernel for ``tokens`` input rows (1..MAX_TOKENS), ``pair`` output rows at a time
+    (1 or 2), one accumulator register a token and output row (several with few tokens, `unroll`):
+
+    void f(u8* codes, i64 cstride, float* tables, i64 tstride, float* xb, i64 blocks, i64 r0, i64 r1,
+           float* bias (or null), float* out, i64 ldo, i64 accumulate)
+
+    computes outputs r0..r1-1 (r1 - r0 a multiple of ``pair``) of out[0:tokens, :] (row stride ``ldo``) over
+    ``blocks`` blocks of inputs (a multiple of `BLOCK_MULTIPLE`), one scalar store a token and output (a
+    contiguous vector store of a row's sums into a transposed buffer measured no faster in the kernel, and
+    its transpose cost ~4 us at 17 x 384). Output r's codes are 8 bytes a block from
+    codes + cstride * r, its table the 16 floats at tables + tstride * r (0: one table for all); ``xb``
+    holds the inputs block-major: block k's 16 inputs of token t at xb + 16 * (tokens * k + t), so every
+    input load is one pointer plus a constant. Two output rows a pass share each input load between two
+    FMAs; measured no faster (384x384: 0.33 ns an FMA at 12 tokens x 2 rows, 0.31 at 17 x 1, the decode
+    then costs twice per token), so the layer runs one row a pass; kept for experiments on other CPUs.
+    ``accumulate`` nonzero: the sums are added to ``out`` (a later run of blocks) instead of stored.
+    """
+    per = unroll(tokens, pair)
+    rows = range(pair)
+    lines = [_DECLARATIONS]
+    add = lines.append
+    add(f"define void @{kernel_name(tokens, pair)}(ptr noalias %codes, i64 %cstride, ptr noalias %tables, "
+        "i64 %tstride, ptr noalias %xb, i64 %blocks, i64 %r0, i64 %r1, ptr noalias %bias, ptr noalias %out, "
+        "i64 %ldo, i64 %accumulate) nounwind {")
+    add("entry:")
+    add("  %hasbias = icmp ne ptr %bias, null")
+    add("  %adding = icmp ne i64 %accumulate, 0")
+    add("  br label %row")
+    add("row:")
+    add("  %r = phi i64 [%r0, %entry], [%rnext, %next]")
+    add("  %more = icmp slt i64 %r, %r1")
+    add("  br i1 %more, label %start, label %done")
+    add("start:")  # these rows' tables and codes
+    for q in rows:
+        add(f"  %rq{q} = add i64 %r, {q}")
+        add(f"  %toff{q} = mul i64 %rq{q}, %tstride")
+        add(f"  %tptr{q} = getelementptr float, ptr %tables, i64 %toff{q}")
+        add(f"  %table{q} = load <16 x float>, ptr %tptr{q}, align 4")
+        add(f"  %coff{q} = mul i64 %rq{q}, %cstride")
+        add(f"  %cfirst{q} = getelementptr i8, ptr %codes, i64 %coff{q}")
+    add("  br label %block")
+    add("block:")
+    add("  %k = phi i64 [0, %start], [%knext, %block]")
+    add("  %xptr = phi ptr [%xb, %start], [%xnext, %block]")
+    for q in rows:
+        add(f"  %cptr{q} = phi ptr [%cfirst{q}, %start], [%cnext{q}, %block]")
+        for t in range(tokens):
+            for u in range(per):
+                add(f"  %acc{q}_{t}_{u} = phi <16 x float> [zeroinitializer, %start], [%next{q}_{t}_{u}, %block]")
+    for u in range(per):
+        for q in rows:
+            # 8 bytes -> [b0..b7, b0..b7] as 16 x i32, the upper half shifted right by 4: lane j < 8 holds
+            # input j's code in its low 4 bits, lane j + 8 input j + 8's; vpermps reads only an index's low 4 bits
+            v = f"{q}_{u}"
+            add(f"  %cp{v} = getelementptr i8, ptr %cptr{q}, i64 {BLOCK_BYTES * u}")
+            add(f"  %c{v} = load <8 x i8>, ptr %cp{v}, align 1")
+            add(f"  %c2{v} = shufflevector <8 x i8> %c{v}, <8 x i8> poison, <16 x i32> {_mask(list(range(8)) * 2)}")
+            add(f"  %cw{v} = zext <16 x i8> %c2{v} to <16 x i32>")
+            add(f"  %idx{v} = lshr <16 x i32> %cw{v}, <" + ", ".join(["i32 0"] * 8 + ["i32 4"] * 8) + ">")
+            add(f"  %w{v} = call <16 x float> @llvm.x86.avx512.permvar.sf.512(<16 x float> %table{q}, "
+                f"<16 x i32> %idx{v})")
+        for t in range(tokens):
+            add(f"  %xp{t}_{u} = getelementptr float, ptr %xptr, i64 {LANES * (tokens * u + t)}")
+            add(f"  %xv{t}_{u} = load <16 x float>, ptr %xp{t}_{u}, align 64")
+            for q in rows:
+                add(f"  %next{q}_{t}_{u} = call <16 x float> @llvm.fma.v16f32(<16 x float> %w{q}_{u}, "
+                    f"<16 x float> %xv{t}_{u}, <16 x float> %acc{q}_{t}_{u})")
+    for q in rows:
+        add(f"  %cnext{q} = getelementptr i8, ptr %cptr{q}, i64 {BLOCK_BYTES * per}")
+    add(f"  %xnext = getelementptr float, ptr %xptr, i64 {LANES * tokens * per}")
+    add(f"  %knext = add i64 %k, {per}")
+    add("  %again = icmp slt i64 %knext, %blocks")
+    add("  br i1 %again, label %block, label %store")
+    add("store:")  # each token's accumulators summed, then across lanes, plus the bias: out[r, t]
+    add("  br i1 %hasbias, label %withbias, label %nobias")
+    add("withbias:")
+    loads = []
+    for q in rows:
+        add(f"  %bptr{q} = getelementptr float, ptr %bias, i64 %rq{q}")
+        add(f"  %bload{q} = load float, ptr %bptr{q}, align 4")
+        loads.append(f"%bload{q}")
+    add("  br label %sums")
+    add("nobias:")
+    add("  br label %sums")
+    add("sums:")
+    stores = []  # (pointer, value) of each row and token
+    for q in rows:
+        add(f"  %b{q} = phi float [%bload{q}, %withbias], [0.0, %nobias]")
+    for t in range(tokens):
+        add(f"  %orow{t} = mul i64 %ldo, {t}")
+    for q in rows:
+        sums = {}
+        for t in range(tokens):
+            total = f"%next{q}_{t}_0"
+            for u in range(1, per):
+                add(f"  %part{q}_{t}_{u} = fadd <16 x float> {total}, %next{q}_{t}_{u}")
+                total = f"%part{q}_{t}_{u}"
+            sums[t] = total
+        for g, group in enumerate(_groups(tokens)):
+            v = f"%g{q}_{g}"
+            reduced, vector, labels = reduce_lines({t: sums[t] for t in group}, f"{v}_")
+            lines += reduced
+            width = len(labels)
+            kind = f"<{width} x float>"
+            add(f"  {v}bi = insertelement {kind} poison, float %b{q}, i64 0")
+            add(f"  {v}bv = shufflevector {kind} {v}bi, {kind} poison, <{width} x i32> zeroinitializer")
+            add(f"  {v}y = fadd {kind} {vector}, {v}bv")
+            for lane, t in enumerate(labels):
+                y = f"%y{q}_{t}"
+                add(f"  {y} = extractelement {kind} {v}y, i64 {lane}")
+                add(f"  %oat{q}_{t} = add i64 %orow{t}, %rq{q}")
+                add(f"  %optr{q}_{t} = getelementptr float, ptr %out, i64 %oat{q}_{t}")
+                stores.append((f"%optr{q}_{t}", y))
+    add("  br i1 %adding, label %adds, label %puts")
+    add("puts:")  # the first (or only) run of blocks: out holds nothing yet (never read: it may hold anything)
+    for pointer, value in stores:
+        add(f"  store float {value}, ptr {pointer}, align 4")
+    add("  br label %next")
+    add("adds:")
+    for i, (pointer, value) in enumerate(stores):
+        add(f"  %old{i} = load float, ptr {pointer}, align 4")
+        add(f"  %plus{i} = fadd float {value}, %old{i}")
+        add(f"  store float %plus{i}, ptr {pointer}, align 4")
+    add("  br label %next")
+    add("next:")
+    add(f"  %rnext = add i64 %r, {pair}")
+    add("  br label %row")
+    add("done:")
+    add("  ret void")
+    add("}")
+    return "\n".join(lines)

@@ -145,6 +145,7 @@ class RowTableMatrix:
 
     bits = 4
     precision = "fp32"
+    layout = "row tables"
 
     def __init__(self, shape, index: np.ndarray, tables: np.ndarray, outliers: SparseMatrix | None = None):
         """``index`` (rows, width) codes, ``tables`` (rows, k) or (k,) fp32 with k <= 16, ``outliers``

@@ -105,8 +105,9 @@ def test_kernel_looks_codes_up_in_a_register():
 
 
 def test_wide_layers_split_into_runs_and_threads_agree(monkeypatch):
-    codebook, index, _, _, _ = per_row_state(200, 1536, seed=6)  # 307,200 weights: threads; 96 blocks: runs
-    matrix = RowTableMatrix.from_index(codebook, index)
+    # 307,200 weights: threads; 96 blocks: three runs at 17 tokens, each adding its outliers' entries
+    codebook, index, _, outlier_mask, values = per_row_state(200, 1536, seed=6, outlier_share=0.005)
+    matrix = RowTableMatrix.from_index(codebook, index, None, outlier_mask, values)
     x = torch.randn(17, 1536, generator=torch.Generator().manual_seed(7)).numpy()
     bias = torch.randn(200).numpy()
     one = matrix.matmul(x, bias), matrix.matvec(x[0], bias)

@@ -84,45 +84,48 @@ def _groups(tokens: int) -> list[list[int]]:
     return groups
 
 
-def unroll(tokens: int, pair: int) -> int:
+def unroll(tokens: int) -> int:
     """Blocks a loop iteration takes: with few tokens, each token sums into several accumulators (one per
     block of the iteration), so enough independent FMA chains hide the FMA latency (8: two FMA ports x 4
     cycles); `BLOCK_MULTIPLE` is a multiple of every unroll."""
-    return max(1, min(BLOCK_MULTIPLE, 8 // (tokens * pair)))
+    return max(1, min(BLOCK_MULTIPLE, 8 // tokens))
 
 
 BLOCK_MULTIPLE = 4  # a layer's blocks (and each call's run of them) pad to a multiple of this
 
 
-def kernel_name(tokens: int, pair: int = 1) -> str:
-    return f"deepzip_rowtables_fp32_{tokens}_{pair}"
+def kernel_name(tokens: int) -> str:
+    return f"deepzip_rowtables_fp32_{tokens}"
 
 
-def kernel_ir(tokens: int, pair: int = 1) -> str:
-    """LLVM IR of the kernel for ``tokens`` input rows (1..MAX_TOKENS), ``pair`` output rows at a time
-    (1 or 2), one accumulator register a token and output row (several with few tokens, `unroll`):
+def kernel_ir(tokens: int) -> str:
+    """LLVM IR of the kernel for ``tokens`` input rows (1..MAX_BLOCK), one accumulator register a token
+    (several with few tokens, `unroll`):
 
     void f(u8* codes, i64 cstride, float* tables, i64 tstride, float* xb, i64 blocks, i64 r0, i64 r1,
-           float* bias (or null), float* out, i64 ldo, i64 accumulate)
+           float* bias (or null), float* out, i64 ldo, i64 accumulate,
+           i32* oindptr, i32* ocols, float* ovalues, i64 kbase)
 
-    computes outputs r0..r1-1 (r1 - r0 a multiple of ``pair``) of out[0:tokens, :] (row stride ``ldo``) over
-    ``blocks`` blocks of inputs (a multiple of `BLOCK_MULTIPLE`), one scalar store a token and output (a
-    contiguous vector store of a row's sums into a transposed buffer measured no faster in the kernel, and
-    its transpose cost ~4 us at 17 x 384). Output r's codes are 8 bytes a block from
-    codes + cstride * r, its table the 16 floats at tables + tstride * r (0: one table for all); ``xb``
-    holds the inputs block-major: block k's 16 inputs of token t at xb + 16 * (tokens * k + t), so every
-    input load is one pointer plus a constant. Two output rows a pass share each input load between two
-    FMAs; measured no faster (384x384: 0.33 ns an FMA at 12 tokens x 2 rows, 0.31 at 17 x 1, the decode
-    then costs twice per token), so the layer runs one row a pass; kept for experiments on other CPUs.
+    computes outputs r0..r1-1 of out[0:tokens, :] (row stride ``ldo``) over ``blocks`` blocks of inputs (a
+    multiple of `BLOCK_MULTIPLE`), one scalar store a token and output (a vector store of a row's sums into
+    a transposed buffer measured no faster in the kernel, and its transpose costs ~4 us at 17 x 384).
+    Output r's codes are 8 bytes a block from codes + cstride * r, its table the 16 floats at
+    tables + tstride * r (0: one table for all); ``xb`` holds the inputs block-major: block k's 16 inputs of
+    token t at xb + 16 * (tokens * k + t), so every input load is one pointer plus a constant.
     ``accumulate`` nonzero: the sums are added to ``out`` (a later run of blocks) instead of stored.
+
+    Exact outliers: a CSR term (``oindptr``, int32 columns ``ocols``, ``ovalues``: exact minus the codes'
+    value) added into the accumulators before the reduction, the entries of row r whose block lies in
+    this run (blocks kbase.. of the row; ``xb`` starts at block kbase) one vector each: the value in its
+    column's lane, times the block's inputs, one FMA a token. No outliers: ``oindptr`` all zeros.
     """
-    per = unroll(tokens, pair)
-    rows = range(pair)
+    per = unroll(tokens)
+    accumulators = [(t, u) for t in range(tokens) for u in range(per)]
     lines = [_DECLARATIONS]
     add = lines.append
-    add(f"define void @{kernel_name(tokens, pair)}(ptr noalias %codes, i64 %cstride, ptr noalias %tables, "
-        "i64 %tstride, ptr noalias %xb, i64 %blocks, i64 %r0, i64 %r1, ptr noalias %bias, ptr noalias %out, "
-        "i64 %ldo, i64 %accumulate) nounwind {")
+    add(f"define void @{kernel_name(tokens)}(ptr noalias %codes, i64 %cstride, ptr noalias %tables, i64 %tstride, "
+        "ptr noalias %xb, i64 %blocks, i64 %r0, i64 %r1, ptr noalias %bias, ptr noalias %out, i64 %ldo, "
+        "i64 %accumulate, ptr noalias %oindptr, ptr noalias %ocols, ptr noalias %ovalues, i64 %kbase) nounwind {")
     add("entry:")
     add("  %hasbias = icmp ne ptr %bias, null")
     add("  %adding = icmp ne i64 %accumulate, 0")
@@ -131,87 +134,114 @@ def kernel_ir(tokens: int, pair: int = 1) -> str:
     add("  %r = phi i64 [%r0, %entry], [%rnext, %next]")
     add("  %more = icmp slt i64 %r, %r1")
     add("  br i1 %more, label %start, label %done")
-    add("start:")  # these rows' tables and codes
-    for q in rows:
-        add(f"  %rq{q} = add i64 %r, {q}")
-        add(f"  %toff{q} = mul i64 %rq{q}, %tstride")
-        add(f"  %tptr{q} = getelementptr float, ptr %tables, i64 %toff{q}")
-        add(f"  %table{q} = load <16 x float>, ptr %tptr{q}, align 4")
-        add(f"  %coff{q} = mul i64 %rq{q}, %cstride")
-        add(f"  %cfirst{q} = getelementptr i8, ptr %codes, i64 %coff{q}")
+    add("start:")  # this row's table, codes and outlier entries
+    add("  %toff = mul i64 %r, %tstride")
+    add("  %tptr = getelementptr float, ptr %tables, i64 %toff")
+    add("  %table = load <16 x float>, ptr %tptr, align 4")
+    add("  %coff = mul i64 %r, %cstride")
+    add("  %cfirst = getelementptr i8, ptr %codes, i64 %coff")
+    add("  %jp0 = getelementptr i32, ptr %oindptr, i64 %r")
+    add("  %j0w = load i32, ptr %jp0, align 4")
+    add("  %jp1 = getelementptr i32, ptr %jp0, i64 1")
+    add("  %j1w = load i32, ptr %jp1, align 4")
+    add("  %j0 = sext i32 %j0w to i64")
+    add("  %j1 = sext i32 %j1w to i64")
     add("  br label %block")
     add("block:")
     add("  %k = phi i64 [0, %start], [%knext, %block]")
     add("  %xptr = phi ptr [%xb, %start], [%xnext, %block]")
-    for q in rows:
-        add(f"  %cptr{q} = phi ptr [%cfirst{q}, %start], [%cnext{q}, %block]")
-        for t in range(tokens):
-            for u in range(per):
-                add(f"  %acc{q}_{t}_{u} = phi <16 x float> [zeroinitializer, %start], [%next{q}_{t}_{u}, %block]")
+    add("  %cptr = phi ptr [%cfirst, %start], [%cnext, %block]")
+    for t, u in accumulators:
+        add(f"  %acc{t}_{u} = phi <16 x float> [zeroinitializer, %start], [%next{t}_{u}, %block]")
     for u in range(per):
-        for q in rows:
-            # 8 bytes -> [b0..b7, b0..b7] as 16 x i32, the upper half shifted right by 4: lane j < 8 holds
-            # input j's code in its low 4 bits, lane j + 8 input j + 8's; vpermps reads only an index's low 4 bits
-            v = f"{q}_{u}"
-            add(f"  %cp{v} = getelementptr i8, ptr %cptr{q}, i64 {BLOCK_BYTES * u}")
-            add(f"  %c{v} = load <8 x i8>, ptr %cp{v}, align 1")
-            add(f"  %c2{v} = shufflevector <8 x i8> %c{v}, <8 x i8> poison, <16 x i32> {_mask(list(range(8)) * 2)}")
-            add(f"  %cw{v} = zext <16 x i8> %c2{v} to <16 x i32>")
-            add(f"  %idx{v} = lshr <16 x i32> %cw{v}, <" + ", ".join(["i32 0"] * 8 + ["i32 4"] * 8) + ">")
-            add(f"  %w{v} = call <16 x float> @llvm.x86.avx512.permvar.sf.512(<16 x float> %table{q}, "
-                f"<16 x i32> %idx{v})")
+        # 8 bytes -> [b0..b7, b0..b7] as 16 x i32, the upper half shifted right by 4: lane j < 8 holds input j's
+        # code in its low 4 bits, lane j + 8 input j + 8's; vpermps reads only an index's low 4 bits
+        add(f"  %cp{u} = getelementptr i8, ptr %cptr, i64 {BLOCK_BYTES * u}")
+        add(f"  %c{u} = load <8 x i8>, ptr %cp{u}, align 1")
+        add(f"  %c2{u} = shufflevector <8 x i8> %c{u}, <8 x i8> poison, <16 x i32> {_mask(list(range(8)) * 2)}")
+        add(f"  %cw{u} = zext <16 x i8> %c2{u} to <16 x i32>")
+        add(f"  %idx{u} = lshr <16 x i32> %cw{u}, <" + ", ".join(["i32 0"] * 8 + ["i32 4"] * 8) + ">")
+        add(f"  %w{u} = call <16 x float> @llvm.x86.avx512.permvar.sf.512(<16 x float> %table, <16 x i32> %idx{u})")
         for t in range(tokens):
             add(f"  %xp{t}_{u} = getelementptr float, ptr %xptr, i64 {LANES * (tokens * u + t)}")
             add(f"  %xv{t}_{u} = load <16 x float>, ptr %xp{t}_{u}, align 64")
-            for q in rows:
-                add(f"  %next{q}_{t}_{u} = call <16 x float> @llvm.fma.v16f32(<16 x float> %w{q}_{u}, "
-                    f"<16 x float> %xv{t}_{u}, <16 x float> %acc{q}_{t}_{u})")
-    for q in rows:
-        add(f"  %cnext{q} = getelementptr i8, ptr %cptr{q}, i64 {BLOCK_BYTES * per}")
+            add(f"  %next{t}_{u} = call <16 x float> @llvm.fma.v16f32(<16 x float> %w{u}, <16 x float> %xv{t}_{u}, "
+                f"<16 x float> %acc{t}_{u})")
+    add(f"  %cnext = getelementptr i8, ptr %cptr, i64 {BLOCK_BYTES * per}")
     add(f"  %xnext = getelementptr float, ptr %xptr, i64 {LANES * tokens * per}")
     add(f"  %knext = add i64 %k, {per}")
     add("  %again = icmp slt i64 %knext, %blocks")
-    add("  br i1 %again, label %block, label %store")
-    add("store:")  # each token's accumulators summed, then across lanes, plus the bias: out[r, t]
+    add("  br i1 %again, label %block, label %fix")
+    add("fix:")  # the row's outlier entries, into the first accumulator of each token
+    add("  %j = phi i64 [%j0, %block], [%jnext, %fixnext]")
+    for t in range(tokens):
+        add(f"  %fix{t} = phi <16 x float> [%next{t}_0, %block], [%fixed{t}, %fixnext]")
+    add("  %fmore = icmp slt i64 %j, %j1")
+    add("  br i1 %fmore, label %fixbody, label %store")
+    add("fixbody:")
+    add("  %colp = getelementptr i32, ptr %ocols, i64 %j")
+    add("  %colw = load i32, ptr %colp, align 4")
+    add("  %col = zext i32 %colw to i64")
+    add("  %kabs = lshr i64 %col, 4")
+    add("  %krel = sub i64 %kabs, %kbase")
+    add("  %inrun = icmp ult i64 %krel, %blocks")  # its block is in this run (unsigned: below kbase wraps)
+    add("  br i1 %inrun, label %fixadd, label %fixnext")
+    add("fixadd:")
+    add("  %valp = getelementptr float, ptr %ovalues, i64 %j")
+    add("  %val = load float, ptr %valp, align 4")
+    add("  %lane = and i32 %colw, 15")
+    add("  %bit = shl i32 1, %lane")
+    add("  %bit16 = trunc i32 %bit to i16")
+    add("  %lanes = bitcast i16 %bit16 to <16 x i1>")
+    add("  %vi = insertelement <16 x float> poison, float %val, i64 0")
+    add("  %vs = shufflevector <16 x float> %vi, <16 x float> poison, <16 x i32> zeroinitializer")
+    add("  %delta = select <16 x i1> %lanes, <16 x float> %vs, <16 x float> zeroinitializer")
+    add(f"  %xoff = mul i64 %krel, {LANES * tokens}")
+    add("  %xk = getelementptr float, ptr %xb, i64 %xoff")
+    for t in range(tokens):
+        add(f"  %fxp{t} = getelementptr float, ptr %xk, i64 {LANES * t}")
+        add(f"  %fxv{t} = load <16 x float>, ptr %fxp{t}, align 64")
+        add(f"  %fadd{t} = call <16 x float> @llvm.fma.v16f32(<16 x float> %delta, <16 x float> %fxv{t}, "
+            f"<16 x float> %fix{t})")
+    add("  br label %fixnext")
+    add("fixnext:")
+    for t in range(tokens):
+        add(f"  %fixed{t} = phi <16 x float> [%fix{t}, %fixbody], [%fadd{t}, %fixadd]")
+    add("  %jnext = add i64 %j, 1")
+    add("  br label %fix")
+    add("store:")  # each token's accumulators summed, then across lanes, plus the bias: out[t, r]
     add("  br i1 %hasbias, label %withbias, label %nobias")
     add("withbias:")
-    loads = []
-    for q in rows:
-        add(f"  %bptr{q} = getelementptr float, ptr %bias, i64 %rq{q}")
-        add(f"  %bload{q} = load float, ptr %bptr{q}, align 4")
-        loads.append(f"%bload{q}")
+    add("  %bptr = getelementptr float, ptr %bias, i64 %r")
+    add("  %bload = load float, ptr %bptr, align 4")
     add("  br label %sums")
     add("nobias:")
     add("  br label %sums")
     add("sums:")
-    stores = []  # (pointer, value) of each row and token
-    for q in rows:
-        add(f"  %b{q} = phi float [%bload{q}, %withbias], [0.0, %nobias]")
+    add("  %b = phi float [%bload, %withbias], [0.0, %nobias]")
+    sums = {}
     for t in range(tokens):
-        add(f"  %orow{t} = mul i64 %ldo, {t}")
-    for q in rows:
-        sums = {}
-        for t in range(tokens):
-            total = f"%next{q}_{t}_0"
-            for u in range(1, per):
-                add(f"  %part{q}_{t}_{u} = fadd <16 x float> {total}, %next{q}_{t}_{u}")
-                total = f"%part{q}_{t}_{u}"
-            sums[t] = total
-        for g, group in enumerate(_groups(tokens)):
-            v = f"%g{q}_{g}"
-            reduced, vector, labels = reduce_lines({t: sums[t] for t in group}, f"{v}_")
-            lines += reduced
-            width = len(labels)
-            kind = f"<{width} x float>"
-            add(f"  {v}bi = insertelement {kind} poison, float %b{q}, i64 0")
-            add(f"  {v}bv = shufflevector {kind} {v}bi, {kind} poison, <{width} x i32> zeroinitializer")
-            add(f"  {v}y = fadd {kind} {vector}, {v}bv")
-            for lane, t in enumerate(labels):
-                y = f"%y{q}_{t}"
-                add(f"  {y} = extractelement {kind} {v}y, i64 {lane}")
-                add(f"  %oat{q}_{t} = add i64 %orow{t}, %rq{q}")
-                add(f"  %optr{q}_{t} = getelementptr float, ptr %out, i64 %oat{q}_{t}")
-                stores.append((f"%optr{q}_{t}", y))
+        total = f"%fix{t}"
+        for u in range(1, per):
+            add(f"  %part{t}_{u} = fadd <16 x float> {total}, %next{t}_{u}")
+            total = f"%part{t}_{u}"
+        sums[t] = total
+    stores = []  # (pointer, value) of each token
+    for g, group in enumerate(_groups(tokens)):
+        v = f"%g{g}"
+        reduced, vector, labels = reduce_lines({t: sums[t] for t in group}, f"{v}_")
+        lines += reduced
+        width = len(labels)
+        kind = f"<{width} x float>"
+        add(f"  {v}bi = insertelement {kind} poison, float %b, i64 0")
+        add(f"  {v}bv = shufflevector {kind} {v}bi, {kind} poison, <{width} x i32> zeroinitializer")
+        add(f"  {v}y = fadd {kind} {vector}, {v}bv")
+        for lane, t in enumerate(labels):
+            add(f"  %y{t} = extractelement {kind} {v}y, i64 {lane}")
+            add(f"  %orow{t} = mul i64 %ldo, {t}")
+            add(f"  %oat{t} = add i64 %orow{t}, %r")
+            add(f"  %optr{t} = getelementptr float, ptr %out, i64 %oat{t}")
+            stores.append((f"%optr{t}", f"%y{t}"))
     add("  br i1 %adding, label %adds, label %puts")
     add("puts:")  # the first (or only) run of blocks: out holds nothing yet (never read: it may hold anything)
     for pointer, value in stores:
@@ -224,7 +254,7 @@ def kernel_ir(tokens: int, pair: int = 1) -> str:
         add(f"  store float %plus{i}, ptr {pointer}, align 4")
     add("  br label %next")
     add("next:")
-    add(f"  %rnext = add i64 %r, {pair}")
+    add("  %rnext = add i64 %r, 1")
     add("  br label %row")
     add("done:")
     add("  ret void")

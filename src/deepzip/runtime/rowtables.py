@@ -15,9 +15,12 @@ input 16k+j+8's (high nibble). The width pads to a multiple of 16 with code 0; e
 rows block-major (block k's 16 inputs of every token side by side, zero-padded), so padded inputs meet
 zeros and every FMA's memory operand is one pointer plus a constant.
 
-Exact outliers (a dense-and-sparse split) are a CSR correction: at each outlier position the exact value
-minus the table's value there, multiplied by the CSR kernels (`layers.SparseMatrix`) and added to the
-output. A pruned weight gets an extra code of value +0.0, so a row table holds at most 15 values then.
+Exact outliers (a dense-and-sparse split) are a CSR correction (`layers.SparseMatrix`, int32 columns): at
+each outlier position the exact value minus the table's value there. The kernel adds a row's entries into
+its token accumulators before the reduction: per entry, the value in its column's lane of a vector times
+the inputs' block, one FMA a token (0.5% outliers: ~2 entries a 384-wide row against its 24 blocks).
+Added after the kernel by the CSR kernels instead, they cost more than the codes' product itself at 17
+tokens (the input transposed and the output added through a transpose). A pruned weight gets an extra code of value +0.0, so a row table holds at most 15 values then.
 """
 
 from __future__ import annotations
@@ -60,9 +63,9 @@ def eligible(codebook: torch.Tensor | None, pruned: bool) -> bool:
 
 
 # The kernel typed with integer addresses, for numba to call (numba passes no void pointers):
-# codes, cstride, tables, tstride, xb, blocks, r0, r1, bias, out, ldo, accumulate
+# codes, cstride, tables, tstride, xb, blocks, r0, r1, bias, out, ldo, accumulate, oindptr, ocols, ovalues, kbase
 _WORDS = (ctypes.c_uint64, ctypes.c_int64, ctypes.c_uint64, ctypes.c_int64, ctypes.c_uint64) + (ctypes.c_int64,) * 3 \
-    + (ctypes.c_uint64,) * 2 + (ctypes.c_int64,) * 2
+    + (ctypes.c_uint64,) * 2 + (ctypes.c_int64,) * 2 + (ctypes.c_uint64,) * 3 + (ctypes.c_int64,)
 
 
 @functools.cache  # the IR text is only built on a kernel's first use
@@ -72,21 +75,22 @@ def kernel(tokens: int):
 
 
 @numba.njit(cache=True, nogil=True)
-def _runs(fn, codes, cstride, tables, tstride, xb, tokens, runs, r0, r1, bias, out, ldo):
+def _runs(fn, codes, cstride, tables, tstride, xb, tokens, runs, r0, r1, bias, out, ldo, outliers):
     """Rows r0..r1-1 over each run of blocks (``runs``: block boundaries), the first run storing its sums
-    plus the bias, the later ones adding theirs."""
+    plus the bias, the later ones adding theirs; ``outliers``: the addresses of the CSR correction."""
     for i in range(len(runs) - 1):
         k0, k1 = runs[i], runs[i + 1]
         fn(codes + np.uint64(BLOCK_BYTES * k0), cstride, tables, tstride, xb + np.uint64(4 * LANES * tokens * k0),
-           k1 - k0, r0, r1, bias if i == 0 else np.uint64(0), out, ldo, i)
+           k1 - k0, r0, r1, bias if i == 0 else np.uint64(0), out, ldo, i, outliers[0], outliers[1], outliers[2], k0)
 
 
 # Threads split a layer's rows (each writes its own output columns): numba's prange on its OpenMP layer,
 # torch's pool (`threads`), calling the compiled kernel through its address, as `panels._drive`.
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _drive(fn, codes, cstride, tables, tstride, xb, tokens, runs, bounds, bias, out, ldo):
+def _drive(fn, codes, cstride, tables, tstride, xb, tokens, runs, bounds, bias, out, ldo, outliers):
     for t in numba.prange(len(bounds) - 1):
-        _runs(fn, codes, cstride, tables, tstride, xb, tokens, runs, bounds[t], bounds[t + 1], bias, out, ldo)
+        _runs(fn, codes, cstride, tables, tstride, xb, tokens, runs, bounds[t], bounds[t + 1], bias, out, ldo,
+              outliers)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -155,8 +159,11 @@ class RowTableMatrix:
             raise ValueError(f"tables must be (k,) or ({shape[0]}, k) with k <= {TABLE}, got {tables.shape}")
         if index.size and int(index.max()) >= tables.shape[-1]:
             raise ValueError(f"every index must be < the table size {tables.shape[-1]}")
-        if outliers is not None and tuple(outliers.shape) != tuple(shape):
-            raise ValueError(f"the outliers' shape {outliers.shape} differs from the weight's {tuple(shape)}")
+        if outliers is not None and (tuple(outliers.shape) != tuple(shape) or outliers.values is None):
+            raise ValueError(f"outliers must be a CSR of fp32 values of the weight's shape {tuple(shape)}, got "
+                             f"{outliers.shape}{' with codes' if outliers.values is None else ''}")
+        if outliers is not None and outliers.cols.dtype != np.int32:  # the kernel reads int32 columns
+            outliers = SparseMatrix(outliers.shape, outliers.indptr, outliers.cols.astype(np.int32), values=outliers.values)
         self.shape = tuple(shape)
         self.nnz = self.shape[0] * self.shape[1]
         self.per_row = int(tables.ndim == 2)
@@ -175,9 +182,16 @@ class RowTableMatrix:
         """Addresses read on every call (numpy's ``.ctypes`` costs ~1 us each), valid while self holds
         the arrays; a copy (deepcopy, pickle) takes them anew (`__setstate__`), never the original's."""
         self._codes_at, self._tables_at = self.codes.ctypes.data, self.tables.ctypes.data
+        if self.outliers is None:  # every row's entries empty: an all-zero row pointer, shared by layers
+            self._outliers_at = np.array([_no_entries(self.shape[0]).ctypes.data, 0, 0], np.uint64)
+        else:
+            parts = (self.outliers.indptr, self.outliers.cols, self.outliers.values)
+            self._outliers_at = np.array([part.ctypes.data for part in parts], np.uint64)
+        self._outlier_words = tuple(int(word) for word in self._outliers_at)
 
     def __getstate__(self) -> dict:  # compiled kernels (in _plans) are this process's: planned anew
-        return {k: ({} if k == "_plans" else v) for k, v in self.__dict__.items() if not k.endswith("_at")}
+        return {k: ({} if k == "_plans" else v) for k, v in self.__dict__.items()
+                if not k.endswith("_at") and k != "_outlier_words"}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -229,16 +243,12 @@ class RowTableMatrix:
         """W @ x + bias for one float32 vector."""
         out = np.empty(self.shape[0], dtype=np.float32) if out is None else out
         self._run(x.reshape(1, -1), bias, out.reshape(1, -1))
-        if self.outliers is not None:
-            out += self.outliers.matvec(x, _NO_BIAS)
         return out
 
     def matmul(self, x: np.ndarray, bias: np.ndarray) -> np.ndarray:
         """x @ W.T + bias for x (batch, in) float32 C-contiguous: (batch, out)."""
         out = np.empty((x.shape[0], self.shape[0]), dtype=np.float32)
         self._run(x, bias, out)
-        if self.outliers is not None:
-            out += self.outliers.matmul_t(np.ascontiguousarray(x.T)).T
         return out
 
     def _run(self, x: np.ndarray, bias: np.ndarray, out: np.ndarray) -> None:
@@ -261,10 +271,10 @@ class RowTableMatrix:
                 for k0, k1, accumulate in runs:
                     function(self._codes_at + BLOCK_BYTES * k0, self.cstride, self._tables_at, self.tstride,
                              buffer_at + 4 * LANES * tokens * k0, k1 - k0, 0, outputs, 0 if accumulate else bias_at,
-                             at, ldo, accumulate)
+                             at, ldo, accumulate, *self._outlier_words, k0)
             else:
                 _drive(function, self._codes_at, self.cstride, self._tables_at, self.tstride, buffer_at, tokens,
-                       self._runs_for(tokens), bounds, bias_at, at, ldo)
+                       self._runs_for(tokens), bounds, bias_at, at, ldo, self._outliers_at)
 
     def _plan(self, tokens: int) -> tuple:
         """(the kernel, [(first block, end block, accumulate) of each run]) for a call of ``tokens`` rows."""
@@ -292,7 +302,11 @@ class RowTableMatrix:
         return found
 
 
-_NO_BIAS = np.zeros(0, np.float32)
+@functools.cache  # kept for the process: layers without outliers point at it
+def _no_entries(rows: int) -> np.ndarray:
+    """The CSR row pointer of no entries in ``rows`` rows (all zeros)."""
+    return np.zeros(rows + 1, np.int32)
+
 ALIGN = 64  # bytes: a cache line. Each FMA loads 64 bytes of input; unaligned, every load spans two lines
 
 

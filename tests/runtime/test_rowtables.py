@@ -5,6 +5,7 @@ import pickle
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -181,3 +182,17 @@ def test_the_chain_runs_row_table_layers_without_outliers():
     assert runtime.fusion(fast)["fused"]
     assert [d["codes_kernel"] for d in runtime.decisions(fast)] == ["row tables"] * 2
     torch.testing.assert_close(fast(x), expected, rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 40), width=st.integers(1, 150), tokens=st.integers(1, 50), k=st.integers(1, 15),
+       outlier_share=st.sampled_from([0.0, 0.02, 0.3]), pruned=st.sampled_from([0.0, 0.2]),
+       seed=st.integers(0, 2**16))
+def test_any_shape_matches_its_exact_weight(rows, width, tokens, k, outlier_share, pruned, seed):
+    codebook, index, mask, outlier_mask, values = per_row_state(rows, width, k, seed, outlier_share, pruned)
+    matrix = RowTableMatrix.from_index(codebook, index, mask, outlier_mask, values)
+    exact = shared_weight(codebook, index, mask, outlier_mask, values)
+    x = torch.randn(tokens, width, generator=torch.Generator().manual_seed(seed))
+    bias = torch.randn(rows, generator=torch.Generator().manual_seed(seed + 1))
+    got = torch.from_numpy(run(matrix, x.numpy(), bias.numpy()))
+    torch.testing.assert_close(got, F.linear(x.double(), exact.double(), bias.double()).float(), rtol=1e-4, atol=1e-4)

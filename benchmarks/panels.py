@@ -151,8 +151,8 @@ def render(rows: list[dict], per_row: list[dict]) -> str:
         "\n## A codebook per row (the pretrained pipeline's `WeightedKMeans` format)\n",
         "The same shapes with a random 16-value codebook per output row, fp32 throughout: the gather-based row "
         "kernels (`runtime.codes`), the row-table kernel (`runtime.rowtables`: the row's table in a register, "
-        f"`vpermps`), and the row tables with {OUTLIERS:.1%} of the weights exact (a CSR correction added; torch "
-        "multiplies that exact weight).\n",
+        f"`vpermps`), and the row tables with {OUTLIERS:.1%} of the weights exact (a CSR correction the kernel adds "
+        "before its reduction; torch multiplies that exact weight).\n",
         _table(per_row)])
 
 

@@ -51,8 +51,9 @@ CODES_MIN_BYTES = 4 << 20
 # by 1.26-1.72x (benchmarks/results/panels.md): without an example they are kept from 512 KiB up (measured
 # sizes only; smaller layers stay dense unless calibration says otherwise).
 PANELS_MIN_BYTES = 512 << 10
-# The row-table kernels (per-row codebooks, outliers) beat MKL fp32 on MiniLM's MLP shapes (384x1536, 2.25 MiB)
-# at 1 to 32 input rows, but not on 384x384 at 1 or 32 rows (benchmarks/results/panels.md): from 2 MiB.
+# The row-table kernels (per-row codebooks, outliers) beat MKL fp32 on MiniLM's shapes at 1 to 32 input rows, the
+# 384x384 layer (576 KiB) by only 1.06-1.10x at 32 rows (benchmarks/results/panels.md), within what this machine's
+# noise moves: without an example they are kept from the MLP shapes' size (2.25 MiB) down to 2 MiB.
 ROWTABLES_MIN_BYTES = 2 << 20
 MODES = ("auto", "sparse", "codes", "dense")
 PRECISIONS = panels.PRECISIONS

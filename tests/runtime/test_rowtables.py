@@ -85,7 +85,8 @@ def test_layout_and_limits():
     index = np.arange(40, dtype=np.uint8).reshape(2, 20) % 16  # width 20: 2 blocks of 16, padded to 4 (64 inputs)
     packed = rowtables.pack(index)
     assert packed.shape == (2, 4 * row_ir.BLOCK_BYTES)
-    assert packed[0, 3] == index[0, 3] | index[0, 11] << 4  # byte j: input j low, input j + 8 high
+    assert packed[0, 3] == index[0, 3] | index[0, 19] << 4  # byte j of a pair of blocks: input j low, j + 16 high
+    assert packed[0, 16] == 0  # the second pair: inputs 32.. are padding (code 0)
     assert np.array_equal(rowtables.unpack(packed, 20), index)
     with pytest.raises(ValueError, match="at most 16"):
         RowTableMatrix.from_index(torch.zeros(3, 17), torch.zeros(3, 4, dtype=torch.long))

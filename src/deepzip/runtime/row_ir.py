@@ -1,7 +1,7 @@
 """LLVM IR text of the row-table kernel (`runtime.rowtables` has the layout, the packing and the calls).
 
-One output row at a time: the row's own 16-entry fp32 table sits in one register, ``vpermps`` turns the 8
-code bytes of a block of 16 consecutive inputs into those inputs' 16 weights, and one FMA per input row
+One output row at a time: the row's own 16-entry fp32 table sits in one register, ``vpermps`` turns the
+codes of a block of 16 consecutive inputs (16 bytes hold two blocks' codes) into those inputs' 16 weights, and one FMA per input row
 (token) multiplies them with the token's 16 inputs (a memory operand) into the token's accumulator. At the
 end of the row the accumulators are summed across their lanes together (`reduce_lines`: a transpose-add
 tree, 3 instructions a vector instead of ~8 for a horizontal sum each) and stored, one scalar a token.
@@ -85,12 +85,18 @@ def _groups(tokens: int) -> list[list[int]]:
 
 
 def unroll(tokens: int) -> int:
-    """Blocks a loop iteration takes: with few tokens, each token sums into several accumulators (one per
-    block of the iteration), so enough independent FMA chains hide the FMA latency (8: two FMA ports x 4
-    cycles); `BLOCK_MULTIPLE` is a multiple of every unroll."""
+    """Accumulators a token sums into: with few tokens, several (block b of a loop iteration into accumulator
+    b mod this), so enough independent FMA chains hide the FMA latency (8: two FMA ports x 4 cycles)."""
     return max(1, min(BLOCK_MULTIPLE, 8 // tokens))
 
 
+def per_iteration(tokens: int) -> int:
+    """Blocks a loop iteration takes: whole pairs (one 16-byte load of codes decodes two blocks), and one
+    per accumulator; `BLOCK_MULTIPLE` is a multiple of it."""
+    return max(PAIR, unroll(tokens))
+
+
+PAIR = 2  # blocks whose codes share 16 bytes: byte j holds input j (low nibble) and input j + 16 (high)
 BLOCK_MULTIPLE = 4  # a layer's blocks (and each call's run of them) pad to a multiple of this
 
 
@@ -109,7 +115,7 @@ def kernel_ir(tokens: int) -> str:
     computes outputs r0..r1-1 of out[0:tokens, :] (row stride ``ldo``) over ``blocks`` blocks of inputs (a
     multiple of `BLOCK_MULTIPLE`), one scalar store a token and output (a vector store of a row's sums into
     a transposed buffer measured no faster in the kernel, and its transpose costs ~4 us at 17 x 384).
-    Output r's codes are 8 bytes a block from codes + cstride * r, its table the 16 floats at
+    Output r's codes are 16 bytes a pair of blocks (`PAIR`) from codes + cstride * r, its table the 16 floats at
     tables + tstride * r (0: one table for all); ``xb`` holds the inputs block-major: block k's 16 inputs of
     token t at xb + 16 * (tokens * k + t), so every input load is one pointer plus a constant.
     ``accumulate`` nonzero: the sums are added to ``out`` (a later run of blocks) instead of stored.
@@ -119,8 +125,8 @@ def kernel_ir(tokens: int) -> str:
     this run (blocks kbase.. of the row; ``xb`` starts at block kbase) one vector each: the value in its
     column's lane, times the block's inputs, one FMA a token. No outliers: ``oindptr`` all zeros.
     """
-    per = unroll(tokens)
-    accumulators = [(t, u) for t in range(tokens) for u in range(per)]
+    per, accs = per_iteration(tokens), unroll(tokens)
+    accumulators = [(t, u) for t in range(tokens) for u in range(accs)]
     lines = [_DECLARATIONS]
     add = lines.append
     add(f"define void @{kernel_name(tokens)}(ptr noalias %codes, i64 %cstride, ptr noalias %tables, i64 %tstride, "
@@ -152,21 +158,28 @@ def kernel_ir(tokens: int) -> str:
     add("  %xptr = phi ptr [%xb, %start], [%xnext, %block]")
     add("  %cptr = phi ptr [%cfirst, %start], [%cnext, %block]")
     for t, u in accumulators:
-        add(f"  %acc{t}_{u} = phi <16 x float> [zeroinitializer, %start], [%next{t}_{u}, %block]")
-    for u in range(per):
-        # 8 bytes -> [b0..b7, b0..b7] as 16 x i32, the upper half shifted right by 4: lane j < 8 holds input j's
-        # code in its low 4 bits, lane j + 8 input j + 8's; vpermps reads only an index's low 4 bits
-        add(f"  %cp{u} = getelementptr i8, ptr %cptr, i64 {BLOCK_BYTES * u}")
-        add(f"  %c{u} = load <8 x i8>, ptr %cp{u}, align 1")
-        add(f"  %c2{u} = shufflevector <8 x i8> %c{u}, <8 x i8> poison, <16 x i32> {_mask(list(range(8)) * 2)}")
-        add(f"  %cw{u} = zext <16 x i8> %c2{u} to <16 x i32>")
-        add(f"  %idx{u} = lshr <16 x i32> %cw{u}, <" + ", ".join(["i32 0"] * 8 + ["i32 4"] * 8) + ">")
-        add(f"  %w{u} = call <16 x float> @llvm.x86.avx512.permvar.sf.512(<16 x float> %table, <16 x i32> %idx{u})")
-        for t in range(tokens):
-            add(f"  %xp{t}_{u} = getelementptr float, ptr %xptr, i64 {LANES * (tokens * u + t)}")
-            add(f"  %xv{t}_{u} = load <16 x float>, ptr %xp{t}_{u}, align 64")
-            add(f"  %next{t}_{u} = call <16 x float> @llvm.fma.v16f32(<16 x float> %w{u}, <16 x float> %xv{t}_{u}, "
-                f"<16 x float> %acc{t}_{u})")
+        add(f"  %acc{t}_{u} = phi <16 x float> [zeroinitializer, %start], [%last{t}_{u}, %block]")
+    current = {(t, u): f"%acc{t}_{u}" for t, u in accumulators}
+    for pair in range(per // PAIR):
+        # 16 bytes -> 16 x i32 (one vpmovzxbd): each lane's low 4 bits are input j's code, vpermps reads only
+        # those; shifted right by 4, input j + 16's: two blocks' weights from one load and three instructions
+        add(f"  %cp{pair} = getelementptr i8, ptr %cptr, i64 {PAIR * BLOCK_BYTES * pair}")
+        add(f"  %c{pair} = load <16 x i8>, ptr %cp{pair}, align 1")
+        add(f"  %idx{pair}_0 = zext <16 x i8> %c{pair} to <16 x i32>")
+        add(f"  %idx{pair}_1 = lshr <16 x i32> %idx{pair}_0, <" + ", ".join(["i32 4"] * LANES) + ">")
+        for half in range(PAIR):
+            b = PAIR * pair + half  # the block within the iteration
+            add(f"  %w{b} = call <16 x float> @llvm.x86.avx512.permvar.sf.512(<16 x float> %table, "
+                f"<16 x i32> %idx{pair}_{half})")
+            for t in range(tokens):
+                u = b % accs
+                add(f"  %xp{t}_{b} = getelementptr float, ptr %xptr, i64 {LANES * (tokens * b + t)}")
+                add(f"  %xv{t}_{b} = load <16 x float>, ptr %xp{t}_{b}, align 64")
+                add(f"  %next{t}_{b} = call <16 x float> @llvm.fma.v16f32(<16 x float> %w{b}, <16 x float> %xv{t}_{b}, "
+                    f"<16 x float> {current[t, u]})")
+                current[t, u] = f"%next{t}_{b}"
+    for (t, u), value in current.items():  # named for the phis (an add of -0.0 is folded away)
+        add(f"  %last{t}_{u} = fadd <16 x float> {value}, <" + ", ".join(["float -0.0"] * LANES) + ">")
     add(f"  %cnext = getelementptr i8, ptr %cptr, i64 {BLOCK_BYTES * per}")
     add(f"  %xnext = getelementptr float, ptr %xptr, i64 {LANES * tokens * per}")
     add(f"  %knext = add i64 %k, {per}")
@@ -175,7 +188,7 @@ def kernel_ir(tokens: int) -> str:
     add("fix:")  # the row's outlier entries, into the first accumulator of each token
     add("  %j = phi i64 [%j0, %block], [%jnext, %fixnext]")
     for t in range(tokens):
-        add(f"  %fix{t} = phi <16 x float> [%next{t}_0, %block], [%fixed{t}, %fixnext]")
+        add(f"  %fix{t} = phi <16 x float> [%last{t}_0, %block], [%fixed{t}, %fixnext]")
     add("  %fmore = icmp slt i64 %j, %j1")
     add("  br i1 %fmore, label %fixbody, label %store")
     add("fixbody:")
@@ -222,8 +235,8 @@ def kernel_ir(tokens: int) -> str:
     sums = {}
     for t in range(tokens):
         total = f"%fix{t}"
-        for u in range(1, per):
-            add(f"  %part{t}_{u} = fadd <16 x float> {total}, %next{t}_{u}")
+        for u in range(1, accs):
+            add(f"  %part{t}_{u} = fadd <16 x float> {total}, %last{t}_{u}")
             total = f"%part{t}_{u}"
         sums[t] = total
     stores = []  # (pointer, value) of each token

@@ -6,12 +6,13 @@ Here the kernel walks one output row at a time: the row's own 16 fp32 values sit
 ``vpermps`` turns the codes of 16 consecutive inputs into their 16 weights, and one FMA per input row
 (token) multiplies them with that token's 16 inputs into its accumulator; at the end of the row the
 accumulators of up to `MAX_BLOCK` tokens are summed across their lanes together (a transpose-add tree,
-`row_ir.reduce_lines`). The decode (4 instructions) is shared by every token of the block, and the codes
+`row_ir.reduce_lines`). The decode (2 instructions a block) is shared by every token of the block, and the codes
 are 1/8 of fp32's bytes. Results equal a dense fp32 matmul of the same weights within reassociation.
 Needs AVX-512F. One table for all rows is served too (broadcast), but `PanelMatrix` is faster there.
 
-Layout: row r, block k (inputs 16k..16k+15): 8 bytes, byte j holding input 16k+j's code (low nibble) and
-input 16k+j+8's (high nibble). The width pads to a multiple of 16 with code 0; each call copies its input
+Layout: row r, pair of blocks p (inputs 32p..32p+31): 16 bytes, byte j holding input 32p+j's code (low
+nibble) and input 32p+16+j's (high nibble): one load and a widening give the first block's indices (vpermps
+reads an index's low 4 bits), a shift the second's. The width pads to a multiple of 64 with code 0; each call copies its input
 rows block-major (block k's 16 inputs of every token side by side, zero-padded), so padded inputs meet
 zeros and every FMA's memory operand is one pointer plus a constant.
 
@@ -37,7 +38,7 @@ from . import jit
 from .kernels import PARALLEL_MIN_NNZ
 from .layers import SparseMatrix
 from .panels import MAX_BLOCK, blocks
-from .row_ir import BLOCK_BYTES, BLOCK_MULTIPLE, LANES, kernel_ir, kernel_name
+from .row_ir import BLOCK_BYTES, BLOCK_MULTIPLE, LANES, PAIR, kernel_ir, kernel_name
 from .threads import kernel_threads
 from ..quantize.sharing import shared_weight
 
@@ -116,14 +117,14 @@ def pack(index: np.ndarray) -> np.ndarray:
     nblocks = -(-width // (LANES * BLOCK_MULTIPLE)) * BLOCK_MULTIPLE
     padded = np.zeros((rows, nblocks * LANES), np.uint8)
     padded[:, :width] = index
-    lanes = padded.reshape(rows, nblocks, LANES)
-    return np.ascontiguousarray((lanes[:, :, :BLOCK_BYTES] | (lanes[:, :, BLOCK_BYTES:] << 4)).reshape(rows, -1))
+    pairs = padded.reshape(rows, nblocks // PAIR, PAIR * LANES)
+    return np.ascontiguousarray((pairs[:, :, :LANES] | (pairs[:, :, LANES:] << 4)).reshape(rows, -1))
 
 
 def unpack(codes: np.ndarray, width: int) -> np.ndarray:
     """The inverse of `pack`: codes (rows, width) uint8."""
     rows = codes.shape[0]
-    both = codes.reshape(rows, -1, BLOCK_BYTES)
+    both = codes.reshape(rows, -1, LANES)
     lanes = np.concatenate([both & 15, both >> 4], axis=2)
     return np.ascontiguousarray(lanes.reshape(rows, -1)[:, :width])
 

@@ -52,7 +52,7 @@ CODES_MIN_BYTES = 4 << 20
 # sizes only; smaller layers stay dense unless calibration says otherwise).
 PANELS_MIN_BYTES = 512 << 10
 # The row-table kernels (per-row codebooks, outliers) beat MKL fp32 on MiniLM's shapes at 1 to 32 input rows, the
-# 384x384 layer (576 KiB) by only 1.06-1.10x at 32 rows (benchmarks/results/panels.md), within what this machine's
+# 384x384 layer (576 KiB) by only 1.08-1.14x at 32 rows (benchmarks/results/panels.md), within what this machine's
 # noise moves: without an example they are kept from the MLP shapes' size (2.25 MiB) down to 2 MiB.
 ROWTABLES_MIN_BYTES = 2 << 20
 MODES = ("auto", "sparse", "codes", "dense")

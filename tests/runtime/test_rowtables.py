@@ -197,3 +197,17 @@ def test_any_shape_matches_its_exact_weight(rows, width, tokens, k, outlier_shar
     bias = torch.randn(rows, generator=torch.Generator().manual_seed(seed + 1))
     got = torch.from_numpy(run(matrix, x.numpy(), bias.numpy()))
     torch.testing.assert_close(got, F.linear(x.double(), exact.double(), bias.double()).float(), rtol=1e-4, atol=1e-4)
+
+
+def test_one_codebook_with_outliers_runs_in_broadcast_row_tables():
+    """The panels take one codebook but no outliers: such a layer runs in row tables, its table broadcast."""
+    torch.manual_seed(10)
+    model = nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 32))
+    deepzip.quantize(model, WeightedKMeans(bits=4, importance="none", granularity="layer", outliers=0.02))
+    x = torch.randn(17, 64)
+    with torch.no_grad():
+        expected = model(x)
+    fast = runtime.convert(copy.deepcopy(model), mode="codes", fuse="off")
+    assert [d["codes_kernel"] for d in runtime.decisions(fast)] == ["row tables + outliers"] * 2
+    assert all(fast.get_submodule(d["layer"]).matrix.per_row == 0 for d in runtime.decisions(fast))
+    torch.testing.assert_close(fast(x), expected, rtol=1e-4, atol=1e-4)

@@ -1,10 +1,11 @@
 """LLVM IR text of the row-table kernel (`runtime.rowtables` has the layout, the packing and the calls).
 
 One output row at a time: the row's own 16-entry fp32 table sits in one register, ``vpermps`` turns the
-codes of a block of 16 consecutive inputs (16 bytes hold two blocks' codes) into those inputs' 16 weights, and one FMA per input row
-(token) multiplies them with the token's 16 inputs (a memory operand) into the token's accumulator. At the
-end of the row the accumulators are summed across their lanes together (`reduce_lines`: a transpose-add
-tree, 3 instructions a vector instead of ~8 for a horizontal sum each) and stored, one scalar a token.
+codes of a block of 16 consecutive inputs (16 bytes hold two blocks' codes) into those inputs' 16 weights,
+and one FMA per input row (token) multiplies them with the token's 16 inputs (a memory operand) into the
+token's accumulator. At the end of the row the accumulators are summed across their lanes together
+(`reduce_lines`: a transpose-add tree, 3 instructions a vector instead of ~8 for a horizontal sum each),
+outlier entries first added in (`kernel_ir`), and stored, one scalar a token.
 Generated per token count (one accumulator register a token, so the count is fixed in the code).
 """
 
@@ -115,8 +116,8 @@ def kernel_ir(tokens: int) -> str:
     computes outputs r0..r1-1 of out[0:tokens, :] (row stride ``ldo``) over ``blocks`` blocks of inputs (a
     multiple of `BLOCK_MULTIPLE`), one scalar store a token and output (a vector store of a row's sums into
     a transposed buffer measured no faster in the kernel, and its transpose costs ~4 us at 17 x 384).
-    Output r's codes are 16 bytes a pair of blocks (`PAIR`) from codes + cstride * r, its table the 16 floats at
-    tables + tstride * r (0: one table for all); ``xb`` holds the inputs block-major: block k's 16 inputs of
+    Output r's codes are 16 bytes a pair of blocks (`PAIR`) from codes + cstride * r, its table the 16
+    floats at tables + tstride * r (0: one table for all); ``xb`` holds the inputs block-major: block k's 16 inputs of
     token t at xb + 16 * (tokens * k + t), so every input load is one pointer plus a constant.
     ``accumulate`` nonzero: the sums are added to ``out`` (a later run of blocks) instead of stored.
 

@@ -6,22 +6,23 @@ Here the kernel walks one output row at a time: the row's own 16 fp32 values sit
 ``vpermps`` turns the codes of 16 consecutive inputs into their 16 weights, and one FMA per input row
 (token) multiplies them with that token's 16 inputs into its accumulator; at the end of the row the
 accumulators of up to `MAX_BLOCK` tokens are summed across their lanes together (a transpose-add tree,
-`row_ir.reduce_lines`). The decode (2 instructions a block) is shared by every token of the block, and the codes
-are 1/8 of fp32's bytes. Results equal a dense fp32 matmul of the same weights within reassociation.
+`row_ir.reduce_lines`). The decode (2 instructions a block) is shared by every token of the block, and the
+codes are 1/8 of fp32's bytes. Results equal a dense fp32 matmul of the same weights within reassociation.
 Needs AVX-512F. One table for all rows is served too (broadcast), but `PanelMatrix` is faster there.
 
 Layout: row r, pair of blocks p (inputs 32p..32p+31): 16 bytes, byte j holding input 32p+j's code (low
 nibble) and input 32p+16+j's (high nibble): one load and a widening give the first block's indices (vpermps
-reads an index's low 4 bits), a shift the second's. The width pads to a multiple of 64 with code 0; each call copies its input
-rows block-major (block k's 16 inputs of every token side by side, zero-padded), so padded inputs meet
-zeros and every FMA's memory operand is one pointer plus a constant.
+reads an index's low 4 bits), a shift the second's. The width pads to a multiple of 64 with code 0; each
+call copies its input rows block-major (block k's 16 inputs of every token side by side, zero-padded), so
+padded inputs meet zeros and every FMA's memory operand is one pointer plus a constant.
 
 Exact outliers (a dense-and-sparse split) are a CSR correction (`layers.SparseMatrix`, int32 columns): at
 each outlier position the exact value minus the table's value there. The kernel adds a row's entries into
 its token accumulators before the reduction: per entry, the value in its column's lane of a vector times
 the inputs' block, one FMA a token (0.5% outliers: ~2 entries a 384-wide row against its 24 blocks).
 Added after the kernel by the CSR kernels instead, they cost more than the codes' product itself at 17
-tokens (the input transposed and the output added through a transpose). A pruned weight gets an extra code of value +0.0, so a row table holds at most 15 values then.
+tokens (the input transposed and the output added through a transpose). A pruned weight gets an extra
+code of value +0.0, so a row table holds at most 15 values then.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from ..quantize.sharing import shared_weight
 TABLE = 16  # values a 4-bit table holds
 NEEDS = ("avx512f",)
 # Every output row reads all of a call's inputs again: they must stay in the L1 data cache (48 KB here), or
-# the kernel waits on L2 (384x1536 at 17 tokens: 104 KB of inputs, ~1.4x slower). Wide layers run in runs
+# the kernel waits on L2 (384x1536 at 17 tokens: 104 KB of inputs, ~1.25x slower). Wide layers run in runs
 # of blocks whose inputs fit this budget, each run's sums added to the output.
 RUN_BYTES = 40 << 10
 

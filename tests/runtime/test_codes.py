@@ -94,9 +94,14 @@ def test_convert_and_load_run_shared_layers_from_their_codes(tmp_path, per_row):
     expected = model(x)
     fast = runtime.convert(copy.deepcopy(model), mode="codes")
     assert [d["kernel"] for d in runtime.decisions(fast)] == ["codes", "codes"]
-    in_panels = panels.available() and not per_row  # one codebook of 16: the panel kernels; else rows + pair table
-    assert runtime.decisions(fast)[0]["codes_kernel"] == ("panels fp32" if in_panels else "rows")
-    assert runtime.decisions(fast)[0]["codes_bytes"] == 64 * 24 + 16 * 4 * (64 if per_row else 1) + (0 if per_row or in_panels else 2048)
+    # one codebook of 16: the panel kernels; a codebook per row: row tables (48 inputs: 4 blocks of 8 bytes a
+    # row, 64 tables of 16 fp32); without AVX-512 the row kernels (+ the pair table with one codebook)
+    if panels.available():
+        kernel, codes_bytes = ("row tables", 64 * 32 + 64 * 16 * 4) if per_row else ("panels fp32", 64 * 24 + 16 * 4)
+    else:
+        kernel, codes_bytes = "rows", 64 * 24 + 16 * 4 * (64 if per_row else 1) + (0 if per_row else 2048)
+    assert runtime.decisions(fast)[0]["codes_kernel"] == kernel
+    assert runtime.decisions(fast)[0]["codes_bytes"] == codes_bytes
     close(fast(x), expected)
     deepzip.save(model, tmp_path / "m.dz")
     loaded = runtime.load(tmp_path / "m.dz", shared_mlp(seed=1), mode="codes")

@@ -9,7 +9,7 @@ import deepzip
 from deepzip import prune as P
 from deepzip import quantize as Q
 from deepzip import runtime
-from deepzip.runtime import CodedLinear, SparseLinear
+from deepzip.runtime import CodedLinear, SparseLinear, rowtables
 
 transformers = pytest.importorskip("transformers")
 IDS = torch.randint(0, 100, (2, 9), generator=torch.Generator().manual_seed(0))
@@ -56,7 +56,11 @@ def test_bert_convert_with_calibration_lists_a_decision_per_layer():
     fast = runtime.convert(copy.deepcopy(model), example=IDS[:1])
     decisions = runtime.decisions(fast)
     assert [d["layer"] for d in decisions] == LINEAR
-    assert all(d["kernel"] in ("sparse", "dense") and "codes_bytes" not in d for d in decisions)  # outliers: no codes
+    # outliers: dense codes only in row tables (AVX-512), offered to calibration with sparse and dense
+    if rowtables.available():
+        assert all(d["codes_kernel"] == "row tables + outliers" and "codes_s" in d for d in decisions)
+    else:
+        assert all(d["kernel"] in ("sparse", "dense") and "codes_bytes" not in d for d in decisions)
     for got, want in zip(outputs(fast), expected):
         close(got, want)
     per_row = tiny_bert()

@@ -32,6 +32,7 @@ from . import codes as codes_mod
 from . import kernels
 from .codes import CodedMatrix
 from .panels import PanelMatrix
+from .rowtables import RowTableMatrix
 from .layers import CodedLinear, SparseConv2d, SparseLinear, SparseMatrix
 
 # Op codes (column 0 of a program row); the other columns are documented at each builder below.
@@ -383,6 +384,11 @@ def _row_codes(matrix) -> CodedMatrix:
         if matrix.precision != "fp32":
             raise Unsupported(f"a layer run at precision={matrix.precision!r} (the chain multiplies in fp32)")
         return CodedMatrix.from_index(torch.from_numpy(matrix.table), torch.from_numpy(matrix.index()))
+    if isinstance(matrix, RowTableMatrix):
+        if matrix.outliers is not None:
+            raise Unsupported("a layer with exact outliers (the chain's codes op reads codes only)")
+        tables = matrix.tables if matrix.per_row else matrix.tables[0]
+        return CodedMatrix.from_index(torch.from_numpy(tables), torch.from_numpy(matrix.index()))
     return matrix
 
 

@@ -39,7 +39,7 @@ from ..prune.targets import replace_module
 from ..quantize.sharing import CODEBOOK, INDEX, OUTLIER_MASK, OUTLIERS, codebooks, outliers, shared_weight
 from . import gpu
 from .chain import Chain, FusedModel, Trace, Unsupported
-from . import panels
+from . import panels, rowtables
 from .codes import CodedMatrix
 from .kernels import column_dtype
 from .layers import CodedLinear, SparseConv2d, SparseLinear, SparseMatrix
@@ -51,6 +51,10 @@ CODES_MIN_BYTES = 4 << 20
 # by 1.26-1.72x (benchmarks/results/panels.md): without an example they are kept from 512 KiB up (measured
 # sizes only; smaller layers stay dense unless calibration says otherwise).
 PANELS_MIN_BYTES = 512 << 10
+# The row-table kernels (per-row codebooks, outliers) beat MKL fp32 on MiniLM's shapes at 1 to 32 input rows, the
+# 384x384 layer (576 KiB) by only 1.08-1.14x at 32 rows (benchmarks/results/panels.md), within what this machine's
+# noise moves: without an example they are kept from the MLP shapes' size (2.25 MiB) down to 2 MiB.
+ROWTABLES_MIN_BYTES = 2 << 20
 MODES = ("auto", "sparse", "codes", "dense")
 PRECISIONS = panels.PRECISIONS
 FUSE = ("auto", "on", "off")
@@ -139,34 +143,62 @@ def _layer_inputs(model: nn.Module, example: torch.Tensor, names: list[str]) -> 
     return seen
 
 
-def build_coded(module: nn.Module, codebook: torch.Tensor | None, index: torch.Tensor | None, has_outliers: bool,
-                mask: torch.Tensor | None, precision: str = "fp32") -> CodedLinear | None:
-    """The dense-codes form of a weight-shared Linear layer, or None where the kernels cannot run it
-    (not Linear, no codebook, exact outliers, more than 255 shared values)."""
-    if not isinstance(module, nn.Linear) or not CodedMatrix.eligible(codebook, has_outliers):
+def build_coded(module: nn.Module, codebook: torch.Tensor | None, index: torch.Tensor | None,
+                outliers: tuple[torch.Tensor, torch.Tensor] | None, mask: torch.Tensor | None,
+                precision: str = "fp32") -> CodedLinear | None:
+    """The dense-codes form of a weight-shared Linear layer, or None where the kernels cannot run it (not
+    Linear, no codebook, more than 255 shared values; exact outliers (``outliers``: (outlier mask, exact
+    values) or None) only with the row-table kernels: at most 16 values a row, AVX-512)."""
+    pruned = mask is not None and not bool(mask.all())
+    if not isinstance(module, nn.Linear) or not codes_eligible(codebook, outliers is not None, pruned):
         return None
+    outliers = None if outliers is None else tuple(part.detach().cpu() for part in outliers)
     return CodedLinear(coded_matrix(codebook.detach().cpu(), index.cpu(), None if mask is None else mask.cpu(),
-                                    has_outliers, precision), module.bias)
+                                    outliers, precision), module.bias)
+
+
+def codes_eligible(codebook: torch.Tensor | None, has_outliers: bool, pruned: bool) -> bool:
+    """Whether some dense-codes kernel runs a layer's sharing state: the row kernels (`runtime.codes`: up
+    to 255 values, no outliers) or the row tables (`runtime.rowtables`: up to 16 values a row with the
+    pruned weights' +0.0, exact outliers allowed; AVX-512)."""
+    return CodedMatrix.eligible(codebook, has_outliers) or (rowtables.eligible(codebook, pruned) and rowtables.available())
 
 
 def _codes_min_bytes(layer: nn.Module) -> int:
     """The dense bytes from which the density rule (no example) keeps a layer's dense codes."""
-    return PANELS_MIN_BYTES if isinstance(layer.matrix, panels.PanelMatrix) else CODES_MIN_BYTES
+    if isinstance(layer.matrix, panels.PanelMatrix):
+        return PANELS_MIN_BYTES
+    return ROWTABLES_MIN_BYTES if isinstance(layer.matrix, rowtables.RowTableMatrix) else CODES_MIN_BYTES
 
 
 def _codes_kernel(matrix) -> str:
-    """How a layer's dense codes run: ``panels fp32`` / ``panels int8`` (`runtime.panels`) or ``rows``."""
-    return f"panels {matrix.precision}" if isinstance(matrix, panels.PanelMatrix) else "rows"
+    """How a layer's dense codes run: ``panels fp32`` / ``panels int8`` (`runtime.panels`), ``row tables``
+    / ``row tables + outliers`` (`runtime.rowtables`: a table per row, exact outliers as a CSR term) or
+    ``rows`` (`runtime.codes`)."""
+    if isinstance(matrix, panels.PanelMatrix):
+        return f"panels {matrix.precision}"
+    if isinstance(matrix, rowtables.RowTableMatrix):
+        return "row tables" + (" + outliers" if matrix.outliers is not None else "")
+    return "rows"
 
 
-def coded_matrix(codebook: torch.Tensor, index: torch.Tensor, mask: torch.Tensor | None, has_outliers: bool,
-                 precision: str) -> CodedMatrix | panels.PanelMatrix:
+def coded_matrix(codebook: torch.Tensor, index: torch.Tensor, mask: torch.Tensor | None,
+                 outliers: tuple[torch.Tensor, torch.Tensor] | None,
+                 precision: str) -> CodedMatrix | panels.PanelMatrix | rowtables.RowTableMatrix:
     """A weight-shared layer's dense codes: in panels (`runtime.panels`: one codebook of at most 16 values,
-    on a CPU with AVX-512; ``precision`` applies there), else rows (`runtime.codes`, fp32)."""
+    no outliers, on a CPU with AVX-512; ``precision`` applies there), else in row tables (`runtime.rowtables`:
+    at most 16 values a row, exact outliers (``outliers``: (outlier mask, exact values)) as a CSR term;
+    AVX-512, fp32), else rows (`runtime.codes`, fp32). Raises ValueError where none of them fits."""
     pruned = mask is not None and not bool(mask.all())
+    has_outliers = outliers is not None
     precision = panels.precision_for(index[0].numel(), precision)
     if panels.eligible(codebook, has_outliers, pruned) and panels.available(precision):
         return panels.PanelMatrix.from_index(codebook, index, mask, precision)
+    if rowtables.eligible(codebook, pruned) and rowtables.available():
+        return rowtables.RowTableMatrix.from_index(codebook, index, mask, *(outliers or (None, None)))
+    if has_outliers:
+        raise ValueError("exact outliers run from codes only in row tables: at most 16 values a row "
+                         f"(15 with pruned weights), on a CPU with {', '.join(rowtables.NEEDS)}")
     return CodedMatrix.from_index(codebook, index, mask)
 
 
@@ -241,7 +273,7 @@ def convert(model: nn.Module, example: torch.Tensor | None = None, mode: str = "
             codebook, index = _kernel_codebook(weight, shared, with_outliers)
             sparse = build_sparse(module, codebook, index, masks.get(weight))
             found.append(_decision(name, sparse.matrix))
-            layer_coded = build_coded(module, *shared.get(weight, (None, None)), weight in with_outliers,
+            layer_coded = build_coded(module, *shared.get(weight, (None, None)), with_outliers.get(weight),
                                       masks.get(weight), precision)
             if layer_coded is not None:
                 coded[name] = layer_coded
@@ -269,8 +301,9 @@ def _cuda(device) -> torch.device | None:
 
 
 def _kernel_codebook(weight: str, shared: dict, with_outliers) -> tuple:
-    """(codebook, index) the kernels take for a layer, or (None, None): they read one shared codebook per
-    layer, so per-row codebooks and exact outliers run as fp32 values."""
+    """(codebook, index) the CSR kernels take for a layer, or (None, None): they read one shared codebook
+    per layer, so per-row codebooks and exact outliers run there as fp32 values (their dense codes run in
+    row tables, `build_coded`)."""
     codebook, index = shared.get(weight, (None, None))
     if codebook is not None and (codebook.dim() != 1 or weight in with_outliers):
         return None, None
@@ -610,7 +643,7 @@ def _materialised(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def _decode_weight(record: dict, sections, module: nn.Module, rows: int, width: int,
                    want_codes: bool, precision: str = "fp32") -> tuple[Entries, CodedMatrix | None]:
     """A weight record's kept entries (for CSR) and, for a weight-shared Linear layer the dense-codes
-    kernels can run (`CodedMatrix.eligible`), its `CodedMatrix`; the record is decoded once."""
+    kernels can run (`codes_eligible`), its dense codes (`coded_matrix`); the record is decoded once."""
     if record["encoding"] != "shared":
         return decode_entries(record, sections), None
     shared = decode_shared(record, sections)
@@ -619,17 +652,24 @@ def _decode_weight(record: dict, sections, module: nn.Module, rows: int, width: 
         entries = Entries(shared.positions, shared.codes, None, shared.codebook)
     else:
         entries = Entries(shared.positions, None, shared.values(), None)
-    if not (want_codes and isinstance(module, nn.Linear) and CodedMatrix.eligible(shared.codebook, has_outliers)):
+    if not isinstance(module, nn.Linear) or not want_codes:
         return entries, None
     positions = torch.from_numpy(shared.positions.astype(np.int64))
-    index = torch.zeros(rows * width, dtype=torch.int64)
-    index[positions] = torch.from_numpy(shared.codes.astype(np.int64))
     mask = None
     if len(positions) < rows * width:
         mask = torch.zeros(rows * width, dtype=torch.bool)
         mask[positions] = True
         mask = mask.reshape(rows, width)
-    return entries, coded_matrix(shared.codebook, index.reshape(rows, width), mask, has_outliers, precision)
+    if not codes_eligible(shared.codebook, has_outliers, mask is not None and not bool(mask.all())):
+        return entries, None
+    index = torch.zeros(rows * width, dtype=torch.int64)
+    index[positions] = torch.from_numpy(shared.codes.astype(np.int64))
+    outliers = None
+    if has_outliers:  # their codes are 0 in the record; the correction is exact minus code 0's value
+        outlier_mask = torch.zeros(rows * width, dtype=torch.bool)
+        outlier_mask[positions[torch.from_numpy(shared.is_outlier)]] = True
+        outliers = (outlier_mask.reshape(rows, width), shared.outlier_values)
+    return entries, coded_matrix(shared.codebook, index.reshape(rows, width), mask, outliers, precision)
 
 
 def _matrix_from_entries(entries, rows: int, width: int) -> SparseMatrix:

@@ -154,14 +154,16 @@ class SparseLinear(_CompactLinear):
 
 class CodedLinear(_CompactLinear):
     """A Linear layer run from its codebook indices: the weight-shared dense kernels, rows
-    (`codes.CodedMatrix`) or panels (`panels.PanelMatrix`)."""
+    (`codes.CodedMatrix`), panels (`panels.PanelMatrix`) or row tables (`rowtables.RowTableMatrix`)."""
 
     def _matmul(self, rows: np.ndarray) -> np.ndarray:
         return self.matrix.matmul(rows, self._bias)
 
     def extra_repr(self) -> str:
         table = "per-row codebooks" if self.matrix.per_row else "one codebook"
-        layout = f", panels, {self.matrix.precision}" if hasattr(self.matrix, "precision") else ""
+        layout = f", {self.matrix.layout}, {self.matrix.precision}" if hasattr(self.matrix, "layout") else ""
+        if getattr(self.matrix, "outliers", None) is not None:
+            layout += f", {self.matrix.outliers.nnz} exact outliers"
         return (f"{self.in_features} -> {self.out_features}, {self.matrix.bits}-bit codes, {table}{layout}, "
                 f"{self.matrix.nbytes():,} bytes")
 

@@ -233,6 +233,7 @@ class PanelMatrix:
 
     bits = 4
     per_row = 0
+    layout = "panels"
 
     def __init__(self, shape, index: np.ndarray, table: np.ndarray, precision: str = "fp32"):
         check_precision(precision)

@@ -1,0 +1,276 @@
+"""LLVM IR text of the row-table kernel (`runtime.rowtables` has the layout, the packing and the calls).
+
+One output row at a time: the row's own 16-entry fp32 table sits in one register, ``vpermps`` turns the
+codes of a block of 16 consecutive inputs (16 bytes hold two blocks' codes) into those inputs' 16 weights,
+and one FMA per input row (token) multiplies them with the token's 16 inputs (a memory operand) into the
+token's accumulator. At the end of the row the accumulators are summed across their lanes together
+(`reduce_lines`: a transpose-add tree, 3 instructions a vector instead of ~8 for a horizontal sum each),
+outlier entries first added in (`kernel_ir`), and stored, one scalar a token.
+Generated per token count (one accumulator register a token, so the count is fixed in the code).
+"""
+
+from __future__ import annotations
+
+LANES = 16  # inputs a block: one 512-bit register of fp32 weights
+BLOCK_BYTES = LANES // 2  # two 4-bit codes a byte
+
+_DECLARATIONS = """
+declare <16 x float> @llvm.x86.avx512.permvar.sf.512(<16 x float>, <16 x i32>)
+declare <16 x float> @llvm.fma.v16f32(<16 x float>, <16 x float>, <16 x float>)
+"""
+
+
+def _mask(lanes: list[int]) -> str:
+    return "<" + ", ".join(f"i32 {j}" for j in lanes) + ">"
+
+
+def _halves(labels: list[int], offset: int) -> tuple[list[int], list[int], list[int]]:
+    """Lanes of a vector (``labels``: the token each lane's partial sum belongs to; lane numbers from
+    ``offset``) split into two sets pairing lanes of the same token, and the labels of their sum."""
+    first, second, result = [], [], []
+    for token in dict.fromkeys(labels):
+        lanes = [offset + i for i, label in enumerate(labels) if label == token]
+        half = len(lanes) // 2
+        first += lanes[:half]
+        second += lanes[half:]
+        result += [token] * half
+    return first, second, result
+
+
+def reduce_lines(sources: dict[int, str], prefix: str) -> tuple[list[str], str, list[int]]:
+    """IR lines summing the lanes of each token's accumulator (``sources``: token -> its <16 x float> value;
+    a power of two of them, at most 16), new values named from ``prefix``: (lines, the result vector, the
+    token of each of its lanes). Pairs of vectors are combined
+    by two two-source shuffles and one add (each output lane adds two partial sums of one token), halving
+    each token's lane count, until one vector holds them all; while a token still has several lanes (fewer
+    than 16 tokens), the vector is folded onto itself, halving its width."""
+    lines: list[str] = []
+    vectors = [(value, [t] * LANES) for t, value in sources.items()]
+    serial = 0
+    while len(vectors) > 1:
+        combined = []
+        for (a, la), (b, lb) in zip(vectors[::2], vectors[1::2]):
+            fa, sa, ra = _halves(la, 0)
+            fb, sb, rb = _halves(lb, LANES)
+            v = f"{prefix}t{serial}"
+            serial += 1
+            lines += [f"  {v}a = shufflevector <16 x float> {a}, <16 x float> {b}, <16 x i32> {_mask(fa + fb)}",
+                      f"  {v}b = shufflevector <16 x float> {a}, <16 x float> {b}, <16 x i32> {_mask(sa + sb)}",
+                      f"  {v} = fadd <16 x float> {v}a, {v}b"]
+            combined.append((v, ra + rb))
+        vectors = combined
+    vector, labels = vectors[0]
+    width = LANES
+    while len(labels) > len(set(labels)):
+        first, second, labels = _halves(labels, 0)
+        half, v = width // 2, f"{prefix}f{serial}"
+        serial += 1
+        lines += [f"  {v}a = shufflevector <{width} x float> {vector}, <{width} x float> poison, <{half} x i32> "
+                  f"{_mask(first)}",
+                  f"  {v}b = shufflevector <{width} x float> {vector}, <{width} x float> poison, <{half} x i32> "
+                  f"{_mask(second)}",
+                  f"  {v} = fadd <{half} x float> {v}a, {v}b"]
+        vector, width = v, half
+    return lines, vector, labels
+
+
+def _groups(tokens: int) -> list[list[int]]:
+    """Tokens split into power-of-two groups of at most 16, largest first (17: 16 + 1; 24: 16 + 8)."""
+    groups, start, size = [], 0, LANES
+    while start < tokens:
+        while size > tokens - start:
+            size //= 2
+        groups.append(list(range(start, start + size)))
+        start += size
+    return groups
+
+
+def unroll(tokens: int) -> int:
+    """Accumulators a token sums into: with few tokens, several (block b of a loop iteration into accumulator
+    b mod this), so enough independent FMA chains hide the FMA latency (8: two FMA ports x 4 cycles)."""
+    return max(1, min(BLOCK_MULTIPLE, 8 // tokens))
+
+
+def per_iteration(tokens: int) -> int:
+    """Blocks a loop iteration takes: whole pairs (one 16-byte load of codes decodes two blocks), and one
+    per accumulator; `BLOCK_MULTIPLE` is a multiple of it."""
+    return max(PAIR, unroll(tokens))
+
+
+PAIR = 2  # blocks whose codes share 16 bytes: byte j holds input j (low nibble) and input j + 16 (high)
+BLOCK_MULTIPLE = 4  # a layer's blocks (and each call's run of them) pad to a multiple of this
+
+
+def kernel_name(tokens: int) -> str:
+    return f"deepzip_rowtables_fp32_{tokens}"
+
+
+def kernel_ir(tokens: int) -> str:
+    """LLVM IR of the kernel for ``tokens`` input rows (1..MAX_BLOCK), one accumulator register a token
+    (several with few tokens, `unroll`):
+
+    void f(u8* codes, i64 cstride, float* tables, i64 tstride, float* xb, i64 blocks, i64 r0, i64 r1,
+           float* bias (or null), float* out, i64 ldo, i64 accumulate,
+           i32* oindptr, i32* ocols, float* ovalues, i64 kbase)
+
+    computes outputs r0..r1-1 of out[0:tokens, :] (row stride ``ldo``) over ``blocks`` blocks of inputs (a
+    multiple of `BLOCK_MULTIPLE`), one scalar store a token and output (a vector store of a row's sums into
+    a transposed buffer measured no faster in the kernel, and its transpose costs ~4 us at 17 x 384).
+    Output r's codes are 16 bytes a pair of blocks (`PAIR`) from codes + cstride * r, its table the 16
+    floats at tables + tstride * r (0: one table for all); ``xb`` holds the inputs block-major: block k's 16 inputs of
+    token t at xb + 16 * (tokens * k + t), so every input load is one pointer plus a constant.
+    ``accumulate`` nonzero: the sums are added to ``out`` (a later run of blocks) instead of stored.
+
+    Exact outliers: a CSR term (``oindptr``, int32 columns ``ocols``, ``ovalues``: exact minus the codes'
+    value) added into the accumulators before the reduction, the entries of row r whose block lies in
+    this run (blocks kbase.. of the row; ``xb`` starts at block kbase) one vector each: the value in its
+    column's lane, times the block's inputs, one FMA a token. No outliers: ``oindptr`` all zeros.
+    """
+    per, accs = per_iteration(tokens), unroll(tokens)
+    accumulators = [(t, u) for t in range(tokens) for u in range(accs)]
+    lines = [_DECLARATIONS]
+    add = lines.append
+    add(f"define void @{kernel_name(tokens)}(ptr noalias %codes, i64 %cstride, ptr noalias %tables, i64 %tstride, "
+        "ptr noalias %xb, i64 %blocks, i64 %r0, i64 %r1, ptr noalias %bias, ptr noalias %out, i64 %ldo, "
+        "i64 %accumulate, ptr noalias %oindptr, ptr noalias %ocols, ptr noalias %ovalues, i64 %kbase) nounwind {")
+    add("entry:")
+    add("  %hasbias = icmp ne ptr %bias, null")
+    add("  %adding = icmp ne i64 %accumulate, 0")
+    add("  br label %row")
+    add("row:")
+    add("  %r = phi i64 [%r0, %entry], [%rnext, %next]")
+    add("  %more = icmp slt i64 %r, %r1")
+    add("  br i1 %more, label %start, label %done")
+    add("start:")  # this row's table, codes and outlier entries
+    add("  %toff = mul i64 %r, %tstride")
+    add("  %tptr = getelementptr float, ptr %tables, i64 %toff")
+    add("  %table = load <16 x float>, ptr %tptr, align 4")
+    add("  %coff = mul i64 %r, %cstride")
+    add("  %cfirst = getelementptr i8, ptr %codes, i64 %coff")
+    add("  %jp0 = getelementptr i32, ptr %oindptr, i64 %r")
+    add("  %j0w = load i32, ptr %jp0, align 4")
+    add("  %jp1 = getelementptr i32, ptr %jp0, i64 1")
+    add("  %j1w = load i32, ptr %jp1, align 4")
+    add("  %j0 = sext i32 %j0w to i64")
+    add("  %j1 = sext i32 %j1w to i64")
+    add("  br label %block")
+    add("block:")
+    add("  %k = phi i64 [0, %start], [%knext, %block]")
+    add("  %xptr = phi ptr [%xb, %start], [%xnext, %block]")
+    add("  %cptr = phi ptr [%cfirst, %start], [%cnext, %block]")
+    for t, u in accumulators:
+        add(f"  %acc{t}_{u} = phi <16 x float> [zeroinitializer, %start], [%last{t}_{u}, %block]")
+    current = {(t, u): f"%acc{t}_{u}" for t, u in accumulators}
+    for pair in range(per // PAIR):
+        # 16 bytes -> 16 x i32 (one vpmovzxbd): each lane's low 4 bits are input j's code, vpermps reads only
+        # those; shifted right by 4, input j + 16's: two blocks' weights from one load and three instructions
+        add(f"  %cp{pair} = getelementptr i8, ptr %cptr, i64 {PAIR * BLOCK_BYTES * pair}")
+        add(f"  %c{pair} = load <16 x i8>, ptr %cp{pair}, align 1")
+        add(f"  %idx{pair}_0 = zext <16 x i8> %c{pair} to <16 x i32>")
+        add(f"  %idx{pair}_1 = lshr <16 x i32> %idx{pair}_0, <" + ", ".join(["i32 4"] * LANES) + ">")
+        for half in range(PAIR):
+            b = PAIR * pair + half  # the block within the iteration
+            add(f"  %w{b} = call <16 x float> @llvm.x86.avx512.permvar.sf.512(<16 x float> %table, "
+                f"<16 x i32> %idx{pair}_{half})")
+            for t in range(tokens):
+                u = b % accs
+                add(f"  %xp{t}_{b} = getelementptr float, ptr %xptr, i64 {LANES * (tokens * b + t)}")
+                add(f"  %xv{t}_{b} = load <16 x float>, ptr %xp{t}_{b}, align 64")
+                add(f"  %next{t}_{b} = call <16 x float> @llvm.fma.v16f32(<16 x float> %w{b}, <16 x float> %xv{t}_{b}, "
+                    f"<16 x float> {current[t, u]})")
+                current[t, u] = f"%next{t}_{b}"
+    for (t, u), value in current.items():  # named for the phis (an add of -0.0 is folded away)
+        add(f"  %last{t}_{u} = fadd <16 x float> {value}, <" + ", ".join(["float -0.0"] * LANES) + ">")
+    add(f"  %cnext = getelementptr i8, ptr %cptr, i64 {BLOCK_BYTES * per}")
+    add(f"  %xnext = getelementptr float, ptr %xptr, i64 {LANES * tokens * per}")
+    add(f"  %knext = add i64 %k, {per}")
+    add("  %again = icmp slt i64 %knext, %blocks")
+    add("  br i1 %again, label %block, label %fix")
+    add("fix:")  # the row's outlier entries, into the first accumulator of each token
+    add("  %j = phi i64 [%j0, %block], [%jnext, %fixnext]")
+    for t in range(tokens):
+        add(f"  %fix{t} = phi <16 x float> [%last{t}_0, %block], [%fixed{t}, %fixnext]")
+    add("  %fmore = icmp slt i64 %j, %j1")
+    add("  br i1 %fmore, label %fixbody, label %store")
+    add("fixbody:")
+    add("  %colp = getelementptr i32, ptr %ocols, i64 %j")
+    add("  %colw = load i32, ptr %colp, align 4")
+    add("  %col = zext i32 %colw to i64")
+    add("  %kabs = lshr i64 %col, 4")
+    add("  %krel = sub i64 %kabs, %kbase")
+    add("  %inrun = icmp ult i64 %krel, %blocks")  # its block is in this run (unsigned: below kbase wraps)
+    add("  br i1 %inrun, label %fixadd, label %fixnext")
+    add("fixadd:")
+    add("  %valp = getelementptr float, ptr %ovalues, i64 %j")
+    add("  %val = load float, ptr %valp, align 4")
+    add("  %lane = and i32 %colw, 15")
+    add("  %bit = shl i32 1, %lane")
+    add("  %bit16 = trunc i32 %bit to i16")
+    add("  %lanes = bitcast i16 %bit16 to <16 x i1>")
+    add("  %vi = insertelement <16 x float> poison, float %val, i64 0")
+    add("  %vs = shufflevector <16 x float> %vi, <16 x float> poison, <16 x i32> zeroinitializer")
+    add("  %delta = select <16 x i1> %lanes, <16 x float> %vs, <16 x float> zeroinitializer")
+    add(f"  %xoff = mul i64 %krel, {LANES * tokens}")
+    add("  %xk = getelementptr float, ptr %xb, i64 %xoff")
+    for t in range(tokens):
+        add(f"  %fxp{t} = getelementptr float, ptr %xk, i64 {LANES * t}")
+        add(f"  %fxv{t} = load <16 x float>, ptr %fxp{t}, align 64")
+        add(f"  %fadd{t} = call <16 x float> @llvm.fma.v16f32(<16 x float> %delta, <16 x float> %fxv{t}, "
+            f"<16 x float> %fix{t})")
+    add("  br label %fixnext")
+    add("fixnext:")
+    for t in range(tokens):
+        add(f"  %fixed{t} = phi <16 x float> [%fix{t}, %fixbody], [%fadd{t}, %fixadd]")
+    add("  %jnext = add i64 %j, 1")
+    add("  br label %fix")
+    add("store:")  # each token's accumulators summed, then across lanes, plus the bias: out[t, r]
+    add("  br i1 %hasbias, label %withbias, label %nobias")
+    add("withbias:")
+    add("  %bptr = getelementptr float, ptr %bias, i64 %r")
+    add("  %bload = load float, ptr %bptr, align 4")
+    add("  br label %sums")
+    add("nobias:")
+    add("  br label %sums")
+    add("sums:")
+    add("  %b = phi float [%bload, %withbias], [0.0, %nobias]")
+    sums = {}
+    for t in range(tokens):
+        total = f"%fix{t}"
+        for u in range(1, accs):
+            add(f"  %part{t}_{u} = fadd <16 x float> {total}, %last{t}_{u}")
+            total = f"%part{t}_{u}"
+        sums[t] = total
+    stores = []  # (pointer, value) of each token
+    for g, group in enumerate(_groups(tokens)):
+        v = f"%g{g}"
+        reduced, vector, labels = reduce_lines({t: sums[t] for t in group}, f"{v}_")
+        lines += reduced
+        width = len(labels)
+        kind = f"<{width} x float>"
+        add(f"  {v}bi = insertelement {kind} poison, float %b, i64 0")
+        add(f"  {v}bv = shufflevector {kind} {v}bi, {kind} poison, <{width} x i32> zeroinitializer")
+        add(f"  {v}y = fadd {kind} {vector}, {v}bv")
+        for lane, t in enumerate(labels):
+            add(f"  %y{t} = extractelement {kind} {v}y, i64 {lane}")
+            add(f"  %orow{t} = mul i64 %ldo, {t}")
+            add(f"  %oat{t} = add i64 %orow{t}, %r")
+            add(f"  %optr{t} = getelementptr float, ptr %out, i64 %oat{t}")
+            stores.append((f"%optr{t}", f"%y{t}"))
+    add("  br i1 %adding, label %adds, label %puts")
+    add("puts:")  # the first (or only) run of blocks: out holds nothing yet (never read: it may hold anything)
+    for pointer, value in stores:
+        add(f"  store float {value}, ptr {pointer}, align 4")
+    add("  br label %next")
+    add("adds:")
+    for i, (pointer, value) in enumerate(stores):
+        add(f"  %old{i} = load float, ptr {pointer}, align 4")
+        add(f"  %plus{i} = fadd float {value}, %old{i}")
+        add(f"  store float %plus{i}, ptr {pointer}, align 4")
+    add("  br label %next")
+    add("next:")
+    add("  %rnext = add i64 %r, 1")
+    add("  br label %row")
+    add("done:")
+    add("  ret void")
+    add("}")
+    return "\n".join(lines)

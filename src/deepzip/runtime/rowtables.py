@@ -1,0 +1,344 @@
+"""4-bit codes with a table per output row: the pretrained pipeline's layer format (`WeightedKMeans`, a
+codebook of at most 16 values per row, plus exact outliers) run from its codes at register speed.
+
+The panel kernels (`runtime.panels`) hold one table for 16 outputs, so they cannot take a table per row.
+Here the kernel walks one output row at a time: the row's own 16 fp32 values sit in one vector register,
+``vpermps`` turns the codes of 16 consecutive inputs into their 16 weights, and one FMA per input row
+(token) multiplies them with that token's 16 inputs into its accumulator; at the end of the row the
+accumulators of up to `MAX_BLOCK` tokens are summed across their lanes together (a transpose-add tree,
+`row_ir.reduce_lines`). The decode (2 instructions a block) is shared by every token of the block, and the
+codes are 1/8 of fp32's bytes. Results equal a dense fp32 matmul of the same weights within reassociation.
+Needs AVX-512F. One table for all rows is served too (broadcast), but `PanelMatrix` is faster there.
+
+Layout: row r, pair of blocks p (inputs 32p..32p+31): 16 bytes, byte j holding input 32p+j's code (low
+nibble) and input 32p+16+j's (high nibble): one load and a widening give the first block's indices (vpermps
+reads an index's low 4 bits), a shift the second's. The width pads to a multiple of 64 with code 0; each
+call copies its input rows block-major (block k's 16 inputs of every token side by side, zero-padded), so
+padded inputs meet zeros and every FMA's memory operand is one pointer plus a constant.
+
+Exact outliers (a dense-and-sparse split) are a CSR correction (`layers.SparseMatrix`, int32 columns): at
+each outlier position the exact value minus the table's value there. The kernel adds a row's entries into
+its token accumulators before the reduction: per entry, the value in its column's lane of a vector times
+the inputs' block, one FMA a token (0.5% outliers: ~2 entries a 384-wide row against its 24 blocks).
+Added after the kernel by the CSR kernels instead, they cost more than the codes' product itself at 17
+tokens (the input transposed and the output added through a transpose). A pruned weight gets an extra
+code of value +0.0, so a row table holds at most 15 values then.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import threading
+
+import numba
+import numpy as np
+import torch
+
+from . import jit
+from .kernels import PARALLEL_MIN_NNZ
+from .layers import SparseMatrix
+from .panels import MAX_BLOCK, blocks
+from .row_ir import BLOCK_BYTES, BLOCK_MULTIPLE, LANES, PAIR, kernel_ir, kernel_name
+from .threads import kernel_threads
+from ..quantize.sharing import shared_weight
+
+TABLE = 16  # values a 4-bit table holds
+NEEDS = ("avx512f",)
+# Every output row reads all of a call's inputs again: they must stay in the L1 data cache (48 KB here), or
+# the kernel waits on L2 (384x1536 at 17 tokens: 104 KB of inputs, ~1.25x slower). Wide layers run in runs
+# of blocks whose inputs fit this budget, each run's sums added to the output.
+RUN_BYTES = 40 << 10
+
+
+def available() -> bool:
+    """Whether this CPU runs the row-table kernel."""
+    return jit.has(*NEEDS)
+
+
+def eligible(codebook: torch.Tensor | None, pruned: bool) -> bool:
+    """A codebook ([k] or per-row [rows, k]) of at most 16 values (15 when pruned weights need their own
+    +0.0 code); exact outliers are allowed (a CSR correction)."""
+    if codebook is None or codebook.dim() not in (1, 2):
+        return False
+    return codebook.shape[-1] + int(pruned) <= TABLE
+
+
+# The kernel typed with integer addresses, for numba to call (numba passes no void pointers):
+# codes, cstride, tables, tstride, xb, blocks, r0, r1, bias, out, ldo, accumulate, oindptr, ocols, ovalues, kbase
+_WORDS = (ctypes.c_uint64, ctypes.c_int64, ctypes.c_uint64, ctypes.c_int64, ctypes.c_uint64) + (ctypes.c_int64,) * 3 \
+    + (ctypes.c_uint64,) * 2 + (ctypes.c_int64,) * 2 + (ctypes.c_uint64,) * 3 + (ctypes.c_int64,)
+
+
+@functools.cache  # the IR text is only built on a kernel's first use
+def kernel(tokens: int):
+    """The compiled kernel for ``tokens`` input rows (see `row_ir.kernel_ir`), compiled on first use."""
+    return jit.compile_function(kernel_name(tokens), kernel_ir(tokens), None, list(_WORDS))
+
+
+@numba.njit(cache=True, nogil=True)
+def _runs(fn, codes, cstride, tables, tstride, xb, tokens, runs, r0, r1, bias, out, ldo, outliers):
+    """Rows r0..r1-1 over each run of blocks (``runs``: block boundaries), the first run storing its sums
+    plus the bias, the later ones adding theirs; ``outliers``: the addresses of the CSR correction."""
+    for i in range(len(runs) - 1):
+        k0, k1 = runs[i], runs[i + 1]
+        fn(codes + np.uint64(BLOCK_BYTES * k0), cstride, tables, tstride, xb + np.uint64(4 * LANES * tokens * k0),
+           k1 - k0, r0, r1, bias if i == 0 else np.uint64(0), out, ldo, i, outliers[0], outliers[1], outliers[2], k0)
+
+
+# Threads split a layer's rows (each writes its own output columns): numba's prange on its OpenMP layer,
+# torch's pool (`threads`), calling the compiled kernel through its address, as `panels._drive`.
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _drive(fn, codes, cstride, tables, tstride, xb, tokens, runs, bounds, bias, out, ldo, outliers):
+    for t in numba.prange(len(bounds) - 1):
+        _runs(fn, codes, cstride, tables, tstride, xb, tokens, runs, bounds[t], bounds[t + 1], bias, out, ldo,
+              outliers)
+
+
+@numba.njit(cache=True, nogil=True)
+def _block_major(x, start, stop, nblocks, xb):
+    """xb (flat, read as (nblocks, stop - start, 16)) = rows start..stop-1 of x (rows, width), block k's 16
+    inputs of each row side by side; inputs past the width are zero."""
+    width, tokens = x.shape[1], stop - start
+    for k in range(nblocks):
+        first = k * LANES
+        count = max(0, min(LANES, width - first))
+        for t in range(tokens):
+            row = x[start + t]
+            at = (k * tokens + t) * LANES
+            for j in range(count):
+                xb[at + j] = row[first + j]
+            for j in range(count, LANES):
+                xb[at + j] = np.float32(0.0)
+
+
+def pack(index: np.ndarray) -> np.ndarray:
+    """Codes (rows, width) < 16 as (rows, blocks * 8) uint8 (module docstring)."""
+    rows, width = index.shape
+    nblocks = -(-width // (LANES * BLOCK_MULTIPLE)) * BLOCK_MULTIPLE
+    padded = np.zeros((rows, nblocks * LANES), np.uint8)
+    padded[:, :width] = index
+    pairs = padded.reshape(rows, nblocks // PAIR, PAIR * LANES)
+    return np.ascontiguousarray((pairs[:, :, :LANES] | (pairs[:, :, LANES:] << 4)).reshape(rows, -1))
+
+
+def unpack(codes: np.ndarray, width: int) -> np.ndarray:
+    """The inverse of `pack`: codes (rows, width) uint8."""
+    rows = codes.shape[0]
+    both = codes.reshape(rows, -1, LANES)
+    lanes = np.concatenate([both & 15, both >> 4], axis=2)
+    return np.ascontiguousarray(lanes.reshape(rows, -1)[:, :width])
+
+
+def row_bounds(rows: int, parts: int) -> np.ndarray:
+    """Row boundaries splitting ``rows`` into ``parts`` near-equal runs."""
+    return np.linspace(0, rows, parts + 1).round().astype(np.int64)
+
+
+def block_runs(nblocks: int, tokens: int) -> np.ndarray:
+    """Block boundaries splitting ``nblocks`` (a multiple of BLOCK_MULTIPLE) into near-equal runs whose
+    inputs for ``tokens`` rows fit `RUN_BYTES`, each a multiple of BLOCK_MULTIPLE."""
+    most = max(1, RUN_BYTES // (4 * LANES * tokens * BLOCK_MULTIPLE))  # in units of BLOCK_MULTIPLE blocks
+    units = nblocks // BLOCK_MULTIPLE
+    count = max(1, -(-units // most))
+    return (np.linspace(0, units, count + 1).round() * BLOCK_MULTIPLE).astype(np.int64)
+
+
+class RowTableMatrix:
+    """A dense weight of 4-bit codes with a 16-entry table per row, plus an optional CSR correction for
+    exact outliers (module docstring). The interface of `panels.PanelMatrix` (``matvec``, ``matmul``,
+    ``nbytes``, ``to_dense``)."""
+
+    bits = 4
+    precision = "fp32"
+    layout = "row tables"
+
+    def __init__(self, shape, index: np.ndarray, tables: np.ndarray, outliers: SparseMatrix | None = None):
+        """``index`` (rows, width) codes, ``tables`` (rows, k) or (k,) fp32 with k <= 16, ``outliers``
+        a CSR correction of the same shape (added to the codes' product) or None."""
+        tables = np.asarray(tables, np.float32)
+        if tables.ndim not in (1, 2) or tables.shape[-1] > TABLE or (tables.ndim == 2 and len(tables) != shape[0]):
+            raise ValueError(f"tables must be (k,) or ({shape[0]}, k) with k <= {TABLE}, got {tables.shape}")
+        if index.size and int(index.max()) >= tables.shape[-1]:
+            raise ValueError(f"every index must be < the table size {tables.shape[-1]}")
+        if outliers is not None and (tuple(outliers.shape) != tuple(shape) or outliers.values is None):
+            raise ValueError(f"outliers must be a CSR of fp32 values of the weight's shape {tuple(shape)}, got "
+                             f"{outliers.shape}{' with codes' if outliers.values is None else ''}")
+        if outliers is not None and outliers.cols.dtype != np.int32:  # the kernel reads int32 columns
+            outliers = SparseMatrix(outliers.shape, outliers.indptr, outliers.cols.astype(np.int32), values=outliers.values)
+        self.shape = tuple(shape)
+        self.nnz = self.shape[0] * self.shape[1]
+        self.per_row = int(tables.ndim == 2)
+        self.tables = np.zeros((tables.shape[0] if self.per_row else 1, TABLE), np.float32)
+        self.tables[:, : tables.shape[-1]] = tables
+        self.codes = pack(np.asarray(index, np.uint8))
+        self.blocks = self.codes.shape[1] // BLOCK_BYTES
+        self.outliers = outliers
+        self._thread_bounds: dict[int, np.ndarray] = {}
+        self._block_runs: dict[int, np.ndarray] = {}
+        self._plans: dict[int, tuple] = {}
+        self.cstride, self.tstride = self.codes.shape[1], TABLE if self.per_row else 0
+        self._cache_addresses()
+
+    def _cache_addresses(self) -> None:
+        """Addresses read on every call (numpy's ``.ctypes`` costs ~1 us each), valid while self holds
+        the arrays; a copy (deepcopy, pickle) takes them anew (`__setstate__`), never the original's."""
+        self._codes_at, self._tables_at = self.codes.ctypes.data, self.tables.ctypes.data
+        if self.outliers is None:  # every row's entries empty: an all-zero row pointer, shared by layers
+            self._outliers_at = np.array([_no_entries(self.shape[0]).ctypes.data, 0, 0], np.uint64)
+        else:
+            parts = (self.outliers.indptr, self.outliers.cols, self.outliers.values)
+            self._outliers_at = np.array([part.ctypes.data for part in parts], np.uint64)
+        self._outlier_words = tuple(int(word) for word in self._outliers_at)
+
+    def __getstate__(self) -> dict:  # compiled kernels (in _plans) are this process's: planned anew
+        return {k: ({} if k == "_plans" else v) for k, v in self.__dict__.items()
+                if not k.endswith("_at") and k != "_outlier_words"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._cache_addresses()
+
+    @classmethod
+    def from_index(cls, codebook: torch.Tensor, index: torch.Tensor, mask: torch.Tensor | None = None,
+                   outlier_mask: torch.Tensor | None = None, outliers: torch.Tensor | None = None) -> "RowTableMatrix":
+        """From a layer's sharing state: ``codebook`` [k] or [rows, k], ``index`` of the weight's shape,
+        ``mask`` (pruned weights: an extra code of value +0.0) and the exact outliers (``outlier_mask``,
+        their values in row-major order) or None."""
+        rows = index.shape[0]
+        tables = codebook.detach().float().cpu().numpy()
+        idx = index.reshape(rows, -1).cpu().numpy().astype(np.int64)
+        if tables.shape[-1] > TABLE:
+            raise ValueError(f"row tables hold at most {TABLE} values, this layer's codebook has {tables.shape[-1]}")
+        if mask is not None and not bool(mask.all()):
+            if tables.shape[-1] == TABLE:
+                raise ValueError(f"pruned weights need a +0.0 code: a codebook of at most {TABLE - 1} values")
+            tables = np.concatenate([tables, np.zeros(tables.shape[:-1] + (1,), np.float32)], axis=-1)
+            idx = np.where(mask.reshape(rows, -1).cpu().numpy(), idx, tables.shape[-1] - 1)
+        correction = None
+        if outlier_mask is not None:
+            correction = _outlier_correction(codebook, index, mask, outlier_mask, outliers)
+        return cls((rows, idx.shape[1]), idx.astype(np.uint8), tables, correction)
+
+    def nbytes(self) -> int:
+        return self.codes.nbytes + self.tables.nbytes + (0 if self.outliers is None else self.outliers.nbytes())
+
+    def index(self) -> np.ndarray:
+        """The codes as (rows, width) uint8 indices into the row tables."""
+        return unpack(self.codes, self.shape[1])
+
+    def codes_dense(self) -> np.ndarray:
+        """The weight the codes alone stand for (without the outliers' correction)."""
+        index = self.index()
+        if self.per_row:
+            return np.take_along_axis(self.tables, index.astype(np.int64), axis=1)
+        return self.tables[0][index]
+
+    def to_dense(self) -> torch.Tensor:
+        """The weight the kernel multiplies by: the codes' values, the exact outliers in place."""
+        dense = self.codes_dense()
+        if self.outliers is not None:
+            dense = dense + self.outliers.to_dense().numpy()
+        return torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
+
+    def matvec(self, x: np.ndarray, bias: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """W @ x + bias for one float32 vector."""
+        out = np.empty(self.shape[0], dtype=np.float32) if out is None else out
+        self._run(x.reshape(1, -1), bias, out.reshape(1, -1))
+        return out
+
+    def matmul(self, x: np.ndarray, bias: np.ndarray) -> np.ndarray:
+        """x @ W.T + bias for x (batch, in) float32 C-contiguous: (batch, out)."""
+        out = np.empty((x.shape[0], self.shape[0]), dtype=np.float32)
+        self._run(x, bias, out)
+        return out
+
+    def _run(self, x: np.ndarray, bias: np.ndarray, out: np.ndarray) -> None:
+        # Python here costs per call what a 384x384 layer's kernel takes in ~10% of its time at 17 tokens:
+        # addresses cached, no array views made (numpy's .ctypes and slicing cost ~1 us each)
+        if self.blocks == 0:  # no inputs: the output is the bias
+            out[...] = bias if len(bias) else 0.0
+            return
+        rows, outputs, ldo = x.shape[0], self.shape[0], out.shape[1]
+        bias_at = bias.ctypes.data if len(bias) else 0  # a null address: no bias
+        out_at = out.ctypes.data
+        bounds = self._bounds()
+        buffer, buffer_at = _scratch(self.blocks * min(rows, MAX_BLOCK) * LANES)
+        for start, stop in blocks(rows):
+            tokens = stop - start
+            _block_major(x, start, stop, self.blocks, buffer)
+            function, runs = self._plan(tokens)
+            at = out_at + 4 * start * ldo
+            if bounds is None:  # straight through ctypes: numba's dispatch on a ctypes function costs ~10 us
+                for k0, k1, accumulate in runs:
+                    function(self._codes_at + BLOCK_BYTES * k0, self.cstride, self._tables_at, self.tstride,
+                             buffer_at + 4 * LANES * tokens * k0, k1 - k0, 0, outputs, 0 if accumulate else bias_at,
+                             at, ldo, accumulate, *self._outlier_words, k0)
+            else:
+                _drive(function, self._codes_at, self.cstride, self._tables_at, self.tstride, buffer_at, tokens,
+                       self._runs_for(tokens), bounds, bias_at, at, ldo, self._outliers_at)
+
+    def _plan(self, tokens: int) -> tuple:
+        """(the kernel, [(first block, end block, accumulate) of each run]) for a call of ``tokens`` rows."""
+        found = self._plans.get(tokens)
+        if found is None:
+            edges = [int(k) for k in self._runs_for(tokens)]
+            found = self._plans[tokens] = (kernel(tokens), [(k0, k1, int(i > 0)) for i, (k0, k1)
+                                                            in enumerate(zip(edges[:-1], edges[1:]))])
+        return found
+
+    def _runs_for(self, tokens: int) -> np.ndarray:
+        found = self._block_runs.get(tokens)
+        if found is None:
+            found = self._block_runs[tokens] = block_runs(self.blocks, tokens)
+        return found
+
+    def _bounds(self) -> np.ndarray | None:
+        """Row boundaries, one run a thread, where the layer is large enough for threads; else None."""
+        threads = kernel_threads() if self.nnz >= PARALLEL_MIN_NNZ else 1
+        if threads <= 1:
+            return None
+        found = self._thread_bounds.get(threads)
+        if found is None:
+            found = self._thread_bounds[threads] = row_bounds(self.shape[0], threads)
+        return found
+
+
+@functools.cache  # kept for the process: layers without outliers point at it
+def _no_entries(rows: int) -> np.ndarray:
+    """The CSR row pointer of no entries in ``rows`` rows (all zeros)."""
+    return np.zeros(rows + 1, np.int32)
+
+ALIGN = 64  # bytes: a cache line. Each FMA loads 64 bytes of input; unaligned, every load spans two lines
+
+
+def _aligned(count: int) -> np.ndarray:
+    """An fp32 buffer of ``count`` values starting on a cache line (numpy aligns to 16 bytes only)."""
+    raw = np.empty(count + ALIGN // 4, np.float32)
+    skip = (-raw.ctypes.data % ALIGN) // 4
+    return raw[skip: skip + count]
+
+
+_buffers = threading.local()  # a thread's scratch: ctypes calls release the GIL, so threads may overlap
+
+
+def _scratch(count: int) -> tuple[np.ndarray, int]:
+    """(a cache-line aligned fp32 buffer of at least ``count`` values, its address), this thread's own,
+    reused across calls: a fresh 26 KB buffer a call measured ~10 us slower (384x384 at 17 tokens)."""
+    found = getattr(_buffers, "inputs", None)
+    if found is None or len(found[0]) < count:
+        array = _aligned(max(count, 1))
+        found = _buffers.inputs = (array, array.ctypes.data)
+    return found
+
+
+def _outlier_correction(codebook, index, mask, outlier_mask, outliers) -> SparseMatrix:
+    """CSR of (exact weight - the codes' value) at the outlier positions: the layer's weight is the codes'
+    product plus this one's. The exact weight is the sharing state's own (`shared_weight`), so pruned
+    positions and the outliers' order are exactly as it defines them."""
+    exact = shared_weight(codebook.detach().float().cpu(), index.cpu(), None if mask is None else mask.cpu(),
+                          outlier_mask.cpu(), outliers.detach().float().cpu())
+    coded = shared_weight(codebook.detach().float().cpu(), index.cpu(), None if mask is None else mask.cpu())
+    rows = exact.shape[0]
+    difference = (exact - coded).reshape(rows, -1)
+    return SparseMatrix.from_dense(difference, mask=outlier_mask.reshape(rows, -1).cpu())

@@ -1,0 +1,213 @@
+"""The row-table kernel (runtime.rowtables): 4-bit codes with a table per output row, exact outliers as CSR."""
+
+import copy
+import pickle
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import deepzip
+from deepzip import runtime
+from deepzip.quantize import WeightedKMeans, install
+from deepzip.quantize.sharing import outliers as outliers_of, shared_weight
+from deepzip.runtime import jit, row_ir, rowtables
+from deepzip.runtime.rowtables import RowTableMatrix
+
+pytestmark = pytest.mark.skipif(not rowtables.available(), reason="the row-table kernel needs AVX-512F")
+NO_BIAS = np.zeros(0, np.float32)
+
+
+def per_row_state(rows, width, k=16, seed=0, outlier_share=0.0, pruned=0.0):
+    """(codebook (rows, k), index, mask, outlier mask, outlier values) as the sharing state holds them."""
+    g = torch.Generator().manual_seed(seed)
+    codebook = torch.randn(rows, k, generator=g)
+    index = torch.randint(0, k, (rows, width), generator=g)
+    mask = torch.rand(rows, width, generator=g) >= pruned if pruned else None
+    outlier_mask = values = None
+    if outlier_share:
+        outlier_mask = torch.rand(rows, width, generator=g) < outlier_share
+        if mask is not None:
+            outlier_mask &= mask  # outliers never sit on pruned positions (the format's rule)
+        values = torch.randn(int(outlier_mask.sum()), generator=g) * 10
+    return codebook, index, mask, outlier_mask, values
+
+
+def run(matrix, x, bias):
+    return matrix.matvec(x[0], bias)[None] if x.shape[0] == 1 else matrix.matmul(x, bias)
+
+
+@pytest.mark.parametrize("rows, width", [(5, 7), (40, 33), (64, 384), (130, 100)])
+@pytest.mark.parametrize("tokens", [1, 3, 17, 24, 30])
+def test_row_tables_match_a_dense_matmul(rows, width, tokens):
+    codebook, index, _, _, _ = per_row_state(rows, width, seed=rows + width)
+    matrix = RowTableMatrix.from_index(codebook, index)
+    weight = shared_weight(codebook, index)
+    assert torch.equal(matrix.to_dense(), weight)
+    x = torch.randn(tokens, width, generator=torch.Generator().manual_seed(tokens))
+    bias = torch.randn(rows, generator=torch.Generator().manual_seed(1))
+    want = (x.double() @ weight.double().T).float()
+    for b in (bias, None):
+        got = run(matrix, x.numpy(), NO_BIAS if b is None else b.numpy())
+        assert got.shape == (tokens, rows)
+        torch.testing.assert_close(torch.from_numpy(got), want + (0 if b is None else b), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("tokens", [1, 17, 32])
+def test_outliers_are_a_sparse_correction_to_the_exact_weight(tokens):
+    codebook, index, mask, outlier_mask, values = per_row_state(96, 150, seed=3, outlier_share=0.01, pruned=0.05)
+    codebook = codebook[:, :15]  # 15 values + the pruned weights' +0.0 fill the 16-entry table
+    index = index % 15
+    matrix = RowTableMatrix.from_index(codebook, index, mask, outlier_mask, values)
+    exact = shared_weight(codebook, index, mask, outlier_mask, values)
+    assert matrix.outliers.nnz == int(outlier_mask.sum()) > 0
+    torch.testing.assert_close(matrix.to_dense(), exact)
+    x = torch.randn(tokens, 150, generator=torch.Generator().manual_seed(4))
+    bias = torch.randn(96)
+    got = torch.from_numpy(run(matrix, x.numpy(), bias.numpy()))
+    torch.testing.assert_close(got, F.linear(x.double(), exact.double(), bias.double()).float(), rtol=1e-5, atol=1e-4)
+
+
+def test_one_table_for_all_rows_is_broadcast():
+    g = torch.Generator().manual_seed(5)
+    codebook, index = torch.randn(12, generator=g), torch.randint(0, 12, (20, 40), generator=g)
+    matrix = RowTableMatrix.from_index(codebook, index)
+    assert matrix.per_row == 0 and matrix.tables.shape == (1, 16)
+    x = torch.randn(17, 40, generator=g)
+    torch.testing.assert_close(torch.from_numpy(matrix.matmul(x.numpy(), NO_BIAS)), x @ codebook[index].T,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_layout_and_limits():
+    index = np.arange(40, dtype=np.uint8).reshape(2, 20) % 16  # width 20: 2 blocks of 16, padded to 4 (64 inputs)
+    packed = rowtables.pack(index)
+    assert packed.shape == (2, 4 * row_ir.BLOCK_BYTES)
+    assert packed[0, 3] == index[0, 3] | index[0, 19] << 4  # byte j of a pair of blocks: input j low, j + 16 high
+    assert packed[0, 16] == 0  # the second pair: inputs 32.. are padding (code 0)
+    assert np.array_equal(rowtables.unpack(packed, 20), index)
+    with pytest.raises(ValueError, match="at most 16"):
+        RowTableMatrix.from_index(torch.zeros(3, 17), torch.zeros(3, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="at most 15"):  # 16 values and pruned weights: 17 codes
+        RowTableMatrix.from_index(torch.zeros(3, 16), torch.zeros(3, 4, dtype=torch.long),
+                                  torch.tensor([[True, False, True, True]] * 3))
+    assert rowtables.eligible(torch.zeros(4, 16), False) and not rowtables.eligible(torch.zeros(4, 16), True)
+    assert rowtables.eligible(torch.zeros(4, 15), True) and not rowtables.eligible(None, False)
+    # inputs of one call beyond what fits the L1 budget run in several runs of blocks, each a multiple of 4
+    assert rowtables.block_runs(96, 17).tolist() == [0, 32, 64, 96] and rowtables.block_runs(24, 17).tolist() == [0, 24]
+
+
+def test_kernel_looks_codes_up_in_a_register():
+    """One vpermps (LLVM may spell it vpermd) per 16 codes, FMAs with the inputs as memory operands, no gathers."""
+    code = jit.assembly(row_ir.kernel_ir(17))
+    assert ("vpermps" in code or "vpermd" in code) and "vfmadd231ps\t(" in code.replace("    ", "\t")
+    assert "gather" not in code and "gather" not in jit.assembly(row_ir.kernel_ir(1))
+
+
+def test_wide_layers_split_into_runs_and_threads_agree(monkeypatch):
+    # 307,200 weights: threads; 96 blocks: three runs at 17 tokens, each adding its outliers' entries
+    codebook, index, _, outlier_mask, values = per_row_state(200, 1536, seed=6, outlier_share=0.005)
+    matrix = RowTableMatrix.from_index(codebook, index, None, outlier_mask, values)
+    x = torch.randn(17, 1536, generator=torch.Generator().manual_seed(7)).numpy()
+    bias = torch.randn(200).numpy()
+    one = matrix.matmul(x, bias), matrix.matvec(x[0], bias)
+    torch.set_num_threads(2)
+    try:
+        two = matrix.matmul(x, bias), matrix.matvec(x[0], bias)
+        assert matrix._bounds().tolist() == [0, 100, 200]
+    finally:
+        torch.set_num_threads(1)
+    assert np.array_equal(one[0], two[0]) and np.array_equal(one[1], two[1])
+    want = x.astype(np.float64) @ matrix.to_dense().numpy().T.astype(np.float64) + bias
+    np.testing.assert_allclose(one[0], want, rtol=1e-4, atol=1e-4)
+
+
+def test_copies_run_on_their_own_arrays():
+    codebook, index, _, outlier_mask, values = per_row_state(40, 24, seed=8, outlier_share=0.05)
+    original = RowTableMatrix.from_index(codebook, index, None, outlier_mask, values)
+    x = torch.randn(17, 24).numpy()
+    want = original.matmul(x, NO_BIAS)
+    for copied in (copy.deepcopy(original), pickle.loads(pickle.dumps(original))):
+        assert copied._codes_at == copied.codes.ctypes.data != original._codes_at
+        assert np.array_equal(copied.matmul(x, NO_BIAS), want)
+    layer = runtime.CodedLinear(original, None)
+    twin = copy.deepcopy(layer)
+    del layer, original
+    assert np.array_equal(twin(torch.from_numpy(x)).numpy(), want)
+    assert "row tables" in repr(twin) and "exact outliers" in repr(twin)
+
+
+def minilm_like(seed=0):
+    """A small encoder-MLP-like stack of Linear layers, with WeightedKMeans per-row 4-bit codebooks and 1%
+    exact outliers (the pretrained pipeline's format)."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(96, 384), nn.GELU(), nn.Linear(384, 96), nn.GELU(), nn.Linear(96, 96))
+    deepzip.quantize(model, WeightedKMeans(bits=4, importance="none", granularity="row", outliers=0.01))
+    return model
+
+
+def test_convert_and_load_a_weighted_kmeans_model_choose_row_tables(tmp_path):
+    model = minilm_like()
+    assert len(outliers_of(model)) == 3  # every layer has exact outliers
+    x = torch.randn(17, 96)
+    with torch.no_grad():
+        expected = model(x)
+    fast = runtime.convert(copy.deepcopy(model), mode="codes")
+    decisions = runtime.decisions(fast)
+    assert [d["kernel"] for d in decisions] == ["codes"] * 3
+    assert [d["codes_kernel"] for d in decisions] == ["row tables + outliers"] * 3
+    torch.testing.assert_close(fast(x), expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fast(x[:1]), expected[:1], rtol=1e-4, atol=1e-4)  # batch 1
+    deepzip.save(model, tmp_path / "m.dz")
+    loaded = runtime.load(tmp_path / "m.dz", minilm_like(seed=1), mode="codes")
+    assert [d["codes_kernel"] for d in runtime.decisions(loaded)] == ["row tables + outliers"] * 3
+    torch.testing.assert_close(loaded(x), expected, rtol=1e-4, atol=1e-4)
+    # auto mode offers the codes to calibration: timed against sparse and dense, the fastest kept
+    auto = runtime.convert(copy.deepcopy(model), example=x, fuse="off")
+    assert all("codes_s" in d and d["codes_kernel"] == "row tables + outliers" for d in runtime.decisions(auto))
+    torch.testing.assert_close(auto(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_chain_runs_row_table_layers_without_outliers():
+    torch.manual_seed(9)
+    model = nn.Sequential(nn.Linear(48, 64), nn.ReLU(), nn.Linear(64, 10))
+    for layer in (model[0], model[2]):
+        codebook, index, _, _, _ = per_row_state(layer.out_features, layer.in_features, seed=layer.in_features)
+        install(layer, "weight", codebook, index)
+    x = torch.randn(5, 48)
+    with torch.no_grad():
+        expected = model(x)
+    fast = runtime.convert(model, example=x, mode="codes", fuse="on")
+    assert runtime.fusion(fast)["fused"]
+    assert [d["codes_kernel"] for d in runtime.decisions(fast)] == ["row tables"] * 2
+    torch.testing.assert_close(fast(x), expected, rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 40), width=st.integers(1, 150), tokens=st.integers(1, 50), k=st.integers(1, 15),
+       outlier_share=st.sampled_from([0.0, 0.02, 0.3]), pruned=st.sampled_from([0.0, 0.2]),
+       seed=st.integers(0, 2**16))
+def test_any_shape_matches_its_exact_weight(rows, width, tokens, k, outlier_share, pruned, seed):
+    codebook, index, mask, outlier_mask, values = per_row_state(rows, width, k, seed, outlier_share, pruned)
+    matrix = RowTableMatrix.from_index(codebook, index, mask, outlier_mask, values)
+    exact = shared_weight(codebook, index, mask, outlier_mask, values)
+    x = torch.randn(tokens, width, generator=torch.Generator().manual_seed(seed))
+    bias = torch.randn(rows, generator=torch.Generator().manual_seed(seed + 1))
+    got = torch.from_numpy(run(matrix, x.numpy(), bias.numpy()))
+    torch.testing.assert_close(got, F.linear(x.double(), exact.double(), bias.double()).float(), rtol=1e-4, atol=1e-4)
+
+
+def test_one_codebook_with_outliers_runs_in_broadcast_row_tables():
+    """The panels take one codebook but no outliers: such a layer runs in row tables, its table broadcast."""
+    torch.manual_seed(10)
+    model = nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 32))
+    deepzip.quantize(model, WeightedKMeans(bits=4, importance="none", granularity="layer", outliers=0.02))
+    x = torch.randn(17, 64)
+    with torch.no_grad():
+        expected = model(x)
+    fast = runtime.convert(copy.deepcopy(model), mode="codes", fuse="off")
+    assert [d["codes_kernel"] for d in runtime.decisions(fast)] == ["row tables + outliers"] * 2
+    assert all(fast.get_submodule(d["layer"]).matrix.per_row == 0 for d in runtime.decisions(fast))
+    torch.testing.assert_close(fast(x), expected, rtol=1e-4, atol=1e-4)

@@ -53,6 +53,7 @@ bench: setup
 	$(PY) benchmarks/lottery.py
 	$(PY) benchmarks/runtime.py
 	$(PY) benchmarks/panels.py
+	$(PY) benchmarks/rowtables_minilm.py
 	$(PY) benchmarks/gpu_compile.py
 	$(PY) benchmarks/fuzz_dz.py
 	$(PY) benchmarks/scale_out.py

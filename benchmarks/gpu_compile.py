@@ -5,8 +5,9 @@ in registers, spills and load instructions, read from Triton's offline compiler 
 
 This costs no device time and answers what a lent GPU should not have to: does every configuration the
 autotuner may pick compile, does any spill registers to local memory, and are the weights' loads wide
-(16-byte `ld.global.v4`) or byte by byte. Every pointer is taken as 16-byte aligned, as torch's
-allocations are and as Triton's launcher specializes them. Counts are of load instructions in the code (a
+(16-byte `ld.global.v4`) or byte by byte. Compiled as launched for layers whose sizes are multiples of 16
+(AlexNet's, MiniLM's): every pointer 16-byte aligned (torch's allocations are) and every int argument a
+multiple of 16, as Triton's launcher specializes them, except the sliced layout's group arguments. Counts are of load instructions in the code (a
 loop body once), not of loads executed. --quick: the first configuration of each kernel and the sliced
 kernel's 16-row one; prints, writes nothing (the JSON goes to --json when given).
 """
@@ -37,7 +38,10 @@ SLICED_ARGS = {"lengths": "*i32", "order": "*i32", "cols": "*u16", "data": "*u8"
 CODES_ARGS = {"packed": "*u8", "codebook": "*fp32", "x": "*fp32", "bias": "*fp32", "y": "*fp32", "rows": "i32"}
 BATCH_ARGS = {"batch": "i32", "stride_x": "i32", "stride_y": "i32"}
 CODED = {"CODED": True, "HAS_BIAS": True}
-ALIGNED_INTS = ("stride_xt",)  # always a multiple of 16 (`triton_kernels._transposed`): Triton specializes on it
+# Triton's launcher specializes an int argument that is a multiple of 16 (and 16-byte aligned pointers): the
+# AlexNet / MiniLM layers' sizes, strides and buckets all are, and stride_xt always is (`_transposed`); the
+# slice groups' arguments are never specialized (do_not_specialize), so they are left as plain ints.
+GROUP_ARGS = tuple(f"f{g}" for g in range(1, 8)) + tuple(f"n{g}" for g in range(8))
 DENSE_CODES = {"width": 4096, "row_bytes": 2048, "BITS": 4, "HAS_BIAS": True}  # a 4096-wide layer's 4-bit codes
 KERNELS = {  # name -> (the tuned kernel in triton_kernels, its runtime arguments' types, constants besides the config's)
     "csr_mv": ("_csr_mv_tuned", {**CSR_ARGS, "nnz_bucket": "i32"}, CODED),
@@ -69,7 +73,7 @@ def compile_for_h100(tuned, types: dict, constants: dict, config) -> dict:
     fn, names = tuned.fn, tuned.fn.arg_names
     consts = {**constants, **config.kwargs}
     signature = {n: ("constexpr" if n in consts else types[n]) for n in names}
-    aligned = [n for n, t in signature.items() if t.startswith("*") or n in ALIGNED_INTS]
+    aligned = [n for n, t in signature.items() if t.startswith("*") or (t == "i32" and n not in GROUP_ARGS)]
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in aligned}
     kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts, attrs=attrs),
                             target=GPUTarget("cuda", 90, 32),
@@ -114,7 +118,8 @@ def _config_text(config: dict) -> str:
 def render(rows: list[dict], info: dict) -> str:
     lines = ["# GPU kernels compiled for an H100 (sm_90a), no GPU needed", "",
              f"Triton {info['triton']}, ptxas from its CUDA backend, {info['date']}; every tuned configuration of "
-             f"every kernel (`deepzip.runtime.triton_kernels`), pointers 16-byte aligned. Loads: the global load "
+             f"every kernel (`deepzip.runtime.triton_kernels`), as launched for layers whose sizes are multiples of "
+             f"16 (pointers 16-byte aligned, int arguments multiples of 16 but the slice groups'). Loads: the global load "
              f"instructions in the code by width (`v4.b32` = 16 bytes; the gathers of the input and the codebook "
              f"are 4-byte loads by nature), not loads executed.", ""]
     body = []

@@ -148,6 +148,56 @@ def test_sliced_kernel_with_codes_matches_dense(batch, with_bias):
     assert y[:, 0].cpu().eq(0 if bias is None else bias[0]).all()  # the empty row
 
 
+def skewed_layer(rows=300, width=40, seed=0):
+    """Row densities from 0 to 1: 19 slices of varied lengths, so groups hold several slices each."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(rows, width, generator=g) < torch.rand(rows, 1, generator=g) ** 2
+    codebook, index = torch.randn(256, generator=g), torch.randint(0, 256, (rows, width), generator=g)
+    weight = torch.where(mask, codebook[index], torch.zeros(()))
+    return weight, SparseMatrix.from_dense(weight, codebook, index, mask)
+
+
+SLICED_CONFIGS = [("sliced_mv", c.kwargs) for c in tk._sliced_mv_tuned.configs] + \
+                 [("sliced_mm", c.kwargs) for c in tk._sliced_mm_tuned.configs]
+
+
+@pytest.mark.parametrize("name, config", SLICED_CONFIGS, ids=[f"{n}-{c}" for n, c in SLICED_CONFIGS])
+def test_every_tuned_sliced_configuration_on_groups_of_several_slices(monkeypatch, name, config):
+    """Every configuration the autotuner may pick on a GPU, run here (the interpreter runs one otherwise),
+    on a layout whose groups span several slices: a wrong offset within or across groups is caught."""
+    weight, matrix = skewed_layer()
+    layout = tk.slice_rows(matrix.indptr, matrix.cols, matrix.codes)
+    sizes = np.diff(np.append(layout["group_first"], -(-300 // tk.SLICE)))
+    assert (sizes >= 2).sum() >= 2 and (sizes[1:] >= 2).any()  # a later group spans >= 2 slices
+    assert tk.SLICE % config["BLOCK_R"] == 0 and tk.SLICE % config.get("BLOCK_B", 1) == 0  # `_transposed` pads to 16
+    if DEVICE == "cpu":
+        monkeypatch.setitem(tk._INTERPRETED, name, config)
+    on = lambda k: torch.from_numpy(layout[k]).to(DEVICE)  # noqa: E731
+    batch = 1 if name == "sliced_mv" else 17
+    x, bias = torch.randn(batch, 40), torch.randn(300)
+    y = tk.sliced_matmul(tk.group_args(layout), on("lengths"), on("order"), on("cols"), on("data"),
+                         torch.from_numpy(matrix.codebook).to(DEVICE), x.to(DEVICE), bias.to(DEVICE))
+    close(y.cpu(), F.linear(x, weight, bias))
+
+
+def test_large_batches_run_in_chunks_a_grid_can_take(monkeypatch):
+    """CUDA caps a grid's batch axis (65,535 blocks) and the kernels index in int32: a batch past a chunk
+    (here the chunk made 16 rows) runs in several launches, each on its rows, for every batched kernel."""
+    monkeypatch.setattr(tk, "MAX_BATCH_CHUNK", 16)
+    weight, matrix = coded_layer(37, 70, 0.3, k=15)  # (15 values + the pruned 0.0: dense codes too)
+    x, bias = torch.randn(40, 70), torch.randn(37)
+    want = F.linear(x, weight, bias)
+    chunks = list(tk._batch_chunks(x, torch.empty(40, 37)))
+    assert [c[0].shape[0] for c in chunks] == [16, 16, 8]
+    groups, lengths, order, cols, codes = sliced_on_device(matrix, matrix.codes)
+    book, on = torch.from_numpy(matrix.codebook).to(DEVICE), (lambda t: t.to(DEVICE))  # noqa: E731
+    close(tk.sliced_matmul(groups, lengths, order, cols, codes, book, on(x), on(bias)).cpu(), want)
+    indptr, csr_cols = on_device(matrix)
+    close(tk.csr_matmul(indptr, csr_cols, on(torch.from_numpy(matrix.codes)), book, on(x), on(bias)).cpu(), want)
+    dense_codes = gpu_layers.GpuCodes(matrix, DEVICE)
+    close(dense_codes.matmul(on(x), on(bias)).cpu(), want)
+
+
 @pytest.mark.parametrize("batch", [1, 5])
 def test_sliced_kernel_with_half_values_and_inputs(batch):
     weight, matrix = coded_layer(20, 50, 0.4)

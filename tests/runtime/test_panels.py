@@ -222,6 +222,7 @@ def test_amx_and_vnni_kernels_agree():
 
 
 @needs_int8
+@pytest.mark.skipif(__import__("numba").config.NUMBA_NUM_THREADS < 2, reason="numba has one thread here")
 @pytest.mark.parametrize("precision, tiles", [("fp32", False), ("int8", False), ("int8", True)],
                          ids=["fp32", "int8-vnni", "int8-amx"])
 def test_threads_split_panels_and_agree_with_one_thread(monkeypatch, precision, tiles):

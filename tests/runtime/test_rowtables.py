@@ -106,6 +106,11 @@ def test_kernel_looks_codes_up_in_a_register():
     assert "gather" not in code and "gather" not in jit.assembly(row_ir.kernel_ir(1))
 
 
+needs_two_numba_threads = pytest.mark.skipif(__import__("numba").config.NUMBA_NUM_THREADS < 2,
+                                             reason="numba has one thread here (a one-CPU machine)")
+
+
+@needs_two_numba_threads
 def test_wide_layers_split_into_runs_and_threads_agree(monkeypatch):
     # 307,200 weights: threads; 96 blocks: three runs at 17 tokens, each adding its outliers' entries
     codebook, index, _, outlier_mask, values = per_row_state(200, 1536, seed=6, outlier_share=0.005)
@@ -211,3 +216,81 @@ def test_one_codebook_with_outliers_runs_in_broadcast_row_tables():
     assert [d["codes_kernel"] for d in runtime.decisions(fast)] == ["row tables + outliers"] * 2
     assert all(fast.get_submodule(d["layer"]).matrix.per_row == 0 for d in runtime.decisions(fast))
     torch.testing.assert_close(fast(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_two_python_threads_compiling_and_calling_at_once_agree_with_dense():
+    """llvmlite compiles without the GIL: two threads meeting a new token count at once must share one
+    compiled kernel (a second engine used to free the first's code under its caller: a segfault, or NaN)."""
+    import threading
+
+    g = torch.Generator().manual_seed(11)
+    matrices = [RowTableMatrix.from_index(torch.randn(64, 16, generator=g), torch.randint(0, 16, (64, 384), generator=g))
+                for _ in range(2)]
+    wants, results, errors = {}, {}, []
+    barrier = threading.Barrier(2)
+
+    def work(i):
+        try:
+            for tokens in (5, 9, 13, 21):  # token counts no other test compiles first
+                x = np.random.default_rng(tokens).standard_normal((tokens, 384)).astype(np.float32)
+                barrier.wait()
+                results[i, tokens] = matrices[i].matmul(x, NO_BIAS)
+                wants[i, tokens] = x @ matrices[i].to_dense().numpy().T
+        except Exception as error:  # noqa: BLE001  (re-raised below, in the test's thread)
+            errors.append(error)
+            barrier.abort()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(results) == 8
+    for key, got in results.items():
+        np.testing.assert_allclose(got, wants[key], rtol=1e-5, atol=1e-4)
+    for tokens in (5, 9, 13, 21):
+        assert matrices[0]._plans[tokens][0] is matrices[1]._plans[tokens][0]  # one compiled function a count
+
+
+def test_the_input_scratch_is_cache_line_aligned():
+    """The kernel's IR declares its input loads 64-byte aligned: the scratch they read must be."""
+    for count in (1, 17, 1000, 4099):
+        array, address = rowtables._scratch(count)
+        assert address % 64 == 0 and array.ctypes.data == address
+
+
+def test_an_infinite_input_stays_infinite_beside_an_outlier():
+    """An outlier's correction multiplies its own lane only: 0 * inf elsewhere would make NaN."""
+    codebook = torch.ones(1, 16)
+    index = torch.zeros(1, 16, dtype=torch.int64)
+    mask = torch.zeros(1, 16, dtype=torch.bool)
+    mask[0, 3] = True
+    matrix = RowTableMatrix.from_index(codebook, index, None, mask, torch.tensor([2.0]))
+    x = np.zeros((1, 16), np.float32)
+    x[0, 7] = np.inf
+    assert matrix.matmul(x, NO_BIAS)[0, 0] == np.inf
+
+
+def test_the_matrix_refuses_inputs_it_would_misread():
+    matrix = RowTableMatrix.from_index(torch.randn(4, 16), torch.randint(0, 16, (4, 24)))
+    x = np.zeros((2, 24), np.float32)
+    with pytest.raises(TypeError, match="float32"):
+        matrix.matmul(x.astype(np.float64), NO_BIAS)
+    with pytest.raises(TypeError, match="float32"):
+        matrix.matmul(x, np.zeros(4))  # a float64 bias would be read as float32
+    with pytest.raises(ValueError, match="24 wide, and a bias of 4 or none; got x \\(2, 23\\)"):
+        matrix.matmul(x[:, :23].copy(), NO_BIAS)
+    with pytest.raises(ValueError, match="bias \\(3,\\)"):
+        matrix.matvec(x[0], np.zeros(3, np.float32))
+
+
+def test_a_copied_layer_reads_the_bias_a_state_dict_loads():
+    """The kernels read the bias through a numpy view; a copy must view its own buffer, also after
+    load_state_dict (found by review: a deepcopy kept reading the old bias)."""
+    layer = runtime.CodedLinear(RowTableMatrix.from_index(torch.randn(4, 16), torch.randint(0, 16, (4, 24))),
+                                torch.zeros(4))
+    x = torch.randn(3, 24)
+    for twin in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        twin.load_state_dict({"bias": torch.full((4,), 5.0)})
+        torch.testing.assert_close(twin(x), layer(x) + 5.0)

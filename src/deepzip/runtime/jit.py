@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import threading
 
 import llvmlite.binding as llvm
 
 _compiled: dict[str, tuple] = {}  # name -> (ctypes function, module, engine): the engine owns the code
+_compiling = threading.Lock()
 
 
 @functools.cache
@@ -58,8 +60,20 @@ _SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 158, 0x1023, 18  # 
 
 
 def compile_function(name: str, ir: str, restype, argtypes: list) -> ctypes._CFuncPtr:
-    """The function ``name`` of the LLVM IR module ``ir``, compiled for this CPU (once per process and name)."""
+    """The function ``name`` of the LLVM IR module ``ir``, compiled for this CPU (once per process and name).
+
+    Under a lock: llvmlite releases the GIL while compiling, and two threads compiling one name would each
+    store an engine, the second dropping (and freeing the code of) the first while its caller still holds
+    the function (found by review: a segfault with two threads on a new token count)."""
     found = _compiled.get(name)
+    if found is not None:
+        return found[0]
+    with _compiling:
+        return _compile_locked(name, ir, restype, argtypes)
+
+
+def _compile_locked(name: str, ir: str, restype, argtypes: list) -> ctypes._CFuncPtr:
+    found = _compiled.get(name)  # another thread may have compiled it while this one waited
     if found is None:
         module = llvm.parse_assembly(ir)
         module.verify()
@@ -97,9 +111,10 @@ class AddressedMatrix:
         self._cache_addresses()
 
     def matvec(self, x, bias, out=None):
-        """W @ x + bias for one float32 vector."""
+        """W @ x + bias for one float32 vector (``bias``: float32, the outputs long, or empty for none)."""
         import numpy as np
 
+        self._check(x, bias, 1)
         out = np.empty(self.shape[0], dtype=np.float32) if out is None else out
         self._run(x.reshape(1, -1), bias, out.reshape(1, -1))
         return out
@@ -108,6 +123,18 @@ class AddressedMatrix:
         """x @ W.T + bias for x (batch, in) float32 C-contiguous: (batch, out)."""
         import numpy as np
 
+        self._check(x, bias, 2)
         out = np.empty((x.shape[0], self.shape[0]), dtype=np.float32)
         self._run(x, bias, out)
         return out
+
+    def _check(self, x, bias, ndim: int) -> None:
+        """The kernels read raw memory: a wrong dtype, width or bias length would be read as if right."""
+        import numpy as np
+
+        if x.dtype != np.float32 or bias.dtype != np.float32 or not x.flags.c_contiguous:
+            raise TypeError(f"x and bias must be float32 and x C-contiguous, got {x.dtype} / {bias.dtype}")
+        if x.ndim != ndim or x.shape[-1] != self.shape[1] or bias.shape not in ((0,), (self.shape[0],)):
+            raise ValueError(f"a {self.shape[0]}x{self.shape[1]} matrix takes x of {ndim} dimensions, "
+                             f"{self.shape[1]} wide, and a bias of {self.shape[0]} or none; got x {tuple(x.shape)}, "
+                             f"bias {tuple(bias.shape)}")

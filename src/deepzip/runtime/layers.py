@@ -113,7 +113,20 @@ class _CompactLinear(nn.Module):
         self.matrix = matrix
         self.in_features, self.out_features = matrix.shape[1], matrix.shape[0]
         self.register_buffer("bias", None if bias is None else bias.detach().clone().float())
-        self._bias = _NO_BIAS if bias is None else self.bias.numpy()
+        self._view_bias()
+
+    def _view_bias(self) -> None:
+        """The kernels read the bias as a numpy view of the buffer: taken again whenever the buffer may be
+        another tensor (a copy, a loaded state_dict), or a copy would keep reading the old values."""
+        self._bias = _NO_BIAS if self.bias is None else self.bias.numpy()
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._view_bias()
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._view_bias()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self._batch_one(x)

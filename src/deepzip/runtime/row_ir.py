@@ -209,14 +209,15 @@ def kernel_ir(tokens: int) -> str:
     add("  %lanes = bitcast i16 %bit16 to <16 x i1>")
     add("  %vi = insertelement <16 x float> poison, float %val, i64 0")
     add("  %vs = shufflevector <16 x float> %vi, <16 x float> poison, <16 x i32> zeroinitializer")
-    add("  %delta = select <16 x i1> %lanes, <16 x float> %vs, <16 x float> zeroinitializer")
+    # only its lane takes the product (a masked FMA): 0 * inf in the other lanes would make NaN of an inf input
     add(f"  %xoff = mul i64 %krel, {LANES * tokens}")
     add("  %xk = getelementptr float, ptr %xb, i64 %xoff")
     for t in range(tokens):
         add(f"  %fxp{t} = getelementptr float, ptr %xk, i64 {LANES * t}")
         add(f"  %fxv{t} = load <16 x float>, ptr %fxp{t}, align 64")
-        add(f"  %fadd{t} = call <16 x float> @llvm.fma.v16f32(<16 x float> %delta, <16 x float> %fxv{t}, "
+        add(f"  %fma{t} = call <16 x float> @llvm.fma.v16f32(<16 x float> %vs, <16 x float> %fxv{t}, "
             f"<16 x float> %fix{t})")
+        add(f"  %fadd{t} = select <16 x i1> %lanes, <16 x float> %fma{t}, <16 x float> %fix{t}")
     add("  br label %fixnext")
     add("fixnext:")
     for t in range(tokens):

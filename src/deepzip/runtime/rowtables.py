@@ -83,7 +83,7 @@ def _runs(fn, codes, cstride, tables, tstride, xb, tokens, runs, r0, r1, bias, o
     for i in range(len(runs) - 1):
         k0, k1 = runs[i], runs[i + 1]
         fn(codes + np.uint64(BLOCK_BYTES * k0), cstride, tables, tstride, xb + np.uint64(4 * LANES * tokens * k0),
-           k1 - k0, r0, r1, bias if i == 0 else np.uint64(0), out, ldo, i, outliers[0], outliers[1], outliers[2], k0)
+           k1 - k0, r0, r1, bias if i == 0 else 0, out, ldo, i, outliers[0], outliers[1], outliers[2], k0)
 
 
 # Threads split a layer's rows (each writes its own output columns): numba's prange on its OpenMP layer,
@@ -232,7 +232,8 @@ class RowTableMatrix(jit.AddressedMatrix):
         return self.tables[0][index]
 
     def to_dense(self) -> torch.Tensor:
-        """The weight the kernel multiplies by: the codes' values, the exact outliers in place."""
+        """The weight the kernel multiplies by: the codes' values plus each outlier's correction (its exact
+        value minus the code's, in fp32: within one rounding of the exact value, not always bit for bit)."""
         dense = self.codes_dense()
         if self.outliers is not None:
             dense = dense + self.outliers.to_dense().numpy()

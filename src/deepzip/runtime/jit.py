@@ -14,9 +14,11 @@ import functools
 import threading
 
 import llvmlite.binding as llvm
+import numpy as np
 
 _compiled: dict[str, tuple] = {}  # name -> (ctypes function, module, engine): the engine owns the code
 _compiling = threading.Lock()
+_FLOAT32 = np.dtype(np.float32)  # numpy's built-in dtypes are singletons: an identity test suffices
 
 
 @functools.cache
@@ -112,8 +114,6 @@ class AddressedMatrix:
 
     def matvec(self, x, bias, out=None):
         """W @ x + bias for one float32 vector (``bias``: float32, the outputs long, or empty for none)."""
-        import numpy as np
-
         self._check(x, bias, 1)
         out = np.empty(self.shape[0], dtype=np.float32) if out is None else out
         self._run(x.reshape(1, -1), bias, out.reshape(1, -1))
@@ -121,18 +121,15 @@ class AddressedMatrix:
 
     def matmul(self, x, bias):
         """x @ W.T + bias for x (batch, in) float32 C-contiguous: (batch, out)."""
-        import numpy as np
-
         self._check(x, bias, 2)
         out = np.empty((x.shape[0], self.shape[0]), dtype=np.float32)
         self._run(x, bias, out)
         return out
 
     def _check(self, x, bias, ndim: int) -> None:
-        """The kernels read raw memory: a wrong dtype, width or bias length would be read as if right."""
-        import numpy as np
-
-        if x.dtype != np.float32 or bias.dtype != np.float32 or not x.flags.c_contiguous:
+        """The kernels read raw memory: a wrong dtype, width or bias length would be read as if right.
+        (Identity tests on the dtype and one flags read: ~0.3 us a call, where a 384x384 matvec takes ~25 us.)"""
+        if x.dtype is not _FLOAT32 or bias.dtype is not _FLOAT32 or not x.flags.c_contiguous:
             raise TypeError(f"x and bias must be float32 and x C-contiguous, got {x.dtype} / {bias.dtype}")
         if x.ndim != ndim or x.shape[-1] != self.shape[1] or bias.shape not in ((0,), (self.shape[0],)):
             raise ValueError(f"a {self.shape[0]}x{self.shape[1]} matrix takes x of {ndim} dimensions, "

@@ -37,14 +37,16 @@ def _halves(labels: list[int], offset: int) -> tuple[list[int], list[int], list[
     return first, second, result
 
 
-def reduce_lines(sources: dict[int, str], prefix: str) -> tuple[list[str], str, list[int]]:
-    """IR lines summing the lanes of each token's accumulator (``sources``: token -> its <16 x float> value;
+def reduce_lines(sources: dict[int, str], prefix: str, scalar: str = "float") -> tuple[list[str], str, list[int]]:
+    """IR lines summing the lanes of each token's accumulator (``sources``: token -> its <16 x ``scalar``>
+    value, ``scalar`` float or i32 (the int8 kernel's sums: the same tree, integer adds);
     a power of two of them, at most 16), new values named from ``prefix``: (lines, the result vector, the
     token of each of its lanes). Pairs of vectors are combined
     by two two-source shuffles and one add (each output lane adds two partial sums of one token), halving
     each token's lane count, until one vector holds them all; while a token still has several lanes (fewer
     than 16 tokens), the vector is folded onto itself, halving its width."""
     lines: list[str] = []
+    plus = "fadd" if scalar == "float" else "add"
     vectors = [(value, [t] * LANES) for t, value in sources.items()]
     serial = 0
     while len(vectors) > 1:
@@ -54,9 +56,9 @@ def reduce_lines(sources: dict[int, str], prefix: str) -> tuple[list[str], str, 
             fb, sb, rb = _halves(lb, LANES)
             v = f"{prefix}t{serial}"
             serial += 1
-            lines += [f"  {v}a = shufflevector <16 x float> {a}, <16 x float> {b}, <16 x i32> {_mask(fa + fb)}",
-                      f"  {v}b = shufflevector <16 x float> {a}, <16 x float> {b}, <16 x i32> {_mask(sa + sb)}",
-                      f"  {v} = fadd <16 x float> {v}a, {v}b"]
+            lines += [f"  {v}a = shufflevector <16 x {scalar}> {a}, <16 x {scalar}> {b}, <16 x i32> {_mask(fa + fb)}",
+                      f"  {v}b = shufflevector <16 x {scalar}> {a}, <16 x {scalar}> {b}, <16 x i32> {_mask(sa + sb)}",
+                      f"  {v} = {plus} <16 x {scalar}> {v}a, {v}b"]
             combined.append((v, ra + rb))
         vectors = combined
     vector, labels = vectors[0]
@@ -65,11 +67,11 @@ def reduce_lines(sources: dict[int, str], prefix: str) -> tuple[list[str], str, 
         first, second, labels = _halves(labels, 0)
         half, v = width // 2, f"{prefix}f{serial}"
         serial += 1
-        lines += [f"  {v}a = shufflevector <{width} x float> {vector}, <{width} x float> poison, <{half} x i32> "
+        lines += [f"  {v}a = shufflevector <{width} x {scalar}> {vector}, <{width} x {scalar}> poison, <{half} x i32> "
                   f"{_mask(first)}",
-                  f"  {v}b = shufflevector <{width} x float> {vector}, <{width} x float> poison, <{half} x i32> "
+                  f"  {v}b = shufflevector <{width} x {scalar}> {vector}, <{width} x {scalar}> poison, <{half} x i32> "
                   f"{_mask(second)}",
-                  f"  {v} = fadd <{half} x float> {v}a, {v}b"]
+                  f"  {v} = {plus} <{half} x {scalar}> {v}a, {v}b"]
         vector, width = v, half
     return lines, vector, labels
 
@@ -269,6 +271,138 @@ def kernel_ir(tokens: int) -> str:
         add(f"  store float %plus{i}, ptr {pointer}, align 4")
     add("  br label %next")
     add("next:")
+    add("  %rnext = add i64 %r, 1")
+    add("  br label %row")
+    add("done:")
+    add("  ret void")
+    add("}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ int8 kernel
+
+CHUNK = 64  # inputs an int8 step takes: one 512-bit register of int8 weights
+CHUNK_BYTES = CHUNK // 2  # byte j: input j's code (low nibble), input j + 32's (high nibble)
+
+_INT8_DECLARATIONS = """
+declare <64 x i8> @llvm.x86.avx512.pshuf.b.512(<64 x i8>, <64 x i8>)
+declare <16 x i32> @llvm.x86.avx512.vpdpbusd.512(<16 x i32>, <64 x i8>, <64 x i8>)
+"""
+
+
+def int8_unroll(tokens: int) -> int:
+    """Accumulators a token sums into, rotated each chunk: vpdpbusd's latency (5 cycles) needs about 8
+    independent chains in flight; rotating (not unrolling) them keeps a layer's chunks unpadded."""
+    return max(1, min(4, 8 // tokens))
+
+
+def int8_kernel_name(tokens: int) -> str:
+    return f"deepzip_rowtables_int8_{tokens}"
+
+
+def _splat(count: int, value, kind: str) -> str:
+    return "<" + ", ".join([f"{kind} {value}"] * count) + ">"
+
+
+def int8_kernel_ir(tokens: int) -> str:
+    """LLVM IR of the int8 kernel for ``tokens`` input rows (1..MAX_BLOCK):
+
+    void f(u8* codes, i64 cstride, i8* luts, i64 lstride, u8* xq, i64 chunks, i64 r0, i64 r1,
+           i32* correction, float* wscale, float* xscale, float* bias (or null), float* out, i64 ldo)
+
+    computes outputs r0..r1-1 of out[0:tokens, :] (row stride ``ldo``). Output r's codes are `CHUNK_BYTES`
+    a chunk of 64 inputs from codes + cstride * r; its table is the 64 bytes at luts + lstride * r (0: one
+    for all): the row's 16 int8 levels in each 128-bit lane, as ``vpshufb`` looks up within a lane. ``xq``
+    holds the quantized inputs (int8 + 128, uint8) chunk-major: chunk c of token t at xq + 64 * (tokens * c
+    + t). Per chunk: and, shift and a concatenation make 64 indices of 32 code bytes, one ``vpshufb`` the
+    64 int8 weights, one ``vpdpbusd`` a token (four uint8 x int8 products a lane) adds into its int32
+    accumulator. The row's sums are reduced across lanes as the fp32 kernel's (`reduce_lines`, on i32),
+    then out[t, r] = xscale[t] * (wscale[r] * float(sum - correction[r])) + bias[r], where correction[r] =
+    128 * the row's int8 weights' sum (over padded chunks too: padded inputs are 128, adding 128 * w).
+    The subtraction is in int32, exact (`panels.INT8_MAX_WIDTH` bounds the width).
+    """
+    accs = int8_unroll(tokens)
+    lines = [_INT8_DECLARATIONS]
+    add = lines.append
+    add(f"define void @{int8_kernel_name(tokens)}(ptr noalias %codes, i64 %cstride, ptr noalias %luts, i64 %lstride, "
+        "ptr noalias %xq, i64 %chunks, i64 %r0, i64 %r1, ptr noalias %correction, ptr noalias %wscale, "
+        "ptr noalias %xscale, ptr noalias %bias, ptr noalias %out, i64 %ldo) nounwind {")
+    add("entry:")
+    add("  %hasbias = icmp ne ptr %bias, null")
+    for t in range(tokens):
+        add(f"  %xsp{t} = getelementptr float, ptr %xscale, i64 {t}")
+        add(f"  %xs{t} = load float, ptr %xsp{t}, align 4")
+    add("  br label %row")
+    add("row:")
+    add("  %r = phi i64 [%r0, %entry], [%rnext, %store]")
+    add("  %more = icmp slt i64 %r, %r1")
+    add("  br i1 %more, label %start, label %done")
+    add("start:")
+    add("  %loff = mul i64 %r, %lstride")
+    add("  %lptr = getelementptr i8, ptr %luts, i64 %loff")
+    add("  %lut = load <64 x i8>, ptr %lptr, align 1")
+    add("  %coff = mul i64 %r, %cstride")
+    add("  %cfirst = getelementptr i8, ptr %codes, i64 %coff")
+    add("  br label %chunk")
+    add("chunk:")
+    add("  %k = phi i64 [0, %start], [%knext, %chunk]")
+    add("  %xptr = phi ptr [%xq, %start], [%xnext, %chunk]")
+    add("  %cptr = phi ptr [%cfirst, %start], [%cnext, %chunk]")
+    for t in range(tokens):
+        for u in range(accs):  # accumulator u takes u + 1's value next chunk, the last one the new sum
+            later = f"%acc{t}_{u + 1}" if u + 1 < accs else f"%sum{t}"
+            add(f"  %acc{t}_{u} = phi <16 x i32> [zeroinitializer, %start], [{later}, %chunk]")
+    add(f"  %c = load <{CHUNK_BYTES} x i8>, ptr %cptr, align 1")
+    add(f"  %lo = and <{CHUNK_BYTES} x i8> %c, {_splat(CHUNK_BYTES, 15, 'i8')}")
+    add(f"  %hi = lshr <{CHUNK_BYTES} x i8> %c, {_splat(CHUNK_BYTES, 4, 'i8')}")
+    add(f"  %idx = shufflevector <{CHUNK_BYTES} x i8> %lo, <{CHUNK_BYTES} x i8> %hi, <64 x i32> {_mask(list(range(CHUNK)))}")
+    add("  %w = call <64 x i8> @llvm.x86.avx512.pshuf.b.512(<64 x i8> %lut, <64 x i8> %idx)")
+    for t in range(tokens):
+        add(f"  %xp{t} = getelementptr i8, ptr %xptr, i64 {CHUNK * t}")
+        add(f"  %xv{t} = load <64 x i8>, ptr %xp{t}, align 64")
+        add(f"  %sum{t} = call <16 x i32> @llvm.x86.avx512.vpdpbusd.512(<16 x i32> %acc{t}_0, <64 x i8> %xv{t}, "
+            "<64 x i8> %w)")
+    add(f"  %cnext = getelementptr i8, ptr %cptr, i64 {CHUNK_BYTES}")
+    add(f"  %xnext = getelementptr i8, ptr %xptr, i64 {CHUNK * tokens}")
+    add("  %knext = add i64 %k, 1")
+    add("  %again = icmp slt i64 %knext, %chunks")
+    add("  br i1 %again, label %chunk, label %store")
+    add("store:")
+    add("  %cp = getelementptr i32, ptr %correction, i64 %r")
+    add("  %corr = load i32, ptr %cp, align 4")
+    add("  %wp = getelementptr float, ptr %wscale, i64 %r")
+    add("  %ws = load float, ptr %wp, align 4")
+    add("  %bp = getelementptr float, ptr %bias, i64 %r")
+    add("  %bsafe = select i1 %hasbias, ptr %bp, ptr %wscale")  # no bias: a harmless load, replaced by 0
+    add("  %bload = load float, ptr %bsafe, align 4")
+    add("  %b = select i1 %hasbias, float %bload, float 0.0")
+    sums = {}
+    for t in range(tokens):  # the exit values: the last chunk's sum and the accumulators it did not feed
+        total = f"%sum{t}"
+        for u in range(1, accs):
+            add(f"  %part{t}_{u} = add <16 x i32> {total}, %acc{t}_{u}")
+            total = f"%part{t}_{u}"
+        sums[t] = total
+    for g, group in enumerate(_groups(tokens)):
+        v = f"%g{g}"
+        reduced, vector, labels = reduce_lines({t: sums[t] for t in group}, f"{v}_", "i32")
+        lines += reduced
+        width = len(labels)
+        add(f"  {v}ci = insertelement <{width} x i32> poison, i32 %corr, i64 0")
+        add(f"  {v}cv = shufflevector <{width} x i32> {v}ci, <{width} x i32> poison, <{width} x i32> zeroinitializer")
+        add(f"  {v}d = sub <{width} x i32> {vector}, {v}cv")
+        add(f"  {v}f = sitofp <{width} x i32> {v}d to <{width} x float>")
+        add(f"  {v}wi = insertelement <{width} x float> poison, float %ws, i64 0")
+        add(f"  {v}wv = shufflevector <{width} x float> {v}wi, <{width} x float> poison, <{width} x i32> zeroinitializer")
+        add(f"  {v}e = fmul <{width} x float> {v}f, {v}wv")
+        for lane, t in enumerate(labels):
+            add(f"  %e{t} = extractelement <{width} x float> {v}e, i64 {lane}")
+            add(f"  %s{t} = fmul float %e{t}, %xs{t}")
+            add(f"  %y{t} = fadd float %s{t}, %b")
+            add(f"  %orow{t} = mul i64 %ldo, {t}")
+            add(f"  %oat{t} = add i64 %orow{t}, %r")
+            add(f"  %optr{t} = getelementptr float, ptr %out, i64 %oat{t}")
+            add(f"  store float %y{t}, ptr %optr{t}, align 4")
     add("  %rnext = add i64 %r, 1")
     add("  br label %row")
     add("done:")

@@ -38,22 +38,24 @@ import torch
 from . import jit
 from .kernels import PARALLEL_MIN_NNZ
 from .layers import SparseMatrix
-from .panels import MAX_BLOCK, blocks
-from .row_ir import BLOCK_BYTES, BLOCK_MULTIPLE, LANES, PAIR, kernel_ir, kernel_name
+from .panels import INT8_MAX, INT8_MAX_WIDTH, MAX_BLOCK, NEEDS as PANEL_NEEDS, _row_peaks, blocks, check_precision
+from .row_ir import (BLOCK_BYTES, BLOCK_MULTIPLE, CHUNK, CHUNK_BYTES, LANES, PAIR, int8_kernel_ir, int8_kernel_name,
+                     kernel_ir, kernel_name)
 from .threads import kernel_threads
 from ..quantize.sharing import shared_weight
 
 TABLE = 16  # values a 4-bit table holds
 NEEDS = ("avx512f",)
+INT8_NEEDS = PANEL_NEEDS["int8"]  # vpshufb (BW) and vpdpbusd (VNNI), as the int8 panels
 # Every output row reads all of a call's inputs again: they must stay in the L1 data cache (48 KB here), or
 # the kernel waits on L2 (384x1536 at 17 tokens: 104 KB of inputs, ~1.25x slower). Wide layers run in runs
 # of blocks whose inputs fit this budget, each run's sums added to the output.
 RUN_BYTES = 40 << 10
 
 
-def available() -> bool:
-    """Whether this CPU runs the row-table kernel."""
-    return jit.has(*NEEDS)
+def available(precision: str = "fp32") -> bool:
+    """Whether this CPU runs the row-table kernel at ``precision``."""
+    return jit.has(*(INT8_NEEDS if precision == "int8" else NEEDS))
 
 
 def eligible(codebook: torch.Tensor | None, pruned: bool) -> bool:
@@ -95,6 +97,57 @@ def _drive(fn, codes, cstride, tables, tstride, xb, tokens, runs, bounds, bias, 
               outliers)
 
 
+# The int8 kernel, typed with integer addresses as the fp32 one: codes, cstride, luts, lstride, xq, chunks,
+# r0, r1, correction, wscale, xscale, bias, out, ldo
+_INT8_WORDS = (ctypes.c_uint64, ctypes.c_int64, ctypes.c_uint64, ctypes.c_int64, ctypes.c_uint64) + (ctypes.c_int64,) * 3 \
+    + (ctypes.c_uint64,) * 5 + (ctypes.c_int64,)
+
+
+@functools.cache
+def int8_kernel(tokens: int):
+    """The compiled int8 kernel for ``tokens`` input rows (see `row_ir.int8_kernel_ir`), compiled on first use."""
+    return jit.compile_function(int8_kernel_name(tokens), int8_kernel_ir(tokens), None, list(_INT8_WORDS))
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _drive_int8(fn, codes, cstride, luts, lstride, xq, chunks, bounds, correction, wscale, xscale, bias, out, ldo):
+    for t in numba.prange(len(bounds) - 1):
+        fn(codes, cstride, luts, lstride, xq, chunks, bounds[t], bounds[t + 1], correction, wscale, xscale, bias,
+           out, ldo)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _quantize_chunk_major(x, start, stop, chunks, peaks, q, scales):
+    """Rows start..stop-1 of x as int8 + 128 (uint8) with each row's own scale (its peak |x| / 127, into
+    scales[row]), into q (flat, read as (chunks, stop - start, 64)): chunk c's 64 inputs of each row side by
+    side, inputs past the width 128 (zero). The rounding of `panels.quantize_rows`, so tests share it."""
+    width, tokens = x.shape[1], stop - start
+    for t in range(tokens):
+        r = start + t
+        scale = peaks[r] / np.float32(INT8_MAX) if peaks[r] > 0 else np.float32(1.0)
+        inverse = np.float32(1.0) / scale
+        scales[r] = scale
+        row = x[r]
+        for c in range(chunks):
+            first, at = c * CHUNK, (c * tokens + t) * CHUNK
+            count = max(0, min(CHUNK, width - first))
+            for j in range(count):  # x * inverse + 128 in [1, 255]: + 0.5 and truncation round it
+                q[at + j] = np.uint8(np.int32(row[first + j] * inverse + np.float32(128.5)))
+            for j in range(count, CHUNK):
+                q[at + j] = np.uint8(128)
+
+
+@numba.njit(cache=True, nogil=True)
+def _add_outliers(x, indptr, cols, values, out):
+    """out[t, r] += values[j] * x[t, cols[j]] for each CSR entry j of row r (the int8 kernel's exact outliers:
+    a handful a row, added in fp32 after it)."""
+    for r in range(len(indptr) - 1):
+        for j in range(indptr[r], indptr[r + 1]):
+            value, col = values[j], cols[j]
+            for t in range(x.shape[0]):
+                out[t, r] += value * x[t, col]
+
+
 @numba.njit(cache=True, nogil=True)
 def _block_major(x, start, stop, nblocks, xb):
     """xb (flat, read as (nblocks, stop - start, 16)) = rows start..stop-1 of x (rows, width), block k's 16
@@ -120,6 +173,35 @@ def pack(index: np.ndarray) -> np.ndarray:
     padded[:, :width] = index
     pairs = padded.reshape(rows, nblocks // PAIR, PAIR * LANES)
     return np.ascontiguousarray((pairs[:, :, :LANES] | (pairs[:, :, LANES:] << 4)).reshape(rows, -1))
+
+
+def pack_int8(index: np.ndarray) -> np.ndarray:
+    """Codes (rows, width) < 16 as (rows, chunks * 32) uint8 for the int8 kernel: chunk c (inputs 64c..64c+63),
+    byte j holding input 64c+j's code (low nibble) and 64c+32+j's (high); the width pads to a multiple of 64
+    with code 0 (its weights meet zero inputs, and the correction counts them)."""
+    rows, width = index.shape
+    chunks = -(-width // CHUNK)
+    padded = np.zeros((rows, chunks * CHUNK), np.uint8)
+    padded[:, :width] = index
+    halves = padded.reshape(rows, chunks, CHUNK)
+    return np.ascontiguousarray((halves[:, :, :CHUNK_BYTES] | (halves[:, :, CHUNK_BYTES:] << 4)).reshape(rows, -1))
+
+
+def unpack_int8(codes: np.ndarray, width: int | None = None) -> np.ndarray:
+    """The inverse of `pack_int8`: codes (rows, width) uint8 (all padded inputs where ``width`` is None)."""
+    rows = codes.shape[0]
+    both = codes.reshape(rows, -1, CHUNK_BYTES)
+    lanes = np.concatenate([both & 15, both >> 4], axis=2).reshape(rows, -1)
+    return np.ascontiguousarray(lanes if width is None else lanes[:, :width])
+
+
+def int8_tables(tables: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(levels (rows, 16) int8, scales (rows,) float32): each row's table ~= its scale times its levels in
+    [-127, 127], the scale its peak |value| / 127 (1 for an all-zero table)."""
+    peaks = np.abs(tables).max(axis=1)
+    scales = np.where(peaks > 0, peaks / INT8_MAX, 1.0).astype(np.float32)
+    levels = np.clip(np.rint(tables / scales[:, None]), -INT8_MAX, INT8_MAX).astype(np.int8)
+    return levels, scales
 
 
 def unpack(codes: np.ndarray, width: int) -> np.ndarray:
@@ -150,12 +232,18 @@ class RowTableMatrix(jit.AddressedMatrix):
     ``nbytes``, ``to_dense``)."""
 
     bits = 4
-    precision = "fp32"
     layout = "row tables"
+    precision = "fp32"  # the instance's own since int8 (matrices pickled before it read this)
 
-    def __init__(self, shape, index: np.ndarray, tables: np.ndarray, outliers: SparseMatrix | None = None):
+    def __init__(self, shape, index: np.ndarray, tables: np.ndarray, outliers: SparseMatrix | None = None,
+                 precision: str = "fp32"):
         """``index`` (rows, width) codes, ``tables`` (rows, k) or (k,) fp32 with k <= 16, ``outliers``
-        a CSR correction of the same shape (added to the codes' product) or None."""
+        a CSR correction of the same shape (added to the codes' product) or None. ``precision`` int8: each
+        row's table rounded to int8 with its own scale, the inputs quantized per row (`_run_int8`); the
+        outliers' correction is then to the int8 table's value (exact minus the dequantized code)."""
+        check_precision(precision)
+        if precision == "int8" and shape[1] > INT8_MAX_WIDTH:
+            raise ValueError(f"int8 row tables take at most {INT8_MAX_WIDTH} inputs (int32 sums), got {shape[1]}")
         tables = np.asarray(tables, np.float32)
         if tables.ndim not in (1, 2) or tables.shape[-1] > TABLE or (tables.ndim == 2 and len(tables) != shape[0]):
             raise ValueError(f"tables must be (k,) or ({shape[0]}, k) with k <= {TABLE}, got {tables.shape}")
@@ -167,12 +255,18 @@ class RowTableMatrix(jit.AddressedMatrix):
         if outliers is not None and outliers.cols.dtype != np.int32:  # the kernel reads int32 columns
             outliers = SparseMatrix(outliers.shape, outliers.indptr, outliers.cols.astype(np.int32), values=outliers.values)
         self.shape = tuple(shape)
+        self.precision = precision
         self.nnz = self.shape[0] * self.shape[1]
         self.per_row = int(tables.ndim == 2)
         self.tables = np.zeros((tables.shape[0] if self.per_row else 1, TABLE), np.float32)
         self.tables[:, : tables.shape[-1]] = tables
-        self.codes = pack(np.asarray(index, np.uint8))
-        self.blocks = self.codes.shape[1] // BLOCK_BYTES
+        index = np.asarray(index, np.uint8)
+        if precision == "int8":
+            self._init_int8(index)
+            outliers = self._int8_outliers(index, outliers)
+        else:
+            self.codes = pack(index)
+            self.blocks = self.codes.shape[1] // BLOCK_BYTES
         self.outliers = outliers
         self._thread_bounds: dict[int, np.ndarray] = {}
         self._block_runs: dict[int, np.ndarray] = {}
@@ -180,10 +274,42 @@ class RowTableMatrix(jit.AddressedMatrix):
         self.cstride, self.tstride = self.codes.shape[1], TABLE if self.per_row else 0
         self._cache_addresses()
 
+    def _init_int8(self, index: np.ndarray) -> None:
+        """The int8 kernel's arrays: codes (`pack_int8`), each row's levels replicated in the four 128-bit
+        lanes (``vpshufb`` looks up within a lane), the rows' scales and corrections (128 * the row's int8
+        weights' sum over the padded width: the quantized inputs are q + 128, padded ones 128)."""
+        levels, scales = int8_tables(self.tables)
+        self.levels = levels
+        self.luts = np.ascontiguousarray(np.tile(levels, (1, 4)))
+        self.codes = pack_int8(index)
+        self.chunks = self.codes.shape[1] // CHUNK_BYTES
+        self.blocks = self.chunks  # nonzero where there are inputs (`_run`)
+        weights = np.take_along_axis(np.broadcast_to(levels.astype(np.int64), (self.shape[0], TABLE)),
+                                     unpack_int8(self.codes).astype(np.int64), axis=1)
+        self.correction = (128 * weights.sum(axis=1)).astype(np.int32)
+        self.weight_scales = np.ascontiguousarray(np.broadcast_to(scales, (self.shape[0],)), np.float32)
+        self.lstride = CHUNK if self.per_row else 0
+
+    def _int8_outliers(self, index: np.ndarray, outliers: SparseMatrix | None) -> SparseMatrix | None:
+        """The outliers' correction to the int8 codes: (exact - fp32 code value) + (fp32 code value -
+        dequantized int8 code value), so that codes plus correction is the exact weight again."""
+        if outliers is None:
+            return None
+        rows = np.repeat(np.arange(self.shape[0]), np.diff(outliers.indptr))
+        cols = outliers.cols.astype(np.int64)
+        table_rows = rows if self.per_row else np.zeros_like(rows)
+        codes = index[rows, cols].astype(np.int64)
+        fp32 = self.tables[table_rows, codes].astype(np.float64)
+        dequantized = self.weight_scales[rows].astype(np.float64) * self.levels[table_rows, codes]
+        values = (outliers.values.astype(np.float64) + fp32 - dequantized).astype(np.float32)
+        return SparseMatrix(outliers.shape, outliers.indptr, outliers.cols, values=values)
+
     def _cache_addresses(self) -> None:
         """Addresses read on every call (numpy's ``.ctypes`` costs ~1 us each), valid while self holds
         the arrays; a copy (deepcopy, pickle) takes them anew (`__setstate__`), never the original's."""
         self._codes_at, self._tables_at = self.codes.ctypes.data, self.tables.ctypes.data
+        if self.precision == "int8":
+            self._int8_at = (self.luts.ctypes.data, self.correction.ctypes.data, self.weight_scales.ctypes.data)
         if self.outliers is None:  # every row's entries empty: an all-zero row pointer, shared by layers
             self._outliers_at = np.array([_no_entries(self.shape[0]).ctypes.data, 0, 0], np.uint64)
         else:
@@ -198,10 +324,11 @@ class RowTableMatrix(jit.AddressedMatrix):
 
     @classmethod
     def from_index(cls, codebook: torch.Tensor, index: torch.Tensor, mask: torch.Tensor | None = None,
-                   outlier_mask: torch.Tensor | None = None, outliers: torch.Tensor | None = None) -> "RowTableMatrix":
+                   outlier_mask: torch.Tensor | None = None, outliers: torch.Tensor | None = None,
+                   precision: str = "fp32") -> "RowTableMatrix":
         """From a layer's sharing state: ``codebook`` [k] or [rows, k], ``index`` of the weight's shape,
         ``mask`` (pruned weights: an extra code of value +0.0) and the exact outliers (``outlier_mask``,
-        their values in row-major order) or None."""
+        their values in row-major order) or None; ``precision`` fp32 or int8 (`__init__`)."""
         rows = index.shape[0]
         tables = codebook.detach().float().cpu().numpy()
         idx = index.reshape(rows, -1).cpu().numpy().astype(np.int64)
@@ -215,21 +342,35 @@ class RowTableMatrix(jit.AddressedMatrix):
         correction = None
         if outlier_mask is not None:
             correction = _outlier_correction(codebook, index, mask, outlier_mask, outliers)
-        return cls((rows, idx.shape[1]), idx.astype(np.uint8), tables, correction)
+        return cls((rows, idx.shape[1]), idx.astype(np.uint8), tables, correction, precision)
 
     def nbytes(self) -> int:
-        return self.codes.nbytes + self.tables.nbytes + (0 if self.outliers is None else self.outliers.nbytes())
+        """The bytes a call reads: codes and tables (int8: the replicated levels, scales and corrections;
+        the fp32 tables stay only for `to_dense` of the fp32 weight) plus the outliers."""
+        outliers = 0 if self.outliers is None else self.outliers.nbytes()
+        if self.precision == "int8":
+            return self.codes.nbytes + self.luts.nbytes + self.correction.nbytes + self.weight_scales.nbytes + outliers
+        return self.codes.nbytes + self.tables.nbytes + outliers
 
     def index(self) -> np.ndarray:
         """The codes as (rows, width) uint8 indices into the row tables."""
+        if self.precision == "int8":
+            return unpack_int8(self.codes, self.shape[1])
         return unpack(self.codes, self.shape[1])
+
+    def row_tables(self) -> np.ndarray:
+        """The values the kernel multiplies by, (rows or 1, 16): the fp32 tables, or int8's levels times
+        each row's scale (one table for all rows: the first row's scale is every row's)."""
+        if self.precision == "int8":
+            return self.levels.astype(np.float32) * self.weight_scales[: len(self.levels), None]
+        return self.tables
 
     def codes_dense(self) -> np.ndarray:
         """The weight the codes alone stand for (without the outliers' correction)."""
-        index = self.index()
+        index, tables = self.index(), self.row_tables()
         if self.per_row:
-            return np.take_along_axis(self.tables, index.astype(np.int64), axis=1)
-        return self.tables[0][index]
+            return np.take_along_axis(tables, index.astype(np.int64), axis=1)
+        return tables[0][index]
 
     def to_dense(self) -> torch.Tensor:
         """The weight the kernel multiplies by: the codes' values plus each outlier's correction (its exact
@@ -244,6 +385,9 @@ class RowTableMatrix(jit.AddressedMatrix):
         # addresses cached, no array views made (numpy's .ctypes and slicing cost ~1 us each)
         if self.blocks == 0:  # no inputs: the output is the bias
             out[...] = bias if len(bias) else 0.0
+            return
+        if self.precision == "int8":
+            self._run_int8(x, bias, out)
             return
         rows, outputs, ldo = x.shape[0], self.shape[0], out.shape[1]
         bias_at = bias.ctypes.data if len(bias) else 0  # a null address: no bias
@@ -263,6 +407,33 @@ class RowTableMatrix(jit.AddressedMatrix):
             else:
                 _drive(function, self._codes_at, self.cstride, self._tables_at, self.tstride, buffer_at, tokens,
                        self._runs_for(tokens), bounds, bias_at, at, ldo, self._outliers_at)
+
+    def _run_int8(self, x: np.ndarray, bias: np.ndarray, out: np.ndarray) -> None:
+        """Each block of tokens quantized chunk-major into this thread's scratch, then the int8 kernel (all
+        inputs at once: a token's uint8 inputs are a quarter of fp32's, 17 x 1536 in 26 KB of L1), then the
+        outliers in fp32."""
+        rows, ldo = x.shape[0], out.shape[1]
+        peaks = np.empty(rows, np.int32)
+        _row_peaks(x.view(np.int32), peaks)
+        scales = np.empty(rows, np.float32)
+        buffer, buffer_at = _scratch(self.chunks * min(rows, MAX_BLOCK) * (CHUNK // 4))
+        quantized = buffer.view(np.uint8)
+        luts_at, correction_at, wscale_at = self._int8_at
+        bias_at, out_at, scales_at = bias.ctypes.data if len(bias) else 0, out.ctypes.data, scales.ctypes.data
+        bounds = self._bounds()
+        for start, stop in blocks(rows):
+            tokens = stop - start
+            _quantize_chunk_major(x, start, stop, self.chunks, peaks.view(np.float32), quantized, scales)
+            function = int8_kernel(tokens)
+            at, xscale_at = out_at + 4 * start * ldo, scales_at + 4 * start
+            if bounds is None:
+                function(self._codes_at, self.cstride, luts_at, self.lstride, buffer_at, self.chunks, 0, self.shape[0],
+                         correction_at, wscale_at, xscale_at, bias_at, at, ldo)
+            else:
+                _drive_int8(function, self._codes_at, self.cstride, luts_at, self.lstride, buffer_at, self.chunks,
+                            bounds, correction_at, wscale_at, xscale_at, bias_at, at, ldo)
+        if self.outliers is not None:
+            _add_outliers(x, self.outliers.indptr, self.outliers.cols, self.outliers.values, out)
 
     def _plan(self, tokens: int) -> tuple:
         """(the kernel, [(first block, end block, accumulate) of each run]) for a call of ``tokens`` rows."""

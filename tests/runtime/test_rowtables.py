@@ -14,7 +14,8 @@ import deepzip
 from deepzip import runtime
 from deepzip.quantize import WeightedKMeans, install
 from deepzip.quantize.sharing import outliers as outliers_of, shared_weight
-from deepzip.runtime import jit, row_ir, rowtables
+from deepzip.runtime import jit, panels, row_ir, rowtables
+from deepzip.runtime.chain import Unsupported
 from deepzip.runtime.rowtables import RowTableMatrix
 
 pytestmark = pytest.mark.skipif(not rowtables.available(), reason="the row-table kernel needs AVX-512F")
@@ -294,3 +295,166 @@ def test_a_copied_layer_reads_the_bias_a_state_dict_loads():
     for twin in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
         twin.load_state_dict({"bias": torch.full((4,), 5.0)})
         torch.testing.assert_close(twin(x), layer(x) + 5.0)
+
+
+# ---------------------------------------------------------------------------------------------- int8
+# precision="int8": each row's table on its own int8 grid, inputs quantized per row, vpshufb + vpdpbusd,
+# exact outliers added in fp32 after the kernel
+
+needs_int8 = pytest.mark.skipif(not rowtables.available("int8"), reason="int8 row tables need AVX-512 BW + VNNI")
+
+
+def integer_reference(matrix, x, bias):
+    """What the kernel computes, from the same int8 levels and the same quantized inputs: the exact integer
+    product (int64), scaled by each input row's and each output row's scale, plus the bias and the
+    outliers' fp32 correction."""
+    width = matrix.shape[1]
+    q, scales = panels.quantize_rows(x, width, 1.0)  # the kernel's rounding (its quantizer shares it)
+    levels = matrix.levels.astype(np.int64)
+    index = matrix.index().astype(np.int64)
+    weights = np.take_along_axis(levels, index, axis=1) if matrix.per_row else levels[0][index]
+    integer = (q.astype(np.int64) - 128) @ weights.T
+    want = scales[:, None].astype(np.float64) * matrix.weight_scales[None, :].astype(np.float64) * integer
+    if matrix.outliers is not None:
+        want += x.astype(np.float64) @ matrix.outliers.to_dense().numpy().astype(np.float64).T
+    return want + (bias if len(bias) else 0)
+
+
+@needs_int8
+@pytest.mark.parametrize("rows, width", [(5, 7), (40, 70), (64, 384), (33, 1537)])
+@pytest.mark.parametrize("tokens", [1, 17, 30])
+def test_int8_row_tables_are_exact_integer_products_with_each_rows_scale(rows, width, tokens):
+    codebook, index, _, _, _ = per_row_state(rows, width, seed=rows + width)
+    matrix = RowTableMatrix.from_index(codebook, index, precision="int8")
+    assert matrix.precision == "int8" and matrix.levels.shape == (rows, 16)
+    x = np.random.default_rng(tokens).standard_normal((tokens, width)).astype(np.float32) * 3
+    bias = np.random.default_rng(1).standard_normal(rows).astype(np.float32)
+    for b in (bias, NO_BIAS):
+        got = run(matrix, x, b)
+        assert got.shape == (tokens, rows)
+        want = integer_reference(matrix, x, b)
+        # equal but for fp32's rounding of the int32 -> float conversion and the two scalings
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@needs_int8
+def test_int8_row_tables_stay_within_int8_rounding_of_the_fp32_weight():
+    """Against the fp32 per-row weight: each row's levels are within half its scale, and the products within
+    int8 dynamic quantization's error (reported: the worst error relative to the output's peak)."""
+    codebook, index, _, _, _ = per_row_state(384, 384, seed=3)
+    matrix = RowTableMatrix.from_index(codebook, index, precision="int8")
+    dense = shared_weight(codebook, index).numpy()
+    assert np.abs(matrix.to_dense().numpy() - dense).max(axis=1).tolist() <= \
+        (matrix.weight_scales / 2 + 1e-6).tolist()
+    x = np.random.default_rng(2).standard_normal((17, 384)).astype(np.float32)
+    exact = x.astype(np.float64) @ dense.T.astype(np.float64)
+    error = np.abs(matrix.matmul(x, NO_BIAS) - exact).max() / np.abs(exact).max()
+    print(f"int8 row tables, 384x384 at 17 tokens: max error / peak output = {error:.4f}")
+    assert 1e-4 < error < 0.02  # int8 rounding: neither exact nor worse than a few scales
+
+
+@needs_int8
+@pytest.mark.parametrize("tokens", [1, 17, 30])
+def test_outliers_are_exact_fp32_corrections_to_the_int8_codes(tokens):
+    codebook, index, mask, outlier_mask, values = per_row_state(48, 100, k=15, seed=5, outlier_share=0.03, pruned=0.2)
+    matrix = RowTableMatrix.from_index(codebook, index, mask, outlier_mask, values, precision="int8")
+    exact = shared_weight(codebook, index, mask, outlier_mask, values).numpy()
+    # codes plus correction are the exact weight again at the outliers (values ~10x the tables')
+    dense = matrix.to_dense().numpy()
+    positions = outlier_mask.numpy()
+    np.testing.assert_allclose(dense[positions], exact[positions], rtol=1e-6, atol=1e-5)
+    x = np.random.default_rng(tokens).standard_normal((tokens, 100)).astype(np.float32)
+    bias = np.random.default_rng(6).standard_normal(48).astype(np.float32)
+    got = run(matrix, x, bias)
+    want = integer_reference(matrix, x, bias)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    reference = x.astype(np.float64) @ exact.T.astype(np.float64) + bias
+    assert np.abs(got - reference).max() < 0.02 * np.abs(reference).max()
+
+
+@needs_int8
+def test_one_table_for_all_rows_is_broadcast_in_int8():
+    table = np.linspace(-1, 1, 16, dtype=np.float32)
+    index = np.random.default_rng(7).integers(0, 16, (20, 130)).astype(np.uint8)
+    matrix = RowTableMatrix((20, 130), index, table, precision="int8")
+    assert matrix.per_row == 0 and matrix.lstride == 0 and matrix.weight_scales.shape == (20,)
+    x = np.random.default_rng(8).standard_normal((17, 130)).astype(np.float32)
+    want = integer_reference(matrix, x, NO_BIAS)
+    np.testing.assert_allclose(matrix.matmul(x, NO_BIAS), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@needs_int8
+def test_int8_kernel_looks_64_codes_up_and_multiplies_by_vpdpbusd():
+    """One vpshufb per 64 codes, one vpdpbusd a token, no gathers (for 1, 17 and 24 tokens)."""
+    for tokens in (1, 17, 24):
+        code = jit.assembly(row_ir.int8_kernel_ir(tokens))
+        assert "vpshufb" in code and "vpdpbusd" in code and "gather" not in code
+
+
+@needs_int8
+def test_int8_layout_and_limits():
+    index = np.random.default_rng(9).integers(0, 16, (3, 70)).astype(np.uint8)
+    packed = rowtables.pack_int8(index)
+    assert packed.shape == (3, 64)  # 70 inputs pad to two chunks of 64: 32 bytes each
+    assert np.array_equal(rowtables.unpack_int8(packed, 70), index)
+    assert (rowtables.unpack_int8(packed)[:, 70:] == 0).all()
+    levels, scales = rowtables.int8_tables(np.array([[0.5, -1.27], [0.0, 0.0]], np.float32))
+    assert levels.tolist() == [[50, -127], [0, 0]] and scales.tolist() == pytest.approx([0.01, 1.0])
+    with pytest.raises(ValueError, match="at most 66311 inputs"):
+        RowTableMatrix((1, panels.INT8_MAX_WIDTH + 1), np.zeros((1, panels.INT8_MAX_WIDTH + 1), np.uint8),
+                       np.zeros(16, np.float32), precision="int8")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        RowTableMatrix((1, 4), np.zeros((1, 4), np.uint8), np.zeros(16, np.float32), precision="int4")
+    empty = RowTableMatrix((3, 0), np.zeros((3, 0), np.uint8), np.zeros((3, 16), np.float32), precision="int8")
+    assert empty.matmul(np.zeros((2, 0), np.float32), np.ones(3, np.float32)).tolist() == [[1.0] * 3] * 2
+
+
+@needs_int8
+@needs_two_numba_threads
+def test_int8_threads_agree_with_one():
+    # 307,200 weights: threads split the rows
+    codebook, index, _, outlier_mask, values = per_row_state(200, 1536, seed=6, outlier_share=0.005)
+    matrix = RowTableMatrix.from_index(codebook, index, None, outlier_mask, values, precision="int8")
+    x = np.random.default_rng(10).standard_normal((17, 1536)).astype(np.float32)
+    bias = np.random.default_rng(11).standard_normal(200).astype(np.float32)
+    one = matrix.matmul(x, bias), matrix.matvec(x[0], bias)
+    torch.set_num_threads(2)
+    try:
+        two = matrix.matmul(x, bias), matrix.matvec(x[0], bias)
+        assert matrix._bounds().tolist() == [0, 100, 200]
+    finally:
+        torch.set_num_threads(1)
+    assert np.array_equal(one[0], two[0]) and np.array_equal(one[1], two[1])
+    want = integer_reference(matrix, x, bias)
+    np.testing.assert_allclose(one[0], want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@needs_int8
+def test_int8_copies_run_on_their_own_arrays():
+    codebook, index, _, outlier_mask, values = per_row_state(40, 24, seed=8, outlier_share=0.05)
+    original = RowTableMatrix.from_index(codebook, index, None, outlier_mask, values, precision="int8")
+    x = np.random.default_rng(12).standard_normal((17, 24)).astype(np.float32)
+    want = original.matmul(x, NO_BIAS)
+    for copied in (copy.deepcopy(original), pickle.loads(pickle.dumps(original))):
+        assert copied._int8_at[0] == copied.luts.ctypes.data != original._int8_at[0]
+        assert np.array_equal(copied.matmul(x, NO_BIAS), want)
+
+
+@needs_int8
+def test_convert_and_load_at_int8_run_per_row_codebooks_in_int8(tmp_path):
+    model = minilm_like()
+    x = torch.randn(17, 96)
+    with torch.no_grad():
+        expected = model(x)
+    fast = runtime.convert(copy.deepcopy(model), mode="codes", precision="int8")
+    assert [d["codes_kernel"] for d in runtime.decisions(fast)] == ["row tables int8 + outliers"] * 3
+    assert "row tables, int8" in repr(fast)
+    for batch in (x, x[:1]):
+        got = fast(batch)
+        assert (got - expected[: len(batch)]).abs().max() < 0.03 * expected.abs().max()
+    deepzip.save(model, tmp_path / "m.dz")
+    loaded = runtime.load(tmp_path / "m.dz", minilm_like(seed=1), mode="codes", precision="int8")
+    assert [d["codes_kernel"] for d in runtime.decisions(loaded)] == ["row tables int8 + outliers"] * 3
+    torch.testing.assert_close(loaded(x), fast(x))
+    with pytest.raises(Unsupported, match="precision='int8'"):  # the chain multiplies in fp32
+        runtime.convert(copy.deepcopy(model), example=x, mode="codes", fuse="on", precision="int8")

@@ -380,9 +380,9 @@ class _Builder:
 def _row_codes(matrix) -> CodedMatrix:
     """A coded layer's codes in the row layout the chain's op reads (panels are repacked; the chain keeps
     its own copy of every weight anyway)."""
+    if isinstance(matrix, (PanelMatrix, RowTableMatrix)) and matrix.precision != "fp32":
+        raise Unsupported(f"a layer run at precision={matrix.precision!r} (the chain multiplies in fp32)")
     if isinstance(matrix, PanelMatrix):
-        if matrix.precision != "fp32":
-            raise Unsupported(f"a layer run at precision={matrix.precision!r} (the chain multiplies in fp32)")
         return CodedMatrix.from_index(torch.from_numpy(matrix.table), torch.from_numpy(matrix.index()))
     if isinstance(matrix, RowTableMatrix):
         if matrix.outliers is not None:

@@ -173,12 +173,13 @@ def _codes_min_bytes(layer: nn.Module) -> int:
 
 def _codes_kernel(matrix) -> str:
     """How a layer's dense codes run: ``panels fp32`` / ``panels int8`` (`runtime.panels`), ``row tables``
-    / ``row tables + outliers`` (`runtime.rowtables`: a table per row, exact outliers as a CSR term) or
-    ``rows`` (`runtime.codes`)."""
+    / ``row tables + outliers`` (`runtime.rowtables`: a table per row, exact outliers as a CSR term; int8:
+    ``row tables int8`` / ``row tables int8 + outliers``) or ``rows`` (`runtime.codes`)."""
     if isinstance(matrix, panels.PanelMatrix):
         return f"panels {matrix.precision}"
     if isinstance(matrix, rowtables.RowTableMatrix):
-        return "row tables" + (" + outliers" if matrix.outliers is not None else "")
+        precision = " int8" if matrix.precision == "int8" else ""
+        return "row tables" + precision + (" + outliers" if matrix.outliers is not None else "")
     return "rows"
 
 
@@ -188,14 +189,15 @@ def coded_matrix(codebook: torch.Tensor, index: torch.Tensor, mask: torch.Tensor
     """A weight-shared layer's dense codes: in panels (`runtime.panels`: one codebook of at most 16 values,
     no outliers, on a CPU with AVX-512; ``precision`` applies there), else in row tables (`runtime.rowtables`:
     at most 16 values a row, exact outliers (``outliers``: (outlier mask, exact values)) as a CSR term;
-    AVX-512, fp32), else rows (`runtime.codes`, fp32). Raises ValueError where none of them fits."""
+    AVX-512; ``precision`` applies there too), else rows (`runtime.codes`, fp32). Raises ValueError where
+    none of them fits."""
     pruned = mask is not None and not bool(mask.all())
     has_outliers = outliers is not None
     precision = panels.precision_for(index[0].numel(), precision)
     if panels.eligible(codebook, has_outliers, pruned) and panels.available(precision):
         return panels.PanelMatrix.from_index(codebook, index, mask, precision)
     if rowtables.eligible(codebook, pruned) and rowtables.available():
-        return rowtables.RowTableMatrix.from_index(codebook, index, mask, *(outliers or (None, None)))
+        return rowtables.RowTableMatrix.from_index(codebook, index, mask, *(outliers or (None, None)), precision=precision)
     if has_outliers:
         raise ValueError("exact outliers run from codes only in row tables: at most 16 values a row "
                          f"(15 with pruned weights), on a CPU with {', '.join(rowtables.NEEDS)}")
@@ -248,10 +250,10 @@ def convert(model: nn.Module, example: torch.Tensor | None = None, mode: str = "
     mode. If anything raises, the model is left as it was.
     ``device``: ``cpu`` (numba kernels), or ``cuda`` (Triton kernels or cuBLAS per layer; see
     `runtime.gpu`): the model moves there, the converted layers' weights go there compact.
-    ``precision``: how a weight-shared layer run from its 4-bit codes in panels multiplies (`runtime.panels`):
-    fp32 (exact up to fp32 reassociation), or int8 (the codebook on an int8 grid, each input row
-    quantized to int8 as dynamic int8 quantization does; ~2x faster at small batches, needs AVX-512 VNNI).
-    Other layers stay fp32.
+    ``precision``: how a weight-shared layer run from its 4-bit codes in panels (`runtime.panels`) or row
+    tables (`runtime.rowtables`) multiplies: fp32 (exact up to fp32 reassociation), or int8 (the codebook,
+    or each row's table, on an int8 grid, each input row quantized to int8 as dynamic int8 quantization
+    does; needs AVX-512 VNNI). Other layers stay fp32.
     """
     _check_mode(mode, device, fuse, example, precision)
     cuda = _cuda(device)
@@ -356,7 +358,7 @@ def _check_mode(mode: str, device: str | torch.device = "cpu", fuse: str = "auto
         raise ValueError("fuse='on' needs an example input: the chain is planned for the example's shape")
     panels.check_precision(precision)
     if precision != "fp32" and torch.device(device).type != "cpu":
-        raise ValueError(f"precision={precision!r} is the CPU runtime's panel kernels'; on cuda use precision='fp32'")
+        raise ValueError(f"precision={precision!r} is the CPU runtime's panel and row-table kernels'; on cuda use precision='fp32'")
     if mode == "codes" and torch.device(device).type != "cpu":
         raise ValueError("mode 'codes' is the CPU runtime's; on cuda use auto (it picks dense codes where they "
                          "win), sparse or dense")

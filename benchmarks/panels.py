@@ -13,7 +13,8 @@ product of the quantized operands). --quick: one shape, few repeats, prints only
 A second table: the pretrained pipeline's format (`WeightedKMeans`: a 16-value codebook per output row,
 optionally 0.5% exact outliers) on the same shapes and rows: torch fp32, the gather-based row kernels
 (`runtime.codes.CodedMatrix`), and the row-table kernel (`runtime.rowtables.RowTableMatrix`, without and
-with the outliers' CSR correction).
+with the outliers' CSR correction), fp32 and int8 (`precision="int8"`: each row's table on its own int8
+grid, inputs quantized per row, `vpdpbusd`; the outliers added in fp32 after the kernel).
 """
 
 from __future__ import annotations
@@ -87,6 +88,12 @@ def per_row_contenders(outputs: int, inputs: int) -> tuple[dict, dict, np.ndarra
         fns["row tables"] = lambda x: plain.matmul(x, bias)
         fns[f"row tables + {OUTLIERS:.1%} outliers"] = lambda x: with_outliers.matmul(x, bias)
         weights["row tables"], weights[f"row tables + {OUTLIERS:.1%} outliers"] = weight, exact
+    if rowtables.available("int8"):
+        plain8 = rowtables.RowTableMatrix((outputs, inputs), index, tables, precision="int8")
+        outliers8 = rowtables.RowTableMatrix((outputs, inputs), index, tables, correction, precision="int8")
+        fns["row tables int8"] = lambda x: plain8.matmul(x, bias)
+        fns[f"row tables int8 + {OUTLIERS:.1%} outliers"] = lambda x: outliers8.matmul(x, bias)
+        weights["row tables int8"], weights[f"row tables int8 + {OUTLIERS:.1%} outliers"] = weight, exact
     return fns, weights, bias
 
 
@@ -149,10 +156,12 @@ def render(rows: list[dict], per_row: list[dict]) -> str:
         "AMX: tiles (`tdpbusd`). Written by `benchmarks/panels.py`.\n",
         _table(rows),
         "\n## A codebook per row (the pretrained pipeline's `WeightedKMeans` format)\n",
-        "The same shapes with a random 16-value codebook per output row, fp32 throughout: the gather-based row "
+        "The same shapes with a random 16-value codebook per output row: the gather-based row "
         "kernels (`runtime.codes`), the row-table kernel (`runtime.rowtables`: the row's table in a register, "
         f"`vpermps`), and the row tables with {OUTLIERS:.1%} of the weights exact (a CSR correction the kernel adds "
-        "before its reduction; torch multiplies that exact weight).\n",
+        "before its reduction; torch multiplies that exact weight). `row tables int8`: each row's table on its own "
+        "int8 grid, each input row quantized to int8, `vpshufb` + `vpdpbusd` (the outliers added in fp32 after the "
+        "kernel).\n",
         _table(per_row)])
 
 

@@ -5,7 +5,8 @@
 
 Every Linear layer weight-shared as `compress-pretrained` does it (`WeightedKMeans`: a 4-bit codebook per
 output row, a share of the weights kept exact; importance uniform here: the calibration statistics change
-the codebooks, not the layers' format or speed), then `runtime.convert` with the sentence as the example
+the codebooks, not the layers' format or speed), then `runtime.convert` (fp32, and int8 where the CPU has
+AVX-512 VNNI) with the sentence as the example
 (calibration keeps each layer's fastest form) and with ``mode="codes"`` (every Linear from its codes: the
 row-table kernel, `runtime.rowtables`), timed against the fp32 model (torch, MKL) and a second copy of it
 (the noise between two identical models), interleaved. Reports the speedups, the kernels chosen and the
@@ -29,6 +30,7 @@ import deepzip
 from _common import RESULTS, table, write_results
 from deepzip import runtime
 from deepzip.quantize import WeightedKMeans
+from deepzip.runtime import rowtables
 from deepzip.runtime.timing import interleaved
 
 SENTENCE = "The quick brown fox jumps over the lazy dog near the quiet river bank."  # as benchmarks/runtime.py
@@ -88,18 +90,23 @@ def measure(source: str | None, quick: bool, repeats: int, outliers: float) -> d
         want = shared(ids).last_hidden_state  # the weight-shared model, run densely by torch
     auto = runtime.convert(copy.deepcopy(shared), example=ids)
     codes = runtime.convert(copy.deepcopy(shared), example=ids, mode="codes", fuse="off")
+    models = {"deepzip auto": auto, "deepzip codes": codes}
+    if rowtables.available("int8"):  # each row's table on an int8 grid, inputs quantized per row
+        models["deepzip auto int8"] = runtime.convert(copy.deepcopy(shared), example=ids, precision="int8")
+        models["deepzip codes int8"] = runtime.convert(copy.deepcopy(shared), example=ids, mode="codes", fuse="off",
+                                                       precision="int8")
     control = copy.deepcopy(fp32)
-    times = interleaved({"torch fp32": lambda: fp32(ids), "deepzip auto": lambda: auto(ids),
-                         "deepzip codes": lambda: codes(ids), "torch fp32 again": lambda: control(ids)},
-                        repeats=repeats)
+    calls = {"torch fp32": lambda: fp32(ids)}
+    calls.update({name: (lambda m=m: m(ids)) for name, m in models.items()})
+    calls["torch fp32 again"] = lambda: control(ids)
+    times = interleaved(calls, repeats=repeats)
     with torch.inference_mode():
-        errors = {n: float((m(ids).last_hidden_state - want).abs().max()) for n, m in (("deepzip auto", auto),
-                                                                                       ("deepzip codes", codes))}
+        errors = {n: float((m(ids).last_hidden_state - want).abs().max()) for n, m in models.items()}
     return {"model": name, "tokens": int(ids.shape[1]), "threads": 1, "outliers": outliers, "repeats": repeats,
             "seconds": times, "speedup": {k: times["torch fp32"] / v for k, v in times.items()},
             "max_abs_diff_vs_weight_shared_dense": errors,
-            "kernels": {"deepzip auto": kernels_chosen(auto), "deepzip codes": kernels_chosen(codes)},
-            "fused": {"deepzip auto": runtime.fusion(auto)["fused"]}}
+            "kernels": {name: kernels_chosen(m) for name, m in models.items()},
+            "fused": {name: runtime.fusion(m)["fused"] for name, m in models.items() if "auto" in name}}
 
 
 def render(r: dict) -> str:
@@ -113,8 +120,9 @@ def render(r: dict) -> str:
         f"the weights exact, importance uniform; embeddings left as they are), {r['tokens']} tokens, batch 1, "
         f"{r['threads']} thread, medians of {r['repeats']} interleaved calls. `deepzip auto`: `runtime.convert` with "
         f"the sentence as the example (each layer's fastest form); `deepzip codes`: every Linear from its codes "
-        f"(the row-table kernels). `torch fp32 again`: a second copy of the fp32 model, the noise between two "
-        f"identical models. Difference: max |output - the weight-shared model run densely by torch|.", "",
+        f"(the row-table kernels); `int8`: the same at `precision='int8'` (each row's table on its own int8 grid, "
+        f"each input row quantized to int8: the row tables' int8 kernel). `torch fp32 again`: a second copy of "
+        f"the fp32 model, the noise between two identical models. Difference: max |output - the weight-shared model run densely by torch|.", "",
         table(["model", "time", "vs torch fp32", "kernels (layers)", "max abs difference"], rows)])
 
 

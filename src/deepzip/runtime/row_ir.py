@@ -308,7 +308,8 @@ def int8_kernel_ir(tokens: int) -> str:
     """LLVM IR of the int8 kernel for ``tokens`` input rows (1..MAX_BLOCK):
 
     void f(u8* codes, i64 cstride, i8* luts, i64 lstride, u8* xq, i64 chunks, i64 r0, i64 r1,
-           i32* correction, float* wscale, float* xscale, float* bias (or null), float* out, i64 ldo)
+           i32* correction, float* wscale, float* xscale, float* bias (or null), float* out, i64 ldo,
+           i32* oindptr, i32* ocols, float* ovalues, float* xt)
 
     computes outputs r0..r1-1 of out[0:tokens, :] (row stride ``ldo``). Output r's codes are `CHUNK_BYTES`
     a chunk of 64 inputs from codes + cstride * r; its table is the 64 bytes at luts + lstride * r (0: one
@@ -320,21 +321,25 @@ def int8_kernel_ir(tokens: int) -> str:
     then out[t, r] = xscale[t] * (wscale[r] * float(sum - correction[r])) + bias[r], where correction[r] =
     128 * the row's int8 weights' sum (over padded chunks too: padded inputs are 128, adding 128 * w).
     The subtraction is in int32, exact (`panels.INT8_MAX_WIDTH` bounds the width).
+
+    Exact outliers: a CSR term in fp32 (``oindptr``, int32 ``ocols``, ``ovalues``: exact minus the
+    dequantized code), added to the row's scaled outputs before the store: per entry, the value times the
+    fp32 inputs of its column for every token at once (``xt``: the inputs transposed, (width, tokens), so a
+    column's tokens are one vector load, shuffled into the reduction's lane order). No outliers: ``oindptr``
+    all zeros (``xt`` never read).
     """
     accs = int8_unroll(tokens)
     lines = [_INT8_DECLARATIONS]
     add = lines.append
     add(f"define void @{int8_kernel_name(tokens)}(ptr noalias %codes, i64 %cstride, ptr noalias %luts, i64 %lstride, "
         "ptr noalias %xq, i64 %chunks, i64 %r0, i64 %r1, ptr noalias %correction, ptr noalias %wscale, "
-        "ptr noalias %xscale, ptr noalias %bias, ptr noalias %out, i64 %ldo) nounwind {")
+        "ptr noalias %xscale, ptr noalias %bias, ptr noalias %out, i64 %ldo, ptr noalias %oindptr, ptr noalias %ocols, "
+        "ptr noalias %ovalues, ptr noalias %xt) nounwind {")
     add("entry:")
     add("  %hasbias = icmp ne ptr %bias, null")
-    for t in range(tokens):
-        add(f"  %xsp{t} = getelementptr float, ptr %xscale, i64 {t}")
-        add(f"  %xs{t} = load float, ptr %xsp{t}, align 4")
     add("  br label %row")
     add("row:")
-    add("  %r = phi i64 [%r0, %entry], [%rnext, %store]")
+    add("  %r = phi i64 [%r0, %entry], [%rnext, %put]")
     add("  %more = icmp slt i64 %r, %r1")
     add("  br i1 %more, label %start, label %done")
     add("start:")
@@ -383,22 +388,65 @@ def int8_kernel_ir(tokens: int) -> str:
             add(f"  %part{t}_{u} = add <16 x i32> {total}, %acc{t}_{u}")
             total = f"%part{t}_{u}"
         sums[t] = total
+    add("  %jp0 = getelementptr i32, ptr %oindptr, i64 %r")
+    add("  %j0w = load i32, ptr %jp0, align 4")
+    add("  %jp1 = getelementptr i32, ptr %jp0, i64 1")
+    add("  %j1w = load i32, ptr %jp1, align 4")
+    add("  %j0 = sext i32 %j0w to i64")
+    add("  %j1 = sext i32 %j1w to i64")
+    groups = []  # (value, width, first token, lane order) of each group's outputs
     for g, group in enumerate(_groups(tokens)):
         v = f"%g{g}"
         reduced, vector, labels = reduce_lines({t: sums[t] for t in group}, f"{v}_", "i32")
         lines += reduced
         width = len(labels)
+        kind = f"<{width} x float>"
+        order = _mask([t - group[0] for t in labels])  # a vector of the group's tokens, in the lanes' order
         add(f"  {v}ci = insertelement <{width} x i32> poison, i32 %corr, i64 0")
         add(f"  {v}cv = shufflevector <{width} x i32> {v}ci, <{width} x i32> poison, <{width} x i32> zeroinitializer")
         add(f"  {v}d = sub <{width} x i32> {vector}, {v}cv")
-        add(f"  {v}f = sitofp <{width} x i32> {v}d to <{width} x float>")
-        add(f"  {v}wi = insertelement <{width} x float> poison, float %ws, i64 0")
-        add(f"  {v}wv = shufflevector <{width} x float> {v}wi, <{width} x float> poison, <{width} x i32> zeroinitializer")
-        add(f"  {v}e = fmul <{width} x float> {v}f, {v}wv")
+        add(f"  {v}f = sitofp <{width} x i32> {v}d to {kind}")
+        add(f"  {v}wi = insertelement {kind} poison, float %ws, i64 0")
+        add(f"  {v}wv = shufflevector {kind} {v}wi, {kind} poison, <{width} x i32> zeroinitializer")
+        add(f"  {v}e = fmul {kind} {v}f, {v}wv")
+        add(f"  {v}xsp = getelementptr float, ptr %xscale, i64 {group[0]}")
+        add(f"  {v}xsl = load {kind}, ptr {v}xsp, align 4")
+        add(f"  {v}xs = shufflevector {kind} {v}xsl, {kind} poison, <{width} x i32> {order}")
+        add(f"  {v}s = fmul {kind} {v}e, {v}xs")
+        add(f"  {v}bi = insertelement {kind} poison, float %b, i64 0")
+        add(f"  {v}bv = shufflevector {kind} {v}bi, {kind} poison, <{width} x i32> zeroinitializer")
+        add(f"  {v}y = fadd {kind} {v}s, {v}bv")
+        groups.append((v, width, group[0], order, labels))
+    add("  br label %fix")
+    add("fix:")  # the row's outlier entries, in fp32
+    add("  %j = phi i64 [%j0, %store], [%jnext, %fixbody]")
+    for v, width, _, _, _ in groups:
+        add(f"  {v}o = phi <{width} x float> [{v}y, %store], [{v}n, %fixbody]")
+    add("  %fmore = icmp slt i64 %j, %j1")
+    add("  br i1 %fmore, label %fixbody, label %put")
+    add("fixbody:")
+    add("  %colp = getelementptr i32, ptr %ocols, i64 %j")
+    add("  %colw = load i32, ptr %colp, align 4")
+    add("  %col = zext i32 %colw to i64")
+    add(f"  %xcol = mul i64 %col, {tokens}")
+    add("  %valp = getelementptr float, ptr %ovalues, i64 %j")
+    add("  %val = load float, ptr %valp, align 4")
+    for v, width, first, order, _ in groups:
+        kind = f"<{width} x float>"
+        add(f"  {v}xo = add i64 %xcol, {first}")
+        add(f"  {v}xp = getelementptr float, ptr %xt, i64 {v}xo")
+        add(f"  {v}xl = load {kind}, ptr {v}xp, align 4")
+        add(f"  {v}xv = shufflevector {kind} {v}xl, {kind} poison, <{width} x i32> {order}")
+        add(f"  {v}vi = insertelement {kind} poison, float %val, i64 0")
+        add(f"  {v}vv = shufflevector {kind} {v}vi, {kind} poison, <{width} x i32> zeroinitializer")
+        add(f"  {v}m = fmul {kind} {v}vv, {v}xv")
+        add(f"  {v}n = fadd {kind} {v}o, {v}m")
+    add("  %jnext = add i64 %j, 1")
+    add("  br label %fix")
+    add("put:")
+    for v, width, _, _, labels in groups:
         for lane, t in enumerate(labels):
-            add(f"  %e{t} = extractelement <{width} x float> {v}e, i64 {lane}")
-            add(f"  %s{t} = fmul float %e{t}, %xs{t}")
-            add(f"  %y{t} = fadd float %s{t}, %b")
+            add(f"  %y{t} = extractelement <{width} x float> {v}o, i64 {lane}")
             add(f"  %orow{t} = mul i64 %ldo, {t}")
             add(f"  %oat{t} = add i64 %orow{t}, %r")
             add(f"  %optr{t} = getelementptr float, ptr %out, i64 %oat{t}")

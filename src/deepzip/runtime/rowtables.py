@@ -23,6 +23,15 @@ the inputs' block, one FMA a token (0.5% outliers: ~2 entries a 384-wide row aga
 Added after the kernel by the CSR kernels instead, they cost more than the codes' product itself at 17
 tokens (the input transposed and the output added through a transpose). A pruned weight gets an extra
 code of value +0.0, so a row table holds at most 15 values then.
+
+``precision="int8"`` (`row_ir.int8_kernel_ir`; AVX-512 BW + VNNI): each row's table rounded to int8 with
+the row's own scale (peak |value| / 127), each input row quantized to int8 with its own (as the int8 panels
+and dynamic int8 quantization do, +128 as uint8). One register holds the row's 16 levels in each 128-bit
+lane; ``vpshufb`` turns 32 code bytes into the weights of 64 consecutive inputs, one ``vpdpbusd`` a token
+multiplies them with its 64 uint8 inputs (one 64-byte load, chunk-major like the fp32 kernel's blocks) into
+its int32 accumulator; the same transpose-add tree on i32, then the scaling. Exact outliers stay fp32: a
+CSR of (exact - the dequantized code) added to the row's scaled outputs before the store, each entry one
+vector of its column's inputs for all tokens (the inputs transposed once a call).
 """
 
 from __future__ import annotations
@@ -98,9 +107,9 @@ def _drive(fn, codes, cstride, tables, tstride, xb, tokens, runs, bounds, bias, 
 
 
 # The int8 kernel, typed with integer addresses as the fp32 one: codes, cstride, luts, lstride, xq, chunks,
-# r0, r1, correction, wscale, xscale, bias, out, ldo
+# r0, r1, correction, wscale, xscale, bias, out, ldo, oindptr, ocols, ovalues, xt
 _INT8_WORDS = (ctypes.c_uint64, ctypes.c_int64, ctypes.c_uint64, ctypes.c_int64, ctypes.c_uint64) + (ctypes.c_int64,) * 3 \
-    + (ctypes.c_uint64,) * 5 + (ctypes.c_int64,)
+    + (ctypes.c_uint64,) * 5 + (ctypes.c_int64,) + (ctypes.c_uint64,) * 4
 
 
 @functools.cache
@@ -110,10 +119,11 @@ def int8_kernel(tokens: int):
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _drive_int8(fn, codes, cstride, luts, lstride, xq, chunks, bounds, correction, wscale, xscale, bias, out, ldo):
+def _drive_int8(fn, codes, cstride, luts, lstride, xq, chunks, bounds, correction, wscale, xscale, bias, out, ldo,
+                outliers, xt):
     for t in numba.prange(len(bounds) - 1):
         fn(codes, cstride, luts, lstride, xq, chunks, bounds[t], bounds[t + 1], correction, wscale, xscale, bias,
-           out, ldo)
+           out, ldo, outliers[0], outliers[1], outliers[2], xt)
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
@@ -135,17 +145,6 @@ def _quantize_chunk_major(x, start, stop, chunks, peaks, q, scales):
                 q[at + j] = np.uint8(np.int32(row[first + j] * inverse + np.float32(128.5)))
             for j in range(count, CHUNK):
                 q[at + j] = np.uint8(128)
-
-
-@numba.njit(cache=True, nogil=True)
-def _add_outliers(x, indptr, cols, values, out):
-    """out[t, r] += values[j] * x[t, cols[j]] for each CSR entry j of row r (the int8 kernel's exact outliers:
-    a handful a row, added in fp32 after it)."""
-    for r in range(len(indptr) - 1):
-        for j in range(indptr[r], indptr[r + 1]):
-            value, col = values[j], cols[j]
-            for t in range(x.shape[0]):
-                out[t, r] += value * x[t, col]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -409,31 +408,35 @@ class RowTableMatrix(jit.AddressedMatrix):
                        self._runs_for(tokens), bounds, bias_at, at, ldo, self._outliers_at)
 
     def _run_int8(self, x: np.ndarray, bias: np.ndarray, out: np.ndarray) -> None:
-        """Each block of tokens quantized chunk-major into this thread's scratch, then the int8 kernel (all
-        inputs at once: a token's uint8 inputs are a quarter of fp32's, 17 x 1536 in 26 KB of L1), then the
-        outliers in fp32."""
+        """Each block of tokens quantized chunk-major into this thread's scratch (and, for the outliers'
+        fp32 term, transposed after it), then the int8 kernel over all inputs at once (a token's uint8 inputs
+        are a quarter of fp32's: 17 x 1536 in 26 KB of L1, no runs of blocks needed)."""
         rows, ldo = x.shape[0], out.shape[1]
         peaks = np.empty(rows, np.int32)
         _row_peaks(x.view(np.int32), peaks)
         scales = np.empty(rows, np.float32)
-        buffer, buffer_at = _scratch(self.chunks * min(rows, MAX_BLOCK) * (CHUNK // 4))
-        quantized = buffer.view(np.uint8)
+        most = min(rows, MAX_BLOCK)
+        floats = self.chunks * most * (CHUNK // 4)  # the quantized inputs, in fp32 words: 64 bytes a chunk and token
+        transposing = self.outliers is not None
+        buffer, buffer_at = _scratch(floats + (self.shape[1] * most if transposing else 0))
+        quantized, xt = buffer[:floats].view(np.uint8), buffer[floats:]
+        xt_at = buffer_at + 4 * floats if transposing else 0
         luts_at, correction_at, wscale_at = self._int8_at
         bias_at, out_at, scales_at = bias.ctypes.data if len(bias) else 0, out.ctypes.data, scales.ctypes.data
         bounds = self._bounds()
         for start, stop in blocks(rows):
             tokens = stop - start
             _quantize_chunk_major(x, start, stop, self.chunks, peaks.view(np.float32), quantized, scales)
+            if transposing:  # numpy's blocked transpose: a numba loop measured 2-4x slower (17 x 1536)
+                np.copyto(xt[: self.shape[1] * tokens].reshape(self.shape[1], tokens), x[start:stop].T)
             function = int8_kernel(tokens)
             at, xscale_at = out_at + 4 * start * ldo, scales_at + 4 * start
             if bounds is None:
                 function(self._codes_at, self.cstride, luts_at, self.lstride, buffer_at, self.chunks, 0, self.shape[0],
-                         correction_at, wscale_at, xscale_at, bias_at, at, ldo)
+                         correction_at, wscale_at, xscale_at, bias_at, at, ldo, *self._outlier_words, xt_at)
             else:
                 _drive_int8(function, self._codes_at, self.cstride, luts_at, self.lstride, buffer_at, self.chunks,
-                            bounds, correction_at, wscale_at, xscale_at, bias_at, at, ldo)
-        if self.outliers is not None:
-            _add_outliers(x, self.outliers.indptr, self.outliers.cols, self.outliers.values, out)
+                            bounds, correction_at, wscale_at, xscale_at, bias_at, at, ldo, self._outliers_at, xt_at)
 
     def _plan(self, tokens: int) -> tuple:
         """(the kernel, [(first block, end block, accumulate) of each run]) for a call of ``tokens`` rows."""

@@ -14,7 +14,7 @@ A second table: the pretrained pipeline's format (`WeightedKMeans`: a 16-value c
 optionally 0.5% exact outliers) on the same shapes and rows: torch fp32, the gather-based row kernels
 (`runtime.codes.CodedMatrix`), and the row-table kernel (`runtime.rowtables.RowTableMatrix`, without and
 with the outliers' CSR correction), fp32 and int8 (`precision="int8"`: each row's table on its own int8
-grid, inputs quantized per row, `vpdpbusd`; the outliers added in fp32 after the kernel).
+grid, inputs quantized per row, `vpdpbusd`; the outliers added in fp32 before the store).
 """
 
 from __future__ import annotations
@@ -160,8 +160,8 @@ def render(rows: list[dict], per_row: list[dict]) -> str:
         "kernels (`runtime.codes`), the row-table kernel (`runtime.rowtables`: the row's table in a register, "
         f"`vpermps`), and the row tables with {OUTLIERS:.1%} of the weights exact (a CSR correction the kernel adds "
         "before its reduction; torch multiplies that exact weight). `row tables int8`: each row's table on its own "
-        "int8 grid, each input row quantized to int8, `vpshufb` + `vpdpbusd` (the outliers added in fp32 after the "
-        "kernel).\n",
+        "int8 grid, each input row quantized to int8, `vpshufb` + `vpdpbusd` (the outliers added in fp32 to the scaled "
+        "sums before the store).\n",
         _table(per_row)])
 
 

@@ -360,7 +360,8 @@ def int8_kernel_ir(tokens: int) -> str:
     add(f"  %c = load <{CHUNK_BYTES} x i8>, ptr %cptr, align 1")
     add(f"  %lo = and <{CHUNK_BYTES} x i8> %c, {_splat(CHUNK_BYTES, 15, 'i8')}")
     add(f"  %hi = lshr <{CHUNK_BYTES} x i8> %c, {_splat(CHUNK_BYTES, 4, 'i8')}")
-    add(f"  %idx = shufflevector <{CHUNK_BYTES} x i8> %lo, <{CHUNK_BYTES} x i8> %hi, <64 x i32> {_mask(list(range(CHUNK)))}")
+    add(f"  %idx = shufflevector <{CHUNK_BYTES} x i8> %lo, <{CHUNK_BYTES} x i8> %hi, "
+        f"<64 x i32> {_mask(list(range(CHUNK)))}")
     add("  %w = call <64 x i8> @llvm.x86.avx512.pshuf.b.512(<64 x i8> %lut, <64 x i8> %idx)")
     for t in range(tokens):
         add(f"  %xp{t} = getelementptr i8, ptr %xptr, i64 {CHUNK * t}")

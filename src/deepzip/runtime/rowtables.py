@@ -108,8 +108,8 @@ def _drive(fn, codes, cstride, tables, tstride, xb, tokens, runs, bounds, bias, 
 
 # The int8 kernel, typed with integer addresses as the fp32 one: codes, cstride, luts, lstride, xq, chunks,
 # r0, r1, correction, wscale, xscale, bias, out, ldo, oindptr, ocols, ovalues, xt
-_INT8_WORDS = (ctypes.c_uint64, ctypes.c_int64, ctypes.c_uint64, ctypes.c_int64, ctypes.c_uint64) + (ctypes.c_int64,) * 3 \
-    + (ctypes.c_uint64,) * 5 + (ctypes.c_int64,) + (ctypes.c_uint64,) * 4
+_INT8_WORDS = (ctypes.c_uint64, ctypes.c_int64, ctypes.c_uint64, ctypes.c_int64, ctypes.c_uint64) \
+    + (ctypes.c_int64,) * 3 + (ctypes.c_uint64,) * 5 + (ctypes.c_int64,) + (ctypes.c_uint64,) * 4
 
 
 @functools.cache
@@ -177,7 +177,7 @@ def pack(index: np.ndarray) -> np.ndarray:
 def pack_int8(index: np.ndarray) -> np.ndarray:
     """Codes (rows, width) < 16 as (rows, chunks * 32) uint8 for the int8 kernel: chunk c (inputs 64c..64c+63),
     byte j holding input 64c+j's code (low nibble) and 64c+32+j's (high); the width pads to a multiple of 64
-    with code 0 (its weights meet zero inputs, and the correction counts them)."""
+    with code 0 (its weights meet inputs of 128, zero once the correction, which counts them, is taken off)."""
     rows, width = index.shape
     chunks = -(-width // CHUNK)
     padded = np.zeros((rows, chunks * CHUNK), np.uint8)
@@ -409,8 +409,8 @@ class RowTableMatrix(jit.AddressedMatrix):
 
     def _run_int8(self, x: np.ndarray, bias: np.ndarray, out: np.ndarray) -> None:
         """Each block of tokens quantized chunk-major into this thread's scratch (and, for the outliers'
-        fp32 term, transposed after it), then the int8 kernel over all inputs at once (a token's uint8 inputs
-        are a quarter of fp32's: 17 x 1536 in 26 KB of L1, no runs of blocks needed)."""
+        fp32 term, transposed after it), then the int8 kernel over all inputs at once: a token's uint8 inputs
+        are a quarter of fp32's (24 x 1536 in 36 KB of L1), so no runs of blocks; wider layers read L2."""
         rows, ldo = x.shape[0], out.shape[1]
         peaks = np.empty(rows, np.int32)
         _row_peaks(x.view(np.int32), peaks)

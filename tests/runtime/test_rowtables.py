@@ -458,3 +458,19 @@ def test_convert_and_load_at_int8_run_per_row_codebooks_in_int8(tmp_path):
     torch.testing.assert_close(loaded(x), fast(x))
     with pytest.raises(Unsupported, match="precision='int8'"):  # the chain multiplies in fp32
         runtime.convert(copy.deepcopy(model), example=x, mode="codes", fuse="on", precision="int8")
+
+
+@needs_int8
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 40), width=st.integers(1, 200), tokens=st.integers(1, 50), k=st.integers(1, 15),
+       outlier_share=st.sampled_from([0.0, 0.02, 0.3]), pruned=st.sampled_from([0.0, 0.2]),
+       seed=st.integers(0, 2**16))
+def test_int8_any_shape_is_its_integer_product(rows, width, tokens, k, outlier_share, pruned, seed):
+    """Every token count's groups (16 + 8 + 4 + 2 + 1 lanes), blocks of tokens past 24, padded chunks,
+    pruned codes and outliers: the integer product of the same operands, within fp32 rounding."""
+    codebook, index, mask, outlier_mask, values = per_row_state(rows, width, k, seed, outlier_share, pruned)
+    matrix = RowTableMatrix.from_index(codebook, index, mask, outlier_mask, values, precision="int8")
+    x = np.random.default_rng(seed).standard_normal((tokens, width)).astype(np.float32)
+    bias = np.random.default_rng(seed + 1).standard_normal(rows).astype(np.float32)
+    want = integer_reference(matrix, x, bias)
+    np.testing.assert_allclose(run(matrix, x, bias), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())

@@ -107,6 +107,16 @@ def kernel_name(tokens: int) -> str:
     return f"deepzip_rowtables_fp32_{tokens}"
 
 
+def _outlier_range(add) -> None:
+    """%j0 / %j1: row %r's entries in the outliers' CSR (its row pointers ``%oindptr``)."""
+    add("  %jp0 = getelementptr i32, ptr %oindptr, i64 %r")
+    add("  %j0w = load i32, ptr %jp0, align 4")
+    add("  %jp1 = getelementptr i32, ptr %jp0, i64 1")
+    add("  %j1w = load i32, ptr %jp1, align 4")
+    add("  %j0 = sext i32 %j0w to i64")
+    add("  %j1 = sext i32 %j1w to i64")
+
+
 def kernel_ir(tokens: int) -> str:
     """LLVM IR of the kernel for ``tokens`` input rows (1..MAX_BLOCK), one accumulator register a token
     (several with few tokens, `unroll`):
@@ -149,12 +159,7 @@ def kernel_ir(tokens: int) -> str:
     add("  %table = load <16 x float>, ptr %tptr, align 4")
     add("  %coff = mul i64 %r, %cstride")
     add("  %cfirst = getelementptr i8, ptr %codes, i64 %coff")
-    add("  %jp0 = getelementptr i32, ptr %oindptr, i64 %r")
-    add("  %j0w = load i32, ptr %jp0, align 4")
-    add("  %jp1 = getelementptr i32, ptr %jp0, i64 1")
-    add("  %j1w = load i32, ptr %jp1, align 4")
-    add("  %j0 = sext i32 %j0w to i64")
-    add("  %j1 = sext i32 %j1w to i64")
+    _outlier_range(add)
     add("  br label %block")
     add("block:")
     add("  %k = phi i64 [0, %start], [%knext, %block]")
@@ -389,12 +394,7 @@ def int8_kernel_ir(tokens: int) -> str:
             add(f"  %part{t}_{u} = add <16 x i32> {total}, %acc{t}_{u}")
             total = f"%part{t}_{u}"
         sums[t] = total
-    add("  %jp0 = getelementptr i32, ptr %oindptr, i64 %r")
-    add("  %j0w = load i32, ptr %jp0, align 4")
-    add("  %jp1 = getelementptr i32, ptr %jp0, i64 1")
-    add("  %j1w = load i32, ptr %jp1, align 4")
-    add("  %j0 = sext i32 %j0w to i64")
-    add("  %j1 = sext i32 %j1w to i64")
+    _outlier_range(add)
     groups = []  # (value, width, first token, lane order) of each group's outputs
     for g, group in enumerate(_groups(tokens)):
         v = f"%g{g}"

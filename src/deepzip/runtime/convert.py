@@ -662,7 +662,7 @@ def _decode_weight(record: dict, sections, module: nn.Module, rows: int, width: 
         mask = torch.zeros(rows * width, dtype=torch.bool)
         mask[positions] = True
         mask = mask.reshape(rows, width)
-    if not codes_eligible(shared.codebook, has_outliers, mask is not None and not bool(mask.all())):
+    if not codes_eligible(shared.codebook, has_outliers, mask is not None):  # (a mask exists only where pruned)
         return entries, None
     index = torch.zeros(rows * width, dtype=torch.int64)
     index[positions] = torch.from_numpy(shared.codes.astype(np.int64))

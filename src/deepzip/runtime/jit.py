@@ -77,11 +77,7 @@ def compile_function(name: str, ir: str, restype, argtypes: list) -> ctypes._CFu
 def _compile_locked(name: str, ir: str, restype, argtypes: list) -> ctypes._CFuncPtr:
     found = _compiled.get(name)  # another thread may have compiled it while this one waited
     if found is None:
-        module = llvm.parse_assembly(ir)
-        module.verify()
-        machine = _target_machine()
-        passes = llvm.create_pass_builder(machine, llvm.create_pipeline_tuning_options(speed_level=3))
-        passes.getModulePassManager().run(module, passes)
+        module, machine = _optimized(ir)
         engine = llvm.create_mcjit_compiler(module, machine)
         engine.finalize_object()
         function = ctypes.CFUNCTYPE(restype, *argtypes)(engine.get_function_address(name))
@@ -91,11 +87,18 @@ def _compile_locked(name: str, ir: str, restype, argtypes: list) -> ctypes._CFun
 
 def assembly(ir: str) -> str:
     """The machine code LLVM makes of ``ir`` for this CPU (for tests and for reading what a kernel became)."""
+    module, machine = _optimized(ir)
+    return machine.emit_assembly(module)
+
+
+def _optimized(ir: str):
+    """(the module of ``ir``, verified and optimized at -O3 for this CPU, the target machine)."""
     module = llvm.parse_assembly(ir)
+    module.verify()
     machine = _target_machine()
     passes = llvm.create_pass_builder(machine, llvm.create_pipeline_tuning_options(speed_level=3))
     passes.getModulePassManager().run(module, passes)
-    return machine.emit_assembly(module)
+    return module, machine
 
 
 class AddressedMatrix:

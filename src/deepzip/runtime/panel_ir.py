@@ -16,7 +16,8 @@ PANEL = 16  # outputs a panel: one 512-bit register of fp32 or int32 sums
 STEP = {"fp32": 1, "int8": 4}  # inputs a step
 
 
-def _splat(count: int, value, kind: str = "i32") -> str:
+def splat(count: int, value, kind: str = "i32") -> str:
+    """An LLVM IR constant vector of ``count`` copies of ``value`` (of type ``kind``)."""
     return "<" + ", ".join([f"{kind} {value}"] * count) + ">"
 
 
@@ -96,15 +97,15 @@ def kernel_ir(precision: str, rows: int) -> str:
         add(f"  %acc{r} = phi {kind} [{start}, %init], [%next{r}, %step]")
     if int8:  # 32 bytes -> 64 four-bit codes -> 64 int8 weights by one in-register lookup per 16 codes
         add("  %c = load <32 x i8>, ptr %cptr, align 1")
-        add(f"  %lo = and <32 x i8> %c, {_splat(32, 15, 'i8')}")
-        add(f"  %hi = lshr <32 x i8> %c, {_splat(32, 4, 'i8')}")
+        add(f"  %lo = and <32 x i8> %c, {splat(32, 15, 'i8')}")
+        add(f"  %hi = lshr <32 x i8> %c, {splat(32, 4, 'i8')}")
         add(f"  %idx = shufflevector <32 x i8> %lo, <32 x i8> %hi, <64 x i32> {_sequence(64)}")
         add("  %w = call <64 x i8> @llvm.x86.avx512.pshuf.b.512(<64 x i8> %lutv, <64 x i8> %idx)")
     else:  # 8 bytes -> 16 codes -> 16 fp32 weights by one in-register lookup
         add("  %c = load <8 x i8>, ptr %cptr, align 1")
         add("  %cw = zext <8 x i8> %c to <8 x i32>")
-        add(f"  %lo = and <8 x i32> %cw, {_splat(8, 15)}")
-        add(f"  %hi = lshr <8 x i32> %cw, {_splat(8, 4)}")
+        add(f"  %lo = and <8 x i32> %cw, {splat(8, 15)}")
+        add(f"  %hi = lshr <8 x i32> %cw, {splat(8, 4)}")
         add(f"  %idx = shufflevector <8 x i32> %lo, <8 x i32> %hi, <16 x i32> {_sequence(16)}")
         add("  %w = call <16 x float> @llvm.x86.avx512.permvar.sf.512(<16 x float> %lutv, <16 x i32> %idx)")
     for r in range(rows):  # one broadcast input (fp32, or 4 uint8) into each row's accumulator
@@ -201,8 +202,8 @@ def amx_kernel_ir(tiles: int) -> str:
                 v = f"{q}_{step}{tag}"
                 add(f"  %cp{v} = getelementptr i8, ptr %cptr{q}{tag}, i64 {32 * step}")
                 add(f"  %cb{v} = load <32 x i8>, ptr %cp{v}, align 1")
-                add(f"  %lo{v} = and <32 x i8> %cb{v}, {_splat(32, 15, 'i8')}")
-                add(f"  %hi{v} = lshr <32 x i8> %cb{v}, {_splat(32, 4, 'i8')}")
+                add(f"  %lo{v} = and <32 x i8> %cb{v}, {splat(32, 15, 'i8')}")
+                add(f"  %hi{v} = lshr <32 x i8> %cb{v}, {splat(32, 4, 'i8')}")
                 add(f"  %idx{v} = shufflevector <32 x i8> %lo{v}, <32 x i8> %hi{v}, <64 x i32> {_sequence(64)}")
                 add(f"  %w{v} = call <64 x i8> @llvm.x86.avx512.pshuf.b.512(<64 x i8> %lutv, <64 x i8> %idx{v})")
                 add(f"  %bp{v} = getelementptr i8, ptr %bset{tag}, i64 {1024 * q + 64 * step}")

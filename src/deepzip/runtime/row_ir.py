@@ -11,6 +11,8 @@ Generated per token count (one accumulator register a token, so the count is fix
 
 from __future__ import annotations
 
+from .panel_ir import splat
+
 LANES = 16  # inputs a block: one 512-bit register of fp32 weights
 BLOCK_BYTES = LANES // 2  # two 4-bit codes a byte
 
@@ -305,10 +307,6 @@ def int8_kernel_name(tokens: int) -> str:
     return f"deepzip_rowtables_int8_{tokens}"
 
 
-def _splat(count: int, value, kind: str) -> str:
-    return "<" + ", ".join([f"{kind} {value}"] * count) + ">"
-
-
 def int8_kernel_ir(tokens: int) -> str:
     """LLVM IR of the int8 kernel for ``tokens`` input rows (1..MAX_BLOCK):
 
@@ -363,8 +361,8 @@ def int8_kernel_ir(tokens: int) -> str:
             later = f"%acc{t}_{u + 1}" if u + 1 < accs else f"%sum{t}"
             add(f"  %acc{t}_{u} = phi <16 x i32> [zeroinitializer, %start], [{later}, %chunk]")
     add(f"  %c = load <{CHUNK_BYTES} x i8>, ptr %cptr, align 1")
-    add(f"  %lo = and <{CHUNK_BYTES} x i8> %c, {_splat(CHUNK_BYTES, 15, 'i8')}")
-    add(f"  %hi = lshr <{CHUNK_BYTES} x i8> %c, {_splat(CHUNK_BYTES, 4, 'i8')}")
+    add(f"  %lo = and <{CHUNK_BYTES} x i8> %c, {splat(CHUNK_BYTES, 15, 'i8')}")
+    add(f"  %hi = lshr <{CHUNK_BYTES} x i8> %c, {splat(CHUNK_BYTES, 4, 'i8')}")
     add(f"  %idx = shufflevector <{CHUNK_BYTES} x i8> %lo, <{CHUNK_BYTES} x i8> %hi, "
         f"<64 x i32> {_mask(list(range(CHUNK)))}")
     add("  %w = call <64 x i8> @llvm.x86.avx512.pshuf.b.512(<64 x i8> %lut, <64 x i8> %idx)")

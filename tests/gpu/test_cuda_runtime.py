@@ -13,6 +13,7 @@ from deepzip import models, runtime
 from deepzip import prune as P
 from deepzip import quantize as Q
 from deepzip.runtime import SparseMatrix, gpu_layers
+from deepzip.runtime.gpu_graph import GraphedModel
 
 pytest.importorskip("triton")
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -59,3 +60,38 @@ def test_convert_and_load_on_cuda_with_calibration_are_never_slower_than_dense(t
             if d["kernel"] != "dense":
                 assert times[d["kernel"]] < times["dense"]
             assert d["graphed"]
+
+
+def lenet5_compressed():
+    model = models.build("lenet5", seed=0)
+    P.prune(model, method="fraction", layer_sparsity={"conv1": 0.34, "conv2": 0.88, "fc1": 0.92, "fc2": 0.81})
+    Q.quantize(model, {"conv": 8, "fc": 5})
+    return model.eval()
+
+
+def test_the_whole_model_runs_from_one_cuda_graph():
+    model = lenet5_compressed()
+    x = torch.randn(1, 1, 28, 28)
+    fast = runtime.convert(copy.deepcopy(model), example=x, device="cuda", fuse="on")
+    assert isinstance(fast, GraphedModel) and runtime.fusion(fast)["kind"] == "cuda graph"
+    inputs = [torch.randn(1, 1, 28, 28) for _ in range(3)]
+    outputs = [fast(i.cuda()) for i in inputs]  # each a fresh tensor: later replays leave earlier outputs alone
+    for i, out in zip(inputs, outputs):
+        assert torch.allclose(out.cpu(), model(i), atol=1e-4)
+    assert fast(torch.randn(4, 1, 28, 28).cuda()).shape == (4, 10)  # another batch: the per-layer model
+    copied = copy.deepcopy(fast)
+    assert torch.allclose(copied(inputs[0].cuda()), outputs[0])
+    graph = torch.cuda.CUDAGraph()  # inside a caller's own capture the per-layer model is captured
+    static = inputs[1].cuda()
+    fast(static)
+    with torch.cuda.graph(graph):
+        captured = fast(static)
+    graph.replay()
+    assert torch.allclose(captured, outputs[1])
+
+
+def test_fuse_off_calibrates_with_the_launch_work_in():
+    model = lenet5_compressed()
+    fast = runtime.convert(copy.deepcopy(model), example=torch.randn(1, 1, 28, 28), device="cuda", fuse="off")
+    assert not isinstance(fast, GraphedModel) and runtime.fusion(fast) == {"fused": False, "reason": "fuse='off'"}
+    assert not any(d["graphed"] for d in runtime.decisions(fast))  # timed as eager calls, as it will run

@@ -352,7 +352,7 @@ def test_cuda_without_a_gpu_or_triton_says_what_is_missing(monkeypatch):
 def fake_timing(costs, whole_model_slower=False):
     """A stand-in for gpu_timing.interleaved off the GPU: runs each variant once (so it is installed and
     runs), then reports the sum of ``costs`` of the layer kinds in the model as its time in every round."""
-    def interleaved(fns, rounds=15, calls=20, seed=0):
+    def interleaved(fns, rounds=15, calls=20, seed=0, graphs=True):
         out = {}
         for name, fn in fns.items():
             fn()

@@ -8,15 +8,17 @@ on a sample input says.
     deepzip.runtime.decisions(fast)                           # what was chosen per layer, and why
     deepzip.runtime.fusion(fast)        # whether the whole model runs as one compiled chain (`fuse=`)
     deepzip.runtime.convert(shared_model, example=tokens, precision="int8")  # 4-bit codes, int8 dot products
+    gpu = deepzip.runtime.load("model.dz", MyNet, example=x.cuda(), device="cuda")  # Triton kernels, one CUDA graph
 """
 
 from .chain import FusedModel, Unsupported, compile_chain
 from .codes import CodedMatrix
 from .convert import CODES_MIN_BYTES, DENSITY_CUTOFF, FUSE, PRECISIONS, convert, decisions, fusion, load
+from .gpu_graph import GraphedModel
 from .kernels import column_dtype, csr_mm, csr_mm_coded, to_csr
 from .layers import CodedLinear, SparseConv2d, SparseLinear, SparseMatrix
 from .panels import PanelMatrix
 
-__all__ = ["CODES_MIN_BYTES", "DENSITY_CUTOFF", "FUSE", "CodedLinear", "CodedMatrix", "FusedModel", "PRECISIONS", "PanelMatrix", "SparseConv2d",
+__all__ = ["CODES_MIN_BYTES", "DENSITY_CUTOFF", "FUSE", "CodedLinear", "CodedMatrix", "FusedModel", "GraphedModel", "PRECISIONS", "PanelMatrix", "SparseConv2d",
            "SparseLinear", "SparseMatrix", "Unsupported", "column_dtype", "compile_chain", "convert", "csr_mm",
            "csr_mm_coded", "decisions", "fusion", "load", "to_csr"]

@@ -20,7 +20,10 @@ Then, with ``fuse`` (CPU, with an example): when the model is a chain the chain 
 (`runtime.chain`), each layer's form is chosen again inside the compiled chain (sparse, codes or dense,
 the fastest of them timed in the chain, in model order), and the chain is kept when it beats the
 per-layer model by 1% in every one of 3 rounds (``fuse="auto"``) or always (``"on"``); the result is then
-a `FusedModel` wrapping the per-layer model. `fusion(model)` says what was decided, and why not.
+a `FusedModel` wrapping the per-layer model. On CUDA, ``fuse`` captures the whole model in one CUDA
+graph instead (`runtime.gpu_graph`): kept when replaying it beats calling the model (``"auto"``) or always
+(``"on"``), the result then a `GraphedModel`; calibration times the layers as the model will run (graph
+replays, or eager calls with the launch work in). `fusion(model)` says what was decided, and why not.
 """
 
 from __future__ import annotations
@@ -226,9 +229,10 @@ def decisions(model: nn.Module) -> list[dict]:
 
 
 def fusion(model: nn.Module) -> dict:
-    """Whether `convert` or `load` compiled ``model`` into one chain: ``fused``, ``reason`` (why not, or
-    why), and when timed ``chain_s`` / ``layers_s`` (median seconds per round: the chain and the per-layer
-    model) and ``max_abs_diff`` (chain against the per-layer model on the example)."""
+    """Whether `convert` or `load` compiled ``model`` into one chain (cpu) or CUDA graph (cuda, ``kind``
+    "cuda graph"): ``fused``, ``reason`` (why not, or why), and when timed ``chain_s`` or ``graph_s``, and
+    ``layers_s`` (median seconds per call or round: fused and per-layer) and ``max_abs_diff`` (fused against
+    the per-layer model on the example)."""
     found = model.__dict__.get(FUSION)
     if found is None:
         raise ValueError(f"{type(model).__name__} was not made by deepzip.runtime.convert or runtime.load")
@@ -244,6 +248,9 @@ def convert(model: nn.Module, example: torch.Tensor | None = None, mode: str = "
     faster on ``example``), on (compile it, an error if it cannot be), off. When fused, the return value
     is a `runtime.chain.FusedModel` (use it, not ``model``): inputs of the example's shape run in one
     compiled call, others through ``model``, converted per layer in place. `fusion(result)` says why.
+    On cuda the one call is a CUDA graph of the model (`runtime.gpu_graph.GraphedModel`), and ``fuse``
+    also says how layers are timed: graph replays, or with ``off`` (or a model that cannot be captured)
+    eager calls, so a kernel is kept only where it wins as the model will run.
 
     ``example``: a sample input batch for calibration, at the batch size the model will serve.
     Linear and Conv2d layers with a mask or a codebook are candidates. The model is switched to eval
@@ -258,7 +265,7 @@ def convert(model: nn.Module, example: torch.Tensor | None = None, mode: str = "
     _check_mode(mode, device, fuse, example, precision)
     cuda = _cuda(device)
     if cuda is not None:
-        return _convert_gpu(model, example, mode, cuda)
+        return _convert_gpu(model, example, mode, cuda, fuse)
     if any(p.device.type != "cpu" for p in model.parameters()):
         raise ValueError("deepzip.runtime is a CPU inference runtime; convert a CPU copy: "
                          "runtime.convert(copy.deepcopy(model).cpu(), example), or run it on the GPU with "
@@ -312,7 +319,8 @@ def _kernel_codebook(weight: str, shared: dict, with_outliers) -> tuple:
     return codebook, index
 
 
-def _convert_gpu(model: nn.Module, example: torch.Tensor | None, mode: str, device: torch.device) -> nn.Module:
+def _convert_gpu(model: nn.Module, example: torch.Tensor | None, mode: str, device: torch.device,
+                 fuse: str) -> nn.Module:
     masks, shared, with_outliers = get_masks(model), codebooks(model), outliers(model)
     candidates = [n for n, m in model.named_modules() if isinstance(m, CONVERTIBLE)
                   and (f"{n}.weight" in masks or f"{n}.weight" in shared)]
@@ -331,15 +339,21 @@ def _convert_gpu(model: nn.Module, example: torch.Tensor | None, mode: str, devi
             pending[name] = (matrix, gpu.layer_bias(module), module)
             replace_module(model, name, nn.Identity())  # its dense weight never goes to the GPU
         model.to(device).eval()
-        gpu.place(model, found, pending, None if example is None else example.to(device), mode, device)
+        result, info = gpu.place(model, found, pending, None if example is None else example.to(device), mode,
+                                 device, fuse)
     except BaseException:
         for name, module in originals.items():
             replace_module(model, name, module)
         model.to(home).train(was_training)
         raise
-    model.__dict__[DECISIONS] = found
-    model.__dict__[FUSION] = {"fused": False, "reason": "the chain compiler is the CPU runtime's"}
-    return model
+    return _with_reports(model, result, found, info)
+
+
+def _with_reports(model: nn.Module, result: nn.Module, found: list[dict], info: dict) -> nn.Module:
+    """``result`` (``model`` or a wrapper of it) with what `decisions` and `fusion` read, on both."""
+    for target in {id(model): model, id(result): result}.values():
+        target.__dict__[DECISIONS], target.__dict__[FUSION] = found, info
+    return result
 
 
 def _cpu(tensor: torch.Tensor | None) -> torch.Tensor | None:
@@ -352,10 +366,9 @@ def _check_mode(mode: str, device: str | torch.device = "cpu", fuse: str = "auto
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if fuse not in FUSE:
         raise ValueError(f"fuse must be one of {', '.join(FUSE)}, got {fuse!r}")
-    if fuse == "on" and torch.device(device).type != "cpu":
-        raise ValueError("fuse='on' is the CPU runtime's chain compiler; on cuda use fuse='auto' or 'off'")
     if fuse == "on" and example is None:
-        raise ValueError("fuse='on' needs an example input: the chain is planned for the example's shape")
+        raise ValueError("fuse='on' needs an example input: the chain (cpu) or CUDA graph (cuda) is made for the "
+                         "example's shape")
     panels.check_precision(precision)
     if precision != "fp32" and torch.device(device).type != "cpu":
         raise ValueError(f"precision={precision!r} is the CPU runtime's panel and row-table kernels'; on cuda use precision='fp32'")
@@ -609,10 +622,9 @@ def load(path: str | Path, model: ModelOrBuilder, example: torch.Tensor | None =
             target._buffers[attr] = value
     if cuda is not None:
         pending = {d["layer"]: (d.pop("matrix"), dense_state.get(f"{d['layer']}.bias"), d.pop("module")) for d in found}
-        gpu.place(model, found, pending, None if example is None else example.to(cuda), mode, cuda)
-        model.__dict__[DECISIONS] = found
-        model.__dict__[FUSION] = {"fused": False, "reason": "the chain compiler is the CPU runtime's"}
-        return model
+        result, info = gpu.place(model, found, pending, None if example is None else example.to(cuda), mode, cuda,
+                                 fuse)
+        return _with_reports(model, result, found, info)
     coded = {}
     for d in found:
         bias = dense_state.get(f"{d['layer']}.bias")

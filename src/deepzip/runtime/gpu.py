@@ -1,9 +1,12 @@
 """The CUDA side of `runtime.convert` / `runtime.load`: per layer, a Triton kernel on the compact weights
-(CSR, sliced CSR, or dense packed codes) or cuBLAS on a dense weight, whichever runs the model faster.
+(CSR, sliced CSR, or dense packed codes) or cuBLAS on a dense weight, whichever runs the model faster;
+then, with ``fuse``, the whole model as one CUDA graph (`gpu_graph`).
 
 With a sample input, each layer is decided in model order by timing the whole model with the layer as each
-candidate (CUDA-graph replays, so Python's launch overhead is out of all alike; shuffled order, CUDA
-events): a kernel is kept only if it beats dense by 1% in each of 3 groups of rounds. Then the chosen
+candidate, as the model will run: CUDA-graph replays when it will run from a graph (Python's launch work out
+of all alike), eager calls when it will not (``fuse='off'``, or a model that cannot be captured: the launch
+work is then part of the cost, and a kernel must pay for it); shuffled order, CUDA events. A kernel is kept
+only if it beats dense by 1% in each of 3 groups of rounds. Then the chosen
 model must beat the all-dense one the same way, or every layer goes back to dense. Without a sample, the
 density rule: CSR at <= `DENSITY_CUTOFF` kept, else dense codes where the codebook allows, else dense (the
 rule keeps plain CSR until the sliced layout has been measured faster on a GPU).
@@ -11,14 +14,12 @@ rule keeps plain CSR until the sliced layout has been measured faster on a GPU).
 
 from __future__ import annotations
 
-import statistics
-
 import numpy as np
 import torch
 from torch import nn
 
 from ..prune.targets import replace_module
-from . import gpu_layers, gpu_timing
+from . import gpu_graph, gpu_layers, gpu_timing
 from . import triton_kernels as tk
 from .layers import SparseMatrix
 
@@ -66,17 +67,14 @@ def _rule(matrix: SparseMatrix, density: float, mode: str) -> str:
     return "csr" if mode == "sparse" else "dense"
 
 
-def _groups(rounds: list[float]) -> list[float]:
-    size = max(len(rounds) // GROUPS, 1)
-    return [statistics.median(rounds[i:i + size]) for i in range(0, size * GROUPS, size) if rounds[i:i + size]]
-
-
 def _wins(candidate: dict, dense: dict) -> bool:
-    return all(c < KERNEL_MARGIN * d for c, d in zip(_groups(candidate["rounds"]), _groups(dense["rounds"])))
+    return gpu_timing.wins(candidate, dense, KERNEL_MARGIN, GROUPS)
 
 
-def _time_variants(model: nn.Module, example: torch.Tensor, variants: dict[str, dict[str, nn.Module]]) -> dict:
-    """Whole-model seconds with each variant's layers installed (name -> module)."""
+def _time_variants(model: nn.Module, example: torch.Tensor, variants: dict[str, dict[str, nn.Module]],
+                   graphs: bool) -> dict:
+    """Whole-model seconds with each variant's layers installed (name -> module): replayed from CUDA graphs
+    when the model will run from one (``graphs``), else called eagerly, launch work in."""
     def run_with(layers):
         def call():
             for name, layer in layers.items():
@@ -84,13 +82,15 @@ def _time_variants(model: nn.Module, example: torch.Tensor, variants: dict[str, 
             model(example)
         return call
 
-    return gpu_timing.interleaved({v: run_with(layers) for v, layers in variants.items()}, ROUNDS, CALLS)
+    return gpu_timing.interleaved({v: run_with(layers) for v, layers in variants.items()}, ROUNDS, CALLS,
+                                  graphs=graphs)
 
 
 def place(model: nn.Module, found: list[dict], pending: dict, example: torch.Tensor | None, mode: str,
-          device: torch.device) -> None:
+          device: torch.device, fuse: str = "auto") -> tuple[nn.Module, dict]:
     """Install a GPU layer (or its dense twin) for every entry of ``found``; ``pending`` maps a layer name
-    to (SparseMatrix, bias or None, the original module). Records the choice in each decision."""
+    to (SparseMatrix, bias or None, the original module). Records the choice in each decision. Returns
+    (result, fusion info): ``model``, or a `gpu_graph.GraphedModel` of it, as ``fuse`` says."""
     calibrate = example is not None and mode == "auto"
     for d in found:  # every layer runnable first (the calibration runs the whole model), compact or by the rule
         matrix, bias, module = pending[d["layer"]]
@@ -99,12 +99,14 @@ def place(model: nn.Module, found: list[dict], pending: dict, example: torch.Ten
             gpu_layers.build(kind, matrix, bias, module, device)
         replace_module(model, d["layer"], layer)
         d["kernel"] = kind
+    graphs, reason = gpu_graph.plan(model, example, fuse)  # time the model as it will run: graph or eager
     chosen: dict[str, tuple[nn.Module, nn.Module]] = {}  # layer -> (kernel layer, dense twin)
     for d in found if calibrate else ():  # in model order, each choice kept for the next
         matrix, bias, module = pending[d["layer"]]
         dense = dense_layer(matrix, bias, module, device)
         options = {kind: gpu_layers.build(kind, matrix, bias, module, device) for kind in gpu_layers.kinds_for(matrix)}
-        timed = _time_variants(model, example, {k: {d["layer"]: m} for k, m in {**options, "dense": dense}.items()})
+        timed = _time_variants(model, example, {k: {d["layer"]: m} for k, m in {**options, "dense": dense}.items()},
+                               graphs)
         d["model_s"] = {k: t["seconds"] for k, t in timed.items()}
         d["graphed"] = all(t["graphed"] for t in timed.values())
         best = min(options, key=lambda k: timed[k]["seconds"])
@@ -116,15 +118,17 @@ def place(model: nn.Module, found: list[dict], pending: dict, example: torch.Ten
             replace_module(model, d["layer"], dense)
             d["kernel"] = "dense"
     if chosen:
-        _check_whole_model(model, example, chosen, found)
+        _check_whole_model(model, example, chosen, found, graphs)
     for d in found:
         d["gpu_bytes"] = matrix_bytes_on_device(model.get_submodule(d["layer"]))
+    return gpu_graph.fuse(model, example, fuse, graphs, reason)
 
 
-def _check_whole_model(model: nn.Module, example: torch.Tensor, chosen: dict, found: list[dict]) -> None:
+def _check_whole_model(model: nn.Module, example: torch.Tensor, chosen: dict, found: list[dict],
+                       graphs: bool) -> None:
     """Each kernel won alone; the chosen model must also beat the all-dense one, or all go back to dense."""
     timed = _time_variants(model, example, {"chosen": {n: k for n, (k, _) in chosen.items()},
-                                            "dense": {n: t for n, (_, t) in chosen.items()}})
+                                            "dense": {n: t for n, (_, t) in chosen.items()}}, graphs)
     wins = _wins(timed["chosen"], timed["dense"])
     for d in found:
         if d["layer"] in chosen:

@@ -1,5 +1,6 @@
-"""Side-by-side GPU timing: each callable captured in a CUDA graph (launch overhead out of all alike),
-replayed in shuffled order, medians of CUDA-event times. Used by calibration and the GPU benchmark."""
+"""Side-by-side GPU timing: each callable captured in a CUDA graph (launch overhead out of all alike), or
+called eagerly (launch overhead in, as a model run call by call pays it), in shuffled order, medians of
+CUDA-event times. Used by calibration, the CUDA-graph wrapper and the GPU benchmark."""
 
 from __future__ import annotations
 
@@ -10,17 +11,32 @@ from typing import Callable
 import torch
 
 
-def replayer(fn: Callable[[], object], calls: int, warmup: int = 3) -> tuple[Callable[[], None], bool]:
-    """(run, graphed): ``run()`` performs ``calls`` calls of ``fn``, from one CUDA graph when ``fn`` can be
-    captured (else eagerly, ``graphed`` False). ``fn`` is warmed up first on a side stream, so Triton's
-    autotuning and the caching allocator's first allocations happen before the capture."""
+def warm_up(fn: Callable[[], object], calls: int = 3) -> None:
+    """Run ``fn`` a few times on a side stream, as a CUDA-graph capture needs first: Triton's autotuning and
+    the caching allocator's first allocations must not happen inside a capture."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
-    with torch.inference_mode(), torch.cuda.stream(side):
-        for _ in range(warmup):
+    with torch.cuda.stream(side):
+        for _ in range(calls):
             fn()
     torch.cuda.current_stream().wait_stream(side)
     torch.cuda.synchronize()
+
+
+def replayer(fn: Callable[[], object], calls: int, warmup: int = 3,
+             graphs: bool = True) -> tuple[Callable[[], None], bool]:
+    """(run, graphed): ``run()`` performs ``calls`` calls of ``fn``, from one CUDA graph when ``graphs`` and
+    ``fn`` can be captured (else eagerly, Python's launch costs in, ``graphed`` False). ``fn`` is warmed up
+    first (`warm_up`)."""
+    with torch.inference_mode():
+        warm_up(fn, warmup)
+
+    def eager():
+        with torch.inference_mode():
+            for _ in range(calls):
+                fn()
+    if not graphs:
+        return eager, False
     graph = torch.cuda.CUDAGraph()
     try:
         with torch.inference_mode(), torch.cuda.graph(graph):
@@ -28,20 +44,29 @@ def replayer(fn: Callable[[], object], calls: int, warmup: int = 3) -> tuple[Cal
                 fn()
     except Exception:  # not capturable (a host sync, a CPU op): time it as it runs
         torch.cuda.synchronize()
-
-        def eager():
-            with torch.inference_mode():
-                for _ in range(calls):
-                    fn()
         return eager, False
     return graph.replay, True
 
 
+def wins(candidate: dict, baseline: dict, margin: float = 0.99, groups: int = 3) -> bool:
+    """Whether ``candidate`` beat ``baseline`` (`interleaved`'s entries) by ``1 - margin`` in each of
+    ``groups`` groups of consecutive rounds (group medians): a win in one lucky stretch is not enough."""
+    return all(c < margin * b for c, b in zip(_group_medians(candidate["rounds"], groups),
+                                              _group_medians(baseline["rounds"], groups)))
+
+
+def _group_medians(rounds: list[float], groups: int) -> list[float]:
+    size = max(len(rounds) // groups, 1)
+    return [statistics.median(rounds[i:i + size]) for i in range(0, size * groups, size) if rounds[i:i + size]]
+
+
 def interleaved(fns: dict[str, Callable[[], object]], rounds: int = 15, calls: int = 20,
-                seed: int = 0) -> dict[str, dict]:
+                seed: int = 0, graphs: bool = True) -> dict[str, dict]:
     """Per name: ``seconds`` (median per call over the rounds) and ``graphed``. Each round replays every
-    callable's graph once (``calls`` calls each), in a shuffled order, timed with CUDA events."""
-    runs = {name: replayer(fn, calls) for name, fn in fns.items()}
+    callable's graph once (``calls`` calls each), in a shuffled order, timed with CUDA events. With
+    ``graphs`` False each round calls them eagerly instead: the events then span the host's launch work too
+    (the GPU waits for it), which is what a model run call by call costs."""
+    runs = {name: replayer(fn, calls, graphs=graphs) for name, fn in fns.items()}
     times: dict[str, list[float]] = {name: [] for name in fns}
     order, rng = list(fns), random.Random(seed)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

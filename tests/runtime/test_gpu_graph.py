@@ -1,0 +1,237 @@
+"""The CUDA-graph wrapper (`runtime.gpu_graph`) and how ``fuse`` drives it on cuda. Off the GPU a stand-in
+capture does what a CUDA graph does to its buffers: a replay reruns the recorded call and rewrites the
+first call's output tensors in place. The real capture runs in tests/gpu/test_cuda_runtime.py."""
+
+import copy
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from deepzip import runtime
+from deepzip import prune as P
+from deepzip import quantize as Q
+from deepzip.runtime import gpu, gpu_graph
+from deepzip.runtime.gpu_graph import GraphedModel
+
+pytest.importorskip("triton")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class FakeGraphs:
+    """gpu_graph.capture off the GPU, counting captures and replays."""
+
+    def __init__(self, fail: Exception | None = None):
+        self.captures, self.replays, self.fail = 0, 0, fail
+
+    def __call__(self, fn):
+        if self.fail is not None:
+            raise self.fail
+        self.captures += 1
+        with torch.no_grad():
+            output = fn()
+
+        def replay():
+            self.replays += 1
+            with torch.no_grad():
+                fresh = fn()
+            for static, new in zip(torch.utils._pytree.tree_leaves(output), torch.utils._pytree.tree_leaves(fresh)):
+                if isinstance(static, torch.Tensor):
+                    static.copy_(new)
+        return replay, output
+
+
+@pytest.fixture
+def graphs(monkeypatch):
+    fake = FakeGraphs()
+    monkeypatch.setattr(gpu_graph, "capture", fake)
+    return fake
+
+
+def mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(12, 20), nn.ReLU(), nn.Linear(20, 4)).eval()
+
+
+def test_a_planned_input_replays_the_graph_and_returns_a_fresh_tensor(graphs):
+    model = mlp()
+    graphed = GraphedModel(model, torch.zeros(3, 12))
+    a, b = torch.randn(3, 12), torch.randn(3, 12)
+    out_a = graphed(a)
+    out_a_copy = out_a.clone()
+    out_b = graphed(b)
+    assert (graphs.captures, graphs.replays) == (1, 2)
+    assert torch.equal(out_a, out_a_copy)  # the second call did not overwrite what the first returned
+    assert torch.allclose(out_a, model(a)) and torch.allclose(out_b, model(b))
+    assert out_b.data_ptr() != graphed._graph[2].data_ptr()  # a clone, not the graph's own output buffer
+
+
+class Counting(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner, self.calls = mlp(), 0
+
+    def forward(self, x, scale=1.0):
+        self.calls += 1
+        return self.inner(x.float()) * scale
+
+
+def test_a_first_call_in_inference_mode_leaves_later_plain_calls_working(graphs):
+    model = mlp()
+    graphed = GraphedModel(model, torch.zeros(3, 12))
+    with torch.inference_mode():
+        assert graphed(torch.randn(3, 12)).is_inference()
+    x = torch.randn(3, 12)
+    out = graphed(x)  # outside inference mode: the graph's buffers must be plain tensors
+    out.add_(1.0)  # and what it returns is the caller's own
+    assert not out.is_inference() and torch.allclose(out, model(x) + 1.0)
+
+
+@pytest.mark.parametrize("call", [
+    lambda g: g(torch.randn(2, 12)),                          # another batch size
+    lambda g: g(torch.randn(3, 12, dtype=torch.float64)),     # another dtype
+    lambda g: g(torch.randn(3, 12, requires_grad=True)),      # autograd wanted
+    lambda g: g(torch.randn(3, 12), scale=2.0),               # other arguments
+])
+def test_other_inputs_run_the_per_layer_model(graphs, call):
+    graphed = GraphedModel(Counting(), torch.zeros(3, 12))
+    out = call(graphed)
+    assert (graphs.captures, graphs.replays, graphed.model.calls) == (0, 0, 1)
+    assert out.shape[1] == 4
+
+
+def test_copies_moves_and_loads_capture_again(graphs):
+    graphed = GraphedModel(mlp(), torch.zeros(3, 12))
+    x = torch.randn(3, 12)
+    expected = graphed(x)
+    copied = copy.deepcopy(graphed)
+    pickled = pickle.loads(pickle.dumps(graphed))
+    assert copied._graph is None and pickled._graph is None and graphed._graph is not None
+    assert torch.allclose(copied(x), expected) and torch.allclose(pickled(x), expected)
+    assert graphs.captures == 3
+    graphed.to(torch.float32)
+    assert graphed._graph is None
+    graphed(x)
+    state = graphed.state_dict()
+    assert set(state) == {"model.0.weight", "model.0.bias", "model.2.weight", "model.2.bias"}
+    state["model.2.bias"] = state["model.2.bias"] + 1.0
+    graphed.load_state_dict(state)
+    assert graphed._graph is None
+    assert torch.allclose(graphed(x), expected + 1.0, atol=1e-6)
+    assert graphs.captures == 5
+
+
+class Opaque:
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+
+def test_an_output_that_cannot_be_cloned_safely_is_an_error(graphs):
+    class Odd(nn.Module):
+        def forward(self, x):
+            return Opaque(x * 2)
+    with pytest.raises(ValueError, match="cannot run from a CUDA graph: its output holds Opaque"):
+        GraphedModel(Odd(), torch.zeros(2))(torch.zeros(2))
+
+
+def test_structured_outputs_are_cloned_leaf_by_leaf(graphs):
+    class Pair(nn.Module):
+        def forward(self, x):
+            return {"double": x * 2, "parts": (x + 1, None)}
+    graphed = GraphedModel(Pair(), torch.zeros(2))
+    first = graphed(torch.ones(2))
+    graphed(torch.full((2,), 5.0))
+    assert torch.equal(first["double"], torch.full((2,), 2.0)) and torch.equal(first["parts"][0], torch.full((2,), 2.0))
+    assert first["parts"][1] is None
+
+
+def test_plan_says_how_calibration_will_time(graphs, monkeypatch):
+    model, x = mlp(), torch.randn(1, 12)
+    assert gpu_graph.plan(model, x, "off") == (False, "fuse='off'")
+    assert gpu_graph.plan(model, None, "auto")[0] is False
+    assert gpu_graph.plan(model, x, "auto") == (True, "capturable")
+    monkeypatch.setattr(gpu_graph, "capture", FakeGraphs(fail=RuntimeError("operation not permitted when stream is capturing")))
+    graphs_ok, reason = gpu_graph.plan(model, x, "auto")
+    assert not graphs_ok and "cannot be captured in a CUDA graph (RuntimeError: operation not permitted" in reason
+    with pytest.raises(ValueError, match="fuse='on': the model cannot be captured .* use fuse='auto' or 'off'"):
+        gpu_graph.plan(model, x, "on")
+
+
+# ------------------------------------------------------------------ fuse through runtime.convert on cuda
+@pytest.fixture
+def gpu_here(monkeypatch):
+    if DEVICE == "cpu":
+        monkeypatch.setattr(gpu, "check_device", lambda device: torch.device("cpu"))
+
+
+def pruned(seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(24, 40), nn.ReLU(), nn.Linear(40, 16), nn.ReLU(), nn.Linear(16, 5))
+    P.prune(model, 0.85, "uniform", exclude=["4"])
+    Q.quantize(model, 4)
+    return model.eval()
+
+
+def timing(graph_s=1.0, layers_s=2.0):
+    """gpu_timing.interleaved off the GPU: runs each callable once; the layers' variants all cost the same
+    (so every layer stays dense), the graph ``graph_s`` and the per-layer model ``layers_s``. Records the
+    ``graphs`` argument of every call."""
+    modes = []
+
+    def interleaved(fns, rounds=15, calls=20, seed=0, graphs=True):
+        modes.append(graphs)
+        for fn in fns.values():
+            fn()
+        seconds = {name: graph_s if name == "graph" else layers_s if name == "layers" else 1.0 for name in fns}
+        return {name: {"seconds": s, "graphed": graphs, "rounds": [s] * rounds} for name, s in seconds.items()}
+    return interleaved, modes
+
+
+@pytest.mark.parametrize("fuse, graph_s, fused, calibration_graphs", [
+    ("auto", 1.0, True, True),     # replaying beats calling: a GraphedModel, layers timed as graph replays
+    ("auto", 2.0, False, True),    # replaying no faster: the per-layer model
+    ("on", 5.0, True, True),       # always, untimed
+    ("off", 1.0, False, False),    # never; layers timed eagerly, launch work in
+])
+def test_fuse_on_cuda(gpu_here, graphs, monkeypatch, fuse, graph_s, fused, calibration_graphs):
+    interleaved, modes = timing(graph_s=graph_s)
+    monkeypatch.setattr(gpu.gpu_timing, "interleaved", interleaved)
+    model = pruned()
+    x = torch.randn(1, 24)
+    fast = runtime.convert(copy.deepcopy(model), example=x, device="cuda", fuse=fuse)
+    assert isinstance(fast, GraphedModel) == fused
+    info = runtime.fusion(fast)
+    assert info["fused"] == fused and runtime.decisions(fast) is runtime.decisions(getattr(fast, "model", fast))
+    calibration_modes = modes[:-1] if fuse == "auto" else modes
+    assert calibration_modes and set(calibration_modes) == {calibration_graphs}
+    if fuse == "auto":
+        assert modes[-1] is False and (info["graph_s"], info["layers_s"]) == (graph_s, 2.0)  # graph vs eager calls
+    if fused:
+        assert info["kind"] == "cuda graph" and info["max_abs_diff"] == 0.0
+    assert torch.allclose(fast(x.to(DEVICE)).cpu(), model(x), atol=1e-4)
+
+
+def test_a_model_that_cannot_be_captured_is_calibrated_eagerly(gpu_here, monkeypatch):
+    interleaved, modes = timing()
+    monkeypatch.setattr(gpu.gpu_timing, "interleaved", interleaved)
+    monkeypatch.setattr(gpu_graph, "capture", FakeGraphs(fail=RuntimeError("a host sync")))
+    x = torch.randn(1, 24)
+    fast = runtime.convert(pruned(), example=x, device="cuda")
+    assert not isinstance(fast, GraphedModel) and set(modes) == {False}
+    assert "cannot be captured in a CUDA graph (RuntimeError: a host sync)" in runtime.fusion(fast)["reason"]
+
+
+def test_fuse_on_that_cannot_capture_is_an_error_that_leaves_the_model(gpu_here, monkeypatch):
+    monkeypatch.setattr(gpu_graph, "capture", FakeGraphs(fail=RuntimeError("a host sync")))
+    model = pruned()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match="fuse='on': the model cannot be captured"):
+        runtime.convert(model, example=torch.randn(1, 24), device="cuda", fuse="on")
+    assert [type(m) for m in model] == [nn.Linear, nn.ReLU, nn.Linear, nn.ReLU, nn.Linear]
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_fuse_on_needs_an_example_on_cuda_too(gpu_here):
+    with pytest.raises(ValueError, match="fuse='on' needs an example input: .* CUDA graph"):
+        runtime.convert(pruned(), device="cuda", fuse="on")

@@ -28,12 +28,12 @@ import _common  # noqa: F401  (sys.path)
 import torch
 
 from _common import RESULTS, RUNS, table, write_results
+from _plot import finish_panel, panel_row, save_figure
 import deepzip
 from deepzip import data
 from deepzip.encode import encode_model, open_file
 from deepzip.distributed import run_in_processes
 from deepzip.pipeline import compress_to_budget
-from deepzip.report.plots import save_figure
 from deepzip.train import BASELINES, BudgetConfig, PruneConfig, QuantizeConfig, TrainConfig
 
 TARGETS = {"lenet300_100": 64.0, "lenet5": 100.0}
@@ -87,10 +87,8 @@ def recipe_candidates(name: str) -> list[dict]:
 
 def plot(results: dict, path) -> None:
     """Test accuracy (decoded) vs file bytes: the recipe's candidates and each variant's budgets."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(results), figsize=(6.2 * len(results), 4.4), squeeze=False)
-    for ax, (name, result) in zip(axes[0], results.items()):
+    fig, axes = panel_row(len(results))
+    for ax, (name, result) in zip(axes, results.items()):
         recipe = sorted(recipe_candidates(name), key=lambda c: c["file_bytes"])
         if recipe:
             ax.plot([c["file_bytes"] for c in recipe], [100 * c["test_acc"] for c in recipe], "s--",
@@ -108,11 +106,7 @@ def plot(results: dict, path) -> None:
             ax.axhline(dense, color="black", lw=1, ls="--", label="dense")
             ax.axhline(dense - 0.5, color="grey", lw=0.8, ls=":", label="dense - 0.5 points")
         ax.set_xscale("log")
-        ax.set_xlabel("file bytes (.dz)")
-        ax.set_ylabel("test accuracy of the decoded file (%)")
-        ax.set_title(name, fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        finish_panel(ax, "file bytes (.dz)", "test accuracy of the decoded file (%)", name, legend_size=7)
     save_figure(fig, path)
 
 

@@ -24,10 +24,10 @@ import _common  # noqa: F401  (sys.path)
 import torch
 
 from _common import RESULTS, RUNS, machine, table, write_results
+from _plot import finish_panel, save_figure, subplots
 from deepzip import data
 from deepzip.checkpoint import atomic_write_text
 from deepzip.config import hash_configs
-from deepzip.report.plots import save_figure
 from deepzip.lottery import Experiment, LotteryConfig, aggregate, plot_experiment, steps
 from deepzip.train import TrainConfig
 
@@ -131,9 +131,7 @@ def study_b(train_cfg: TrainConfig, configs: dict[str, LotteryConfig], splits, f
 
 
 def _plot_b(series, path, title) -> None:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = subplots(figsize=(6.4, 4.2))
     for label, rows in series.items():
         x = [r["remaining"] for r in rows]
         mean = [100 * r["early_stop_test_acc"]["mean"] for r in rows]
@@ -142,11 +140,7 @@ def _plot_b(series, path, title) -> None:
         ax.errorbar(x, mean, yerr=err, marker="o", markersize=3, capsize=2, label=label)
     ax.set_xscale("log")
     ax.invert_xaxis()
-    ax.set_xlabel("percent of weights remaining")
-    ax.set_ylabel("test accuracy at early stop (%)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    finish_panel(ax, "percent of weights remaining", "test accuracy at early stop (%)", title, which="both")
     save_figure(fig, path, extra_formats=("svg",))
 
 

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from _common import RESULTS, RUNS, table, write_results
+from _plot import save_figure, subplots
 
 import deepzip
 from deepzip.models.pretrained import embed, load_pretrained, token_batches
@@ -142,10 +143,7 @@ def targets_section(records: list[dict]) -> list[str]:
 
 
 def plot(records: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig, axes = subplots(1, 2, figsize=(12, 4.8), dpi=140)
     for ax, key, label in ((axes[0], "cosine", "mean embedding cosine to the original"),
                            (axes[1], "top1", "top-1 nearest-neighbour agreement")):
         for r in records:
@@ -168,9 +166,7 @@ def plot(records: list[dict], path: Path) -> None:
         ax.set_ylabel(label)
         ax.set_ylim(max(0.0, min(r[key] for r in records) - 0.02), 1.005)
     fig.suptitle("all-MiniLM-L6-v2 without labels: fidelity vs compression (red: issue #16 targets)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=140)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:

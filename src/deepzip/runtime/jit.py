@@ -16,6 +16,9 @@ import threading
 import llvmlite.binding as llvm
 import numpy as np
 
+from .kernels import PARALLEL_MIN_NNZ
+from .threads import kernel_threads
+
 _compiled: dict[str, tuple] = {}  # name -> (ctypes function, module, engine): the engine owns the code
 _compiling = threading.Lock()
 _FLOAT32 = np.dtype(np.float32)  # numpy's built-in dtypes are singletons: an identity test suffices
@@ -104,9 +107,10 @@ def _optimized(ir: str):
 class AddressedMatrix:
     """A weight matrix whose compiled kernels take its arrays by address (`PanelMatrix`, `RowTableMatrix`).
 
-    Subclasses set ``shape`` and define `_cache_addresses` (the addresses read on every call: numpy's
-    ``.ctypes`` costs ~1 us each) and ``_run(x, bias, out)``. The addresses are valid while the matrix holds
-    its arrays, so they never travel: a copy (deepcopy, pickle) takes its own anew."""
+    Subclasses set ``shape``, ``nnz`` and ``_thread_bounds`` (a dict) and define `_cache_addresses` (the
+    addresses read on every call: numpy's ``.ctypes`` costs ~1 us each), ``_run(x, bias, out)`` and
+    ``_split(threads)`` (the boundaries of the runs the threads take). The addresses are valid while the
+    matrix holds its arrays, so they never travel: a copy (deepcopy, pickle) takes its own anew."""
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if not k.endswith("_at")}
@@ -128,6 +132,16 @@ class AddressedMatrix:
         out = np.empty((x.shape[0], self.shape[0]), dtype=np.float32)
         self._run(x, bias, out)
         return out
+
+    def _bounds(self) -> np.ndarray | None:
+        """`_split`'s boundaries, one run a thread, where the layer is large enough for threads; else None."""
+        threads = kernel_threads() if self.nnz >= PARALLEL_MIN_NNZ else 1
+        if threads <= 1:
+            return None
+        found = self._thread_bounds.get(threads)
+        if found is None:
+            found = self._thread_bounds[threads] = self._split(threads)
+        return found
 
     def _check(self, x, bias, ndim: int) -> None:
         """The kernels read raw memory: a wrong dtype, width or bias length would be read as if right.

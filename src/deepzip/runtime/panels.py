@@ -36,8 +36,6 @@ import torch
 
 from . import jit
 from .panel_ir import PANEL, STEP, amx_kernel_ir, amx_kernel_name, kernel_ir, kernel_name
-from .kernels import PARALLEL_MIN_NNZ
-from .threads import kernel_threads
 
 MAX_BLOCK = 24  # input rows a kernel call multiplies at once: 24 accumulator registers of AVX-512's 32
 PRECISIONS = ("fp32", "int8")
@@ -313,16 +311,9 @@ class PanelMatrix(jit.AddressedMatrix):
                 _drive(_as_words(function, _WORDS), self._codes_at, self._lut_at, *at, bounds, bias_at or 0,
                        *(value or 0 for value in rest))
 
-    def _bounds(self) -> np.ndarray | None:
-        """Panel boundaries, one run a thread, where the layer is large enough for threads; else None."""
-        threads = kernel_threads() if self.nnz >= PARALLEL_MIN_NNZ else 1
-        if threads <= 1:
-            return None
-        found = self._thread_bounds.get(threads)
-        if found is None:
-            found = self._thread_bounds[threads] = panel_bounds(self.codes.shape[0], threads,
-                                                                PANEL_MULTIPLE[self.precision])
-        return found
+    def _split(self, threads: int) -> np.ndarray:
+        """Panel boundaries, one run a thread (`jit.AddressedMatrix._bounds`)."""
+        return panel_bounds(self.codes.shape[0], threads, PANEL_MULTIPLE[self.precision])
 
     def _run_amx(self, x: np.ndarray, bias: np.ndarray, out: np.ndarray) -> None:
         """int8 on AMX tiles: the quantized rows as they are (no transpose), up to 32 rows a call, into

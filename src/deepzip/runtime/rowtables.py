@@ -45,12 +45,10 @@ import numpy as np
 import torch
 
 from . import jit
-from .kernels import PARALLEL_MIN_NNZ
 from .layers import SparseMatrix
 from .panels import INT8_MAX, INT8_MAX_WIDTH, MAX_BLOCK, NEEDS as PANEL_NEEDS, _row_peaks, blocks, check_precision
 from .row_ir import (BLOCK_BYTES, BLOCK_MULTIPLE, CHUNK, CHUNK_BYTES, LANES, PAIR, int8_kernel_ir, int8_kernel_name,
                      kernel_ir, kernel_name)
-from .threads import kernel_threads
 from ..quantize.sharing import shared_weight
 
 TABLE = 16  # values a 4-bit table holds
@@ -453,15 +451,9 @@ class RowTableMatrix(jit.AddressedMatrix):
             found = self._block_runs[tokens] = block_runs(self.blocks, tokens)
         return found
 
-    def _bounds(self) -> np.ndarray | None:
-        """Row boundaries, one run a thread, where the layer is large enough for threads; else None."""
-        threads = kernel_threads() if self.nnz >= PARALLEL_MIN_NNZ else 1
-        if threads <= 1:
-            return None
-        found = self._thread_bounds.get(threads)
-        if found is None:
-            found = self._thread_bounds[threads] = row_bounds(self.shape[0], threads)
-        return found
+    def _split(self, threads: int) -> np.ndarray:
+        """Row boundaries, one run a thread (`jit.AddressedMatrix._bounds`)."""
+        return row_bounds(self.shape[0], threads)
 
 
 @functools.cache  # kept for the process: layers without outliers point at it

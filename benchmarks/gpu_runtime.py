@@ -251,6 +251,7 @@ def bench_model(name: str, batch: int, quick: bool, gpu_timing, workdir: Path, f
     if from_dz:
         deepzip.save(model, path)
     compressed = copy.deepcopy(model)
+    compressed_off = copy.deepcopy(model)  # runtime.convert converts in place: fuse='off' gets its own copy
     dense = finalize(model)
     remove(dense)
     dense = dense.to(DEVICE).eval()
@@ -263,7 +264,7 @@ def bench_model(name: str, batch: int, quick: bool, gpu_timing, workdir: Path, f
     load_s = time.perf_counter() - started
     # fuse='off': no CUDA graph, each layer calibrated as eager calls (launch work in), for callers who run it so
     unfused = runtime.load(path, models.from_description, example=example, device=DEVICE, fuse="off") if from_dz \
-        else runtime.convert(copy.deepcopy(compressed), example=example, device=DEVICE, fuse="off")
+        else runtime.convert(compressed_off, example=example, device=DEVICE, fuse="off")
     with torch.inference_mode():
         error = float((fast(example) - dense(example)).abs().max())
     half = copy.deepcopy(dense).half()

@@ -26,6 +26,9 @@ def test_quick_gpu_runtime_benchmark(tmp_path):
             ours = {k: v for k, v in row["results"].items() if k.startswith("deepzip")}
             assert ours and all(v["max_abs_error"] < 1e-4 and v["seconds"] > 0 for v in ours.values()), row
         assert all("graph_seconds" in m for m in report["models"]), report["models"]
+        for m in report["models"]:  # fuse='off' converted a model of its own, not the one fuse='auto' converted
+            assert [d["layer"] for d in m["decisions_fuse_off"]] == [d["layer"] for d in m["decisions"]] != [], m
+            assert "deepzip fuse=off" in m["eager_seconds"] and "fused" in m["fusion"], m
     else:
         rows = report["interpreter_rows"]
         assert {r["batch"] for r in rows} == {1, 3}

@@ -409,7 +409,7 @@ def markdown(report: dict) -> str:
         body = []
         for m in report["models"]:
             if "error" in m:
-                body.append([m["model"], m["batch"], "error: " + m["error"][:120], "", "", "", "", ""])
+                body.append([m["model"], m["batch"], "error: " + m["error"][:120], "", "", "", "", "", ""])
                 continue
             g, e = m["graph_seconds"], m["eager_seconds"]
             kernels = lambda key: ", ".join(f"{d['layer']}={d['kernel']}" for d in m.get(key, []))  # noqa: E731
@@ -436,7 +436,12 @@ def markdown(report: dict) -> str:
 
 def _table(headers, rows) -> str:
     out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    return "\n".join(out + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
+    return "\n".join(out + ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows])
+
+
+def _cell(value) -> str:
+    """One table cell: a recorded error or reason (CUDA's are several lines) on one line, its pipes escaped."""
+    return " ".join(str(value).split("\n")).replace("|", "\\|")
 
 
 def write(out: Path, report: dict) -> None:

@@ -12,7 +12,7 @@ from torch import nn
 from deepzip import runtime
 from deepzip import prune as P
 from deepzip import quantize as Q
-from deepzip.runtime import gpu, gpu_graph
+from deepzip.runtime import gpu, gpu_graph, gpu_timing
 from deepzip.runtime.gpu_graph import GraphedModel
 
 pytest.importorskip("triton")
@@ -156,6 +156,51 @@ def test_plan_says_how_calibration_will_time(graphs, monkeypatch):
     assert not graphs_ok and "cannot be captured in a CUDA graph (RuntimeError: operation not permitted" in reason
     with pytest.raises(ValueError, match="fuse='on': the model cannot be captured .* use fuse='auto' or 'off'"):
         gpu_graph.plan(model, x, "on")
+
+
+class FakeStreams:
+    """torch.cuda's streams and capture as PyTorch has them, off the GPU: torch.cuda.graph makes its stream
+    current and, when ending the capture raises (a capture a host sync invalidated), never restores it."""
+
+    def __init__(self, monkeypatch):
+        self.current, self.captures = "caller's", 0
+        fake = self
+
+        class Graph:
+            def __init__(self, graph, stream=None):
+                self.stream = stream
+
+            def __enter__(self):
+                fake.captures += 1
+                self.previous, fake.current = fake.current, self.stream
+
+            def __exit__(self, kind, value, traceback):
+                if kind is not None:
+                    raise RuntimeError("operation failed due to a previous error during capture")
+                fake.current = self.previous
+
+        monkeypatch.setattr(torch.cuda, "graph", Graph)
+        monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: None)
+        monkeypatch.setattr(torch.cuda, "Stream", lambda: "a capture stream")
+        monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: self.current)
+        monkeypatch.setattr(torch.cuda, "set_stream", lambda stream: setattr(self, "current", stream))
+        monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+        monkeypatch.setattr(gpu_timing, "warm_up", lambda fn, calls=3: [fn() for _ in range(calls)])
+
+
+def test_a_failed_capture_leaves_the_callers_stream_current(monkeypatch):
+    streams = FakeStreams(monkeypatch)
+    with pytest.raises(RuntimeError, match="previous error during capture"):
+        with gpu_timing.capturing(None):
+            assert streams.current == "a capture stream"
+            raise RuntimeError("operation not permitted when stream is capturing")
+    assert streams.current == "caller's"
+
+    def host_sync():
+        if streams.current == "a capture stream":
+            raise RuntimeError("operation not permitted when stream is capturing")
+    run, graphed = gpu_timing.replayer(host_sync, calls=4)
+    assert not graphed and streams.current == "caller's" and streams.captures == 2
 
 
 # ------------------------------------------------------------------ fuse through runtime.convert on cuda

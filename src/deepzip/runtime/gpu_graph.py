@@ -13,6 +13,7 @@ a graph, eagerly (launch work in) when it will not, so a kernel is kept only whe
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Callable
 
@@ -30,7 +31,7 @@ def capture(fn: Callable[[], object]) -> tuple[Callable[[], None], object]:
     raised when ``fn`` cannot be captured."""
     graph = torch.cuda.CUDAGraph()
     gpu_timing.warm_up(fn)
-    with torch.cuda.graph(graph):
+    with gpu_timing.capturing(graph):
         output = fn()
     return graph.replay, output
 
@@ -91,8 +92,10 @@ class GraphedModel(nn.Module):
 
     def _capture(self, x: torch.Tensor) -> tuple:
         # plain tensors, also when the first call comes in inference mode: later calls copy into the input
-        # buffer, and replays rewrite the output buffers, outside inference mode too
-        with torch.inference_mode(False), torch.no_grad():
+        # buffer, and replays rewrite the output buffers, outside inference mode too. On the input's device:
+        # captured from another device's stream, its kernels would run outside the graph (an empty graph)
+        on_device = torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+        with on_device, torch.inference_mode(False), torch.no_grad():
             static_input = torch.empty_like(x, memory_format=torch.contiguous_format)
             static_input.copy_(x)
             replay, output = capture(lambda: self.model(static_input))

@@ -158,6 +158,21 @@ def test_plan_says_how_calibration_will_time(graphs, monkeypatch):
         gpu_graph.plan(model, x, "on")
 
 
+def test_plan_says_what_made_the_capture_fail_on_one_line(monkeypatch):
+    try:  # as a host sync in a capture fails: the sync's error, then ending the capture raises another
+        try:
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing\n"
+                               "CUDA kernel errors might be asynchronously reported at some other API call")
+        except RuntimeError:
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture\nmore")
+    except RuntimeError as exc:
+        chained = exc
+    monkeypatch.setattr(gpu_graph, "capture", FakeGraphs(fail=chained))
+    assert gpu_graph.plan(mlp(), torch.randn(1, 12), "auto") == (
+        False, "the model cannot be captured in a CUDA graph (RuntimeError: CUDA error: operation not permitted when "
+               "stream is capturing)")
+
+
 class FakeStreams:
     """torch.cuda's streams and capture as PyTorch has them, off the GPU: torch.cuda.graph makes its stream
     current and, when ending the capture raises (a capture a host sync invalidated), never restores it."""

@@ -142,11 +142,21 @@ def plan(model: nn.Module, example: torch.Tensor | None, fuse: str) -> tuple[boo
     except Exception as exc:  # noqa: BLE001 - any failure to capture means: run eagerly (or, with 'on', say why)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        reason = f"the model cannot be captured in a CUDA graph ({type(exc).__name__}: {exc})"
+        reason = f"the model cannot be captured in a CUDA graph ({_first_error(exc)})"
         if fuse == "on":
             raise ValueError(f"fuse='on': {reason}; use fuse='auto' or 'off'") from exc
         return False, reason
     return True, "capturable"
+
+
+def _first_error(exc: BaseException) -> str:
+    """What made a capture fail, on one line: ending an invalidated capture raises an error of its own
+    ("operation failed due to a previous error during capture") while the first one is handled, and CUDA's
+    messages go on for lines about asynchronous reporting."""
+    while exc.__context__ is not None and exc.__cause__ is None:
+        exc = exc.__context__
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
 
 
 def fuse(model: nn.Module, example: torch.Tensor | None, fuse: str, graphs: bool, reason: str,

@@ -122,6 +122,13 @@ def test_copies_moves_and_loads_capture_again(graphs):
     assert graphs.captures == 5
 
 
+def test_a_compiled_wrapper_pickles_as_nn_module_does(graphs):
+    graphed = GraphedModel(mlp(), torch.zeros(3, 12))
+    graphed.__dict__["_compiled_call_impl"] = lambda *args: None  # what nn.Module.compile() sets: not picklable
+    pickled = pickle.loads(pickle.dumps(graphed))
+    assert "_compiled_call_impl" not in pickled.__dict__ and pickled._graph is None
+
+
 class Opaque:
     def __init__(self, tensor):
         self.tensor = tensor

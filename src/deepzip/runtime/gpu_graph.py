@@ -117,7 +117,7 @@ class GraphedModel(nn.Module):
         return super()._load_from_state_dict(*args, **kwargs)
 
     def __getstate__(self) -> dict:  # deepcopy and pickle: a graph and a lock are not copied; captured anew
-        state = self.__dict__.copy()
+        state = super().__getstate__()
         state["_graph"], state["_lock"] = None, None
         return state
 

@@ -97,6 +97,21 @@ def test_fuse_off_calibrates_with_the_launch_work_in():
     assert not any(d["graphed"] for d in runtime.decisions(fast))  # timed as eager calls, as it will run
 
 
+def test_calls_on_several_streams_each_get_their_own_result():
+    model = lenet5_compressed()
+    fast = runtime.convert(copy.deepcopy(model), example=torch.randn(1, 1, 28, 28), device="cuda", fuse="on")
+    inputs = [torch.randn(1, 1, 28, 28, device="cuda") for _ in range(8)]
+    expected = [fast.model(x) for x in inputs]  # the per-layer model
+    streams, outputs = [torch.cuda.Stream() for _ in range(2)], []
+    for k, x in enumerate(inputs):  # no sync between calls: the graph's input buffer is shared by both streams
+        stream = streams[k % 2]
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            outputs.append(fast(x))
+    torch.cuda.synchronize()
+    assert all(torch.allclose(out, want, atol=1e-5) for out, want in zip(outputs, expected))
+
+
 class Syncing(nn.Sequential):
     """A model whose forward syncs with the host: it cannot be captured in a CUDA graph."""
 

@@ -225,6 +225,13 @@ def test_a_failed_capture_leaves_the_callers_stream_current(monkeypatch):
     assert not graphed and streams.current == "caller's" and streams.captures == 2
 
 
+def test_the_replayer_calls_eagerly_without_graphs(monkeypatch):
+    streams, calls = FakeStreams(monkeypatch), []
+    run, graphed = gpu_timing.replayer(lambda: calls.append(1), calls=4, warmup=2, graphs=False)
+    run()
+    assert not graphed and streams.captures == 0 and len(calls) == 2 + 4
+
+
 # ------------------------------------------------------------------ fuse through runtime.convert on cuda
 @pytest.fixture
 def gpu_here(monkeypatch):
@@ -240,29 +247,32 @@ def pruned(seed=0):
     return model.eval()
 
 
-def timing(graph_s=1.0, layers_s=2.0):
-    """gpu_timing.interleaved off the GPU: runs each callable once; the layers' variants all cost the same
-    (so every layer stays dense), the graph ``graph_s`` and the per-layer model ``layers_s``. Records the
-    ``graphs`` argument of every call."""
+def timing(graph_s=1.0, layers_s=2.0, kernel_s=1.0):
+    """gpu_timing.interleaved off the GPU: runs each callable once; dense costs 1.0 and the kernels (and the
+    chosen model) ``kernel_s`` (at 1.0 every layer stays dense), the graph ``graph_s`` and the per-layer
+    model ``layers_s``. Records the ``graphs`` argument of every call."""
     modes = []
+    costs = {"graph": graph_s, "layers": layers_s, "dense": 1.0}
 
     def interleaved(fns, rounds=15, calls=20, seed=0, graphs=True):
         modes.append(graphs)
         for fn in fns.values():
             fn()
-        seconds = {name: graph_s if name == "graph" else layers_s if name == "layers" else 1.0 for name in fns}
+        seconds = {name: costs.get(name, kernel_s) for name in fns}
         return {name: {"seconds": s, "graphed": graphs, "rounds": [s] * rounds} for name, s in seconds.items()}
     return interleaved, modes
 
 
-@pytest.mark.parametrize("fuse, graph_s, fused, calibration_graphs", [
-    ("auto", 1.0, True, True),     # replaying beats calling: a GraphedModel, layers timed as graph replays
-    ("auto", 2.0, False, True),    # replaying no faster: the per-layer model
-    ("on", 5.0, True, True),       # always, untimed
-    ("off", 1.0, False, False),    # never; layers timed eagerly, launch work in
+@pytest.mark.parametrize("fuse, graph_s, fused, calibration_graphs, kernel_s", [
+    ("auto", 1.0, True, True, 1.0),     # replaying beats calling: a GraphedModel, layers timed as graph replays
+    ("auto", 2.0, False, True, 1.0),    # replaying no faster: the per-layer model
+    ("on", 5.0, True, True, 1.0),       # always, untimed
+    ("off", 1.0, False, False, 1.0),    # never; layers timed eagerly, launch work in
+    ("auto", 1.0, True, True, 0.5),     # kernels win: the whole-model check timed as the layers were
+    ("off", 1.0, False, False, 0.5),
 ])
-def test_fuse_on_cuda(gpu_here, graphs, monkeypatch, fuse, graph_s, fused, calibration_graphs):
-    interleaved, modes = timing(graph_s=graph_s)
+def test_fuse_on_cuda(gpu_here, graphs, monkeypatch, fuse, graph_s, fused, calibration_graphs, kernel_s):
+    interleaved, modes = timing(graph_s=graph_s, kernel_s=kernel_s)
     monkeypatch.setattr(gpu.gpu_timing, "interleaved", interleaved)
     model = pruned()
     x = torch.randn(1, 24)
@@ -270,6 +280,8 @@ def test_fuse_on_cuda(gpu_here, graphs, monkeypatch, fuse, graph_s, fused, calib
     assert isinstance(fast, GraphedModel) == fused
     info = runtime.fusion(fast)
     assert info["fused"] == fused and runtime.decisions(fast) is runtime.decisions(getattr(fast, "model", fast))
+    kernels = [d["kernel"] for d in runtime.decisions(fast)]
+    assert kernels == ["dense"] * 3 if kernel_s == 1.0 else "dense" not in kernels
     calibration_modes = modes[:-1] if fuse == "auto" else modes
     assert calibration_modes and set(calibration_modes) == {calibration_graphs}
     if fuse == "auto":

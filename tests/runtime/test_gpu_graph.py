@@ -22,8 +22,8 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 class FakeGraphs:
     """gpu_graph.capture off the GPU, counting captures and replays."""
 
-    def __init__(self, fail: Exception | None = None):
-        self.captures, self.replays, self.fail = 0, 0, fail
+    def __init__(self, fail: Exception | None = None, stale: bool = False):
+        self.captures, self.replays, self.fail, self.stale = 0, 0, fail, stale
 
     def __call__(self, fn):
         if self.fail is not None:
@@ -34,6 +34,8 @@ class FakeGraphs:
 
         def replay():
             self.replays += 1
+            if self.stale:  # as an empty graph: the capture's output, never rewritten
+                return
             with torch.no_grad():
                 fresh = fn()
             for static, new in zip(torch.utils._pytree.tree_leaves(output), torch.utils._pytree.tree_leaves(fresh)):
@@ -289,6 +291,22 @@ def test_fuse_on_cuda(gpu_here, graphs, monkeypatch, fuse, graph_s, fused, calib
     if fused:
         assert info["kind"] == "cuda graph" and info["max_abs_diff"] == 0.0
     assert torch.allclose(fast(x.to(DEVICE)).cpu(), model(x), atol=1e-4)
+
+
+@pytest.mark.parametrize("fuse", ["auto", "on"])
+def test_a_graph_that_does_not_replay_the_model_is_not_kept(gpu_here, monkeypatch, fuse):
+    interleaved, _ = timing()
+    monkeypatch.setattr(gpu.gpu_timing, "interleaved", interleaved)
+    monkeypatch.setattr(gpu_graph, "capture", FakeGraphs(stale=True))  # right for the example it captured, only
+    model, x = pruned(), torch.randn(1, 24)
+    if fuse == "on":
+        with pytest.raises(ValueError, match="fuse='on': replaying the CUDA graph differs from the per-layer model"):
+            runtime.convert(model, example=x, device="cuda", fuse=fuse)
+        return
+    fast = runtime.convert(model, example=x, device="cuda", fuse=fuse)
+    info = runtime.fusion(fast)
+    assert not isinstance(fast, GraphedModel) and not info["fused"] and info["max_abs_diff"] > 1e-3
+    assert info["reason"].startswith("replaying the CUDA graph differs from the per-layer model by")
 
 
 def test_a_model_that_cannot_be_captured_is_calibrated_eagerly(gpu_here, monkeypatch):

@@ -23,6 +23,7 @@ from torch.utils import _pytree as pytree
 
 from . import gpu_timing
 
+DIFF_TOLERANCE = 1e-4  # relative to the output's largest magnitude (at least 1), as the CPU's chain
 
 
 def capture(fn: Callable[[], object]) -> tuple[Callable[[], None], object]:
@@ -159,20 +160,40 @@ def _first_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0] if lines else ''}"
 
 
+def _difference(graphed: GraphedModel, model: nn.Module, inputs: list[torch.Tensor]) -> tuple[float, float]:
+    """(largest absolute difference of ``graphed``'s output tensors from ``model``'s, largest magnitude of
+    ``model``'s) over ``inputs``."""
+    diff = scale = 0.0
+    with torch.no_grad():
+        for x in inputs:
+            for got, want in zip(pytree.tree_leaves(graphed(x)), pytree.tree_leaves(model(x))):
+                if isinstance(got, torch.Tensor) and got.numel():
+                    want = want.double()
+                    diff = max(diff, (got.double() - want).abs().max().item())
+                    scale = max(scale, want.abs().max().item())
+    return diff, scale
+
+
 def fuse(model: nn.Module, example: torch.Tensor | None, fuse: str, graphs: bool, reason: str,
          rounds: int = 15, calls: int = 20) -> tuple[nn.Module, dict]:
     """(result, info): ``model`` wrapped in a `GraphedModel` (``fuse='on'``, or ``'auto'`` when replaying the
     graph beats calling the model by 1% in each of 3 groups of rounds, both timed eagerly as a caller runs
     them), else ``model``; ``info`` as `runtime.fusion` reports it (``graph_s`` / ``layers_s`` when timed,
-    ``max_abs_diff`` of the graph against the per-layer model on the example)."""
+    ``max_abs_diff`` of the graph against the per-layer model on the example and on it rolled by one along its
+    last axis: a graph that does not replay the model, only gives back what its capture computed, differs
+    there). A graph that differs beyond fp32 rounding (as the CPU's chain is held to) is not kept, and with
+    ``fuse='on'`` it is an error."""
     if not graphs:
         return model, {"fused": False, "reason": reason}
     graphed = GraphedModel(model, example).eval()
-    with torch.no_grad():
-        diff = max((a - b).abs().max().item() for a, b in zip(pytree.tree_leaves(graphed(example)),
-                                                              pytree.tree_leaves(model(example)))
-                   if isinstance(a, torch.Tensor))
+    diff, scale = _difference(graphed, model, [example, example.roll(1, -1) if example.dim() else example])
     info = {"fused": True, "reason": "fuse='on'", "kind": "cuda graph", "max_abs_diff": diff}
+    if diff > DIFF_TOLERANCE * max(scale, 1.0):
+        why = f"replaying the CUDA graph differs from the per-layer model by {diff:.2e}"
+        if fuse == "on":
+            raise ValueError(f"fuse='on': {why}")
+        info.update(fused=False, reason=why)
+        return model, info
     if fuse == "on":
         return graphed, info
     timed = gpu_timing.interleaved({"graph": lambda: graphed(example), "layers": lambda: model(example)},

@@ -179,7 +179,8 @@ def test_plan_says_what_made_the_capture_fail_on_one_line(monkeypatch):
     monkeypatch.setattr(gpu_graph, "capture", FakeGraphs(fail=chained))
     assert gpu_graph.plan(mlp(), torch.randn(1, 12), "auto") == (
         False, "the model cannot be captured in a CUDA graph (RuntimeError: CUDA error: operation not permitted when "
-               "stream is capturing)")
+               "stream is capturing; then RuntimeError: CUDA error: operation failed due to a previous error during "
+               "capture)")
 
 
 class FakeStreams:

@@ -151,13 +151,17 @@ def plan(model: nn.Module, example: torch.Tensor | None, fuse: str) -> tuple[boo
 
 
 def _first_error(exc: BaseException) -> str:
-    """What made a capture fail, on one line: ending an invalidated capture raises an error of its own
-    ("operation failed due to a previous error during capture") while the first one is handled, and CUDA's
-    messages go on for lines about asynchronous reporting."""
-    while exc.__context__ is not None and exc.__cause__ is None:
-        exc = exc.__context__
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+    """What made a capture fail, on one line, the first error first: ending an invalidated capture raises an
+    error of its own ("operation failed due to a previous error during capture") while the first one is
+    handled, and CUDA's messages go on for lines about asynchronous reporting."""
+    def line(error: BaseException) -> str:
+        lines = str(error).strip().splitlines()
+        return f"{type(error).__name__}: {lines[0] if lines else ''}"
+
+    first = exc
+    while first.__context__ is not None and first.__cause__ is None:
+        first = first.__context__
+    return line(exc) if first is exc else f"{line(first)}; then {line(exc)}"
 
 
 def _difference(graphed: GraphedModel, model: nn.Module, inputs: list[torch.Tensor]) -> tuple[float, float]:

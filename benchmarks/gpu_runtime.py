@@ -251,6 +251,7 @@ def bench_model(name: str, batch: int, quick: bool, gpu_timing, workdir: Path, f
     if from_dz:
         deepzip.save(model, path)
     compressed = copy.deepcopy(model)
+    compressed_off = copy.deepcopy(model)  # runtime.convert converts in place: fuse='off' gets its own copy
     dense = finalize(model)
     remove(dense)
     dense = dense.to(DEVICE).eval()
@@ -263,7 +264,7 @@ def bench_model(name: str, batch: int, quick: bool, gpu_timing, workdir: Path, f
     load_s = time.perf_counter() - started
     # fuse='off': no CUDA graph, each layer calibrated as eager calls (launch work in), for callers who run it so
     unfused = runtime.load(path, models.from_description, example=example, device=DEVICE, fuse="off") if from_dz \
-        else runtime.convert(copy.deepcopy(compressed), example=example, device=DEVICE, fuse="off")
+        else runtime.convert(compressed_off, example=example, device=DEVICE, fuse="off")
     with torch.inference_mode():
         error = float((fast(example) - dense(example)).abs().max())
     half = copy.deepcopy(dense).half()
@@ -408,7 +409,7 @@ def markdown(report: dict) -> str:
         body = []
         for m in report["models"]:
             if "error" in m:
-                body.append([m["model"], m["batch"], "error: " + m["error"][:120], "", "", "", "", ""])
+                body.append([m["model"], m["batch"], "error: " + m["error"][:120], "", "", "", "", "", ""])
                 continue
             g, e = m["graph_seconds"], m["eager_seconds"]
             kernels = lambda key: ", ".join(f"{d['layer']}={d['kernel']}" for d in m.get(key, []))  # noqa: E731
@@ -435,7 +436,12 @@ def markdown(report: dict) -> str:
 
 def _table(headers, rows) -> str:
     out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    return "\n".join(out + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
+    return "\n".join(out + ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows])
+
+
+def _cell(value) -> str:
+    """One table cell: a recorded error or reason (CUDA's are several lines) on one line, its pipes escaped."""
+    return " ".join(str(value).split("\n")).replace("|", "\\|")
 
 
 def write(out: Path, report: dict) -> None:

@@ -26,6 +26,9 @@ def test_quick_gpu_runtime_benchmark(tmp_path):
             ours = {k: v for k, v in row["results"].items() if k.startswith("deepzip")}
             assert ours and all(v["max_abs_error"] < 1e-4 and v["seconds"] > 0 for v in ours.values()), row
         assert all("graph_seconds" in m for m in report["models"]), report["models"]
+        for m in report["models"]:  # fuse='off' converted a model of its own, not the one fuse='auto' converted
+            assert [d["layer"] for d in m["decisions_fuse_off"]] == [d["layer"] for d in m["decisions"]] != [], m
+            assert "deepzip fuse=off" in m["eager_seconds"] and "fused" in m["fusion"], m
     else:
         rows = report["interpreter_rows"]
         assert {r["batch"] for r in rows} == {1, 3}
@@ -79,3 +82,28 @@ def test_minilm_folder_errors_say_what_is_missing(tmp_path, monkeypatch):
     path.write_bytes(path.read_bytes()[:-1] + b"\0")  # not the file meta.json describes
     with pytest.raises(ValueError, match="sha256"):
         gpu_minilm.read(folder)
+
+
+def test_the_whole_model_table_keeps_one_row_a_model(monkeypatch):
+    """The whole-model rows with both fuse settings, a fusion reason as CUDA words one (several lines, with
+    a pipe), and an error row: one table row each, as many cells as the header."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    gpu_runtime = pytest.importorskip("gpu_runtime")
+    seconds = {"dense fp32": 3e-5, "dense fp16": 3e-5, "deepzip": 1e-5, "deepzip fuse=off": 3.2e-5}
+    row = {"model": "lenet5", "batch": 1, "fusion": {"fused": True, "reason": "fuse='on'", "kind": "cuda graph"},
+           "decisions": [{"layer": "fc1", "kernel": "csr"}], "decisions_fuse_off": [{"layer": "fc1", "kernel": "dense"}],
+           "graph_seconds": dict(seconds, deepzip=0.8e-5), "eager_seconds": seconds}
+    eager = dict(row, fusion={"fused": False, "reason": "the model cannot be captured (RuntimeError: CUDA error: "
+                              "a | b\nCUDA kernel errors might be asynchronously reported)"})
+    models = [row, eager, {"model": "lenet300_100", "batch": 16, "error": "RuntimeError: boom"}]
+    report = {"mode": "full", "environment": {"torch": "-", "triton": "-", "date": "-"}, "models": models,
+              "targets": gpu_runtime.targets([], models)}
+    lines = gpu_runtime.markdown(report).splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| model | batch |"))
+    table = lines[header:header + 2 + len(models)]
+    assert len(table[2:]) == len(models) and lines[header + 2 + len(models)] == ""
+    cells = lambda line: len(line.replace("\\|", "").split("|")) - 2  # noqa: E731
+    assert {cells(line) for line in table} == {cells(table[0])} == {9}
+    assert "3.00x (graph)" in table[2] and "0.94x (fc1=dense)" in table[2] and "no graph: " in table[3]
+    assert report["targets"]["the same, called eagerly (the default and fuse='off', each against dense fp32 called "
+                              "eagerly)"] == "missed"  # fuse='off' at 0.94x of dense

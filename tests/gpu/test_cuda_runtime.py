@@ -95,3 +95,51 @@ def test_fuse_off_calibrates_with_the_launch_work_in():
     fast = runtime.convert(copy.deepcopy(model), example=torch.randn(1, 1, 28, 28), device="cuda", fuse="off")
     assert not isinstance(fast, GraphedModel) and runtime.fusion(fast) == {"fused": False, "reason": "fuse='off'"}
     assert not any(d["graphed"] for d in runtime.decisions(fast))  # timed as eager calls, as it will run
+
+
+def test_calls_on_several_streams_each_get_their_own_result():
+    model = lenet5_compressed()
+    fast = runtime.convert(copy.deepcopy(model), example=torch.randn(1, 1, 28, 28), device="cuda", fuse="on")
+    inputs = [torch.randn(1, 1, 28, 28, device="cuda") for _ in range(8)]
+    expected = [fast.model(x) for x in inputs]  # the per-layer model
+    streams, outputs = [torch.cuda.Stream() for _ in range(2)], []
+    for k, x in enumerate(inputs):  # no sync between calls: the graph's input buffer is shared by both streams
+        stream = streams[k % 2]
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            outputs.append(fast(x))
+    torch.cuda.synchronize()
+    assert all(torch.allclose(out, want, atol=1e-5) for out, want in zip(outputs, expected))
+
+
+class Syncing(nn.Sequential):
+    """A model whose forward syncs with the host: it cannot be captured in a CUDA graph."""
+
+    def forward(self, x):
+        y = super().forward(x)
+        return y * float(y.abs().sum() >= 0)
+
+
+def test_a_model_that_cannot_be_captured_runs_per_layer_and_leaves_the_stream_alone():
+    torch.manual_seed(0)
+    model = Syncing(nn.Linear(24, 40), nn.ReLU(), nn.Linear(40, 5)).eval()
+    P.prune(model, 0.85, "uniform")
+    Q.quantize(model, 4)
+    x = torch.randn(1, 24)
+    stream = torch.cuda.current_stream()
+    fast = runtime.convert(copy.deepcopy(model), example=x, device="cuda")
+    assert torch.cuda.current_stream() == stream  # a failed capture did not leave its capture stream current
+    info = runtime.fusion(fast)
+    assert not isinstance(fast, GraphedModel) and not info["fused"] and "\n" not in info["reason"]
+    assert "cannot be captured in a CUDA graph" in info["reason"], info
+    assert not any(d["graphed"] for d in runtime.decisions(fast))
+    assert torch.allclose(fast(x.cuda()).cpu(), model(x), atol=1e-4)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_a_graph_on_another_device_than_the_current_one():
+    model = lenet5_compressed()
+    fast = runtime.convert(copy.deepcopy(model), example=torch.randn(1, 1, 28, 28), device="cuda:1", fuse="on")
+    assert torch.cuda.current_device() == 0
+    for x in (torch.randn(1, 1, 28, 28) for _ in range(2)):  # an empty graph would return the first one's output
+        assert torch.allclose(fast(x.to("cuda:1")).cpu(), model(x), atol=1e-4)

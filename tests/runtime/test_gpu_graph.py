@@ -12,7 +12,7 @@ from torch import nn
 from deepzip import runtime
 from deepzip import prune as P
 from deepzip import quantize as Q
-from deepzip.runtime import gpu, gpu_graph
+from deepzip.runtime import gpu, gpu_graph, gpu_timing
 from deepzip.runtime.gpu_graph import GraphedModel
 
 pytest.importorskip("triton")
@@ -22,8 +22,8 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 class FakeGraphs:
     """gpu_graph.capture off the GPU, counting captures and replays."""
 
-    def __init__(self, fail: Exception | None = None):
-        self.captures, self.replays, self.fail = 0, 0, fail
+    def __init__(self, fail: Exception | None = None, stale: bool = False):
+        self.captures, self.replays, self.fail, self.stale = 0, 0, fail, stale
 
     def __call__(self, fn):
         if self.fail is not None:
@@ -34,6 +34,8 @@ class FakeGraphs:
 
         def replay():
             self.replays += 1
+            if self.stale:  # as an empty graph: the capture's output, never rewritten
+                return
             with torch.no_grad():
                 fresh = fn()
             for static, new in zip(torch.utils._pytree.tree_leaves(output), torch.utils._pytree.tree_leaves(fresh)):
@@ -122,6 +124,13 @@ def test_copies_moves_and_loads_capture_again(graphs):
     assert graphs.captures == 5
 
 
+def test_a_compiled_wrapper_pickles_as_nn_module_does(graphs):
+    graphed = GraphedModel(mlp(), torch.zeros(3, 12))
+    graphed.__dict__["_compiled_call_impl"] = lambda *args: None  # what nn.Module.compile() sets: not picklable
+    pickled = pickle.loads(pickle.dumps(graphed))
+    assert "_compiled_call_impl" not in pickled.__dict__ and pickled._graph is None
+
+
 class Opaque:
     def __init__(self, tensor):
         self.tensor = tensor
@@ -158,6 +167,74 @@ def test_plan_says_how_calibration_will_time(graphs, monkeypatch):
         gpu_graph.plan(model, x, "on")
 
 
+def test_plan_says_what_made_the_capture_fail_on_one_line(monkeypatch):
+    try:  # as a host sync in a capture fails: the sync's error, then ending the capture raises another
+        try:
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing\n"
+                               "CUDA kernel errors might be asynchronously reported at some other API call")
+        except RuntimeError:
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture\nmore")
+    except RuntimeError as exc:
+        chained = exc
+    monkeypatch.setattr(gpu_graph, "capture", FakeGraphs(fail=chained))
+    assert gpu_graph.plan(mlp(), torch.randn(1, 12), "auto") == (
+        False, "the model cannot be captured in a CUDA graph (RuntimeError: CUDA error: operation not permitted when "
+               "stream is capturing; then RuntimeError: CUDA error: operation failed due to a previous error during "
+               "capture)")
+
+
+class FakeStreams:
+    """torch.cuda's streams and capture as PyTorch has them, off the GPU: torch.cuda.graph makes its stream
+    current and, when ending the capture raises (a capture a host sync invalidated), never restores it."""
+
+    def __init__(self, monkeypatch):
+        self.current, self.captures = "caller's", 0
+        fake = self
+
+        class Graph:
+            def __init__(self, graph, stream=None):
+                self.stream = stream
+
+            def __enter__(self):
+                fake.captures += 1
+                self.previous, fake.current = fake.current, self.stream
+
+            def __exit__(self, kind, value, traceback):
+                if kind is not None:
+                    raise RuntimeError("operation failed due to a previous error during capture")
+                fake.current = self.previous
+
+        monkeypatch.setattr(torch.cuda, "graph", Graph)
+        monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: None)
+        monkeypatch.setattr(torch.cuda, "Stream", lambda: "a capture stream")
+        monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: self.current)
+        monkeypatch.setattr(torch.cuda, "set_stream", lambda stream: setattr(self, "current", stream))
+        monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+        monkeypatch.setattr(gpu_timing, "warm_up", lambda fn, calls=3: [fn() for _ in range(calls)])
+
+
+def test_a_failed_capture_leaves_the_callers_stream_current(monkeypatch):
+    streams = FakeStreams(monkeypatch)
+    with pytest.raises(RuntimeError, match="previous error during capture"):
+        with gpu_timing.capturing(None):
+            assert streams.current == "a capture stream"
+            raise RuntimeError("operation not permitted when stream is capturing")
+    assert streams.current == "caller's"
+
+    def host_sync():
+        if streams.current == "a capture stream":
+            raise RuntimeError("operation not permitted when stream is capturing")
+    run, graphed = gpu_timing.replayer(host_sync, calls=4)
+    assert not graphed and streams.current == "caller's" and streams.captures == 2
+
+
+def test_the_replayer_calls_eagerly_without_graphs(monkeypatch):
+    streams, calls = FakeStreams(monkeypatch), []
+    run, graphed = gpu_timing.replayer(lambda: calls.append(1), calls=4, warmup=2, graphs=False)
+    run()
+    assert not graphed and streams.captures == 0 and len(calls) == 2 + 4
+
+
 # ------------------------------------------------------------------ fuse through runtime.convert on cuda
 @pytest.fixture
 def gpu_here(monkeypatch):
@@ -173,29 +250,32 @@ def pruned(seed=0):
     return model.eval()
 
 
-def timing(graph_s=1.0, layers_s=2.0):
-    """gpu_timing.interleaved off the GPU: runs each callable once; the layers' variants all cost the same
-    (so every layer stays dense), the graph ``graph_s`` and the per-layer model ``layers_s``. Records the
-    ``graphs`` argument of every call."""
+def timing(graph_s=1.0, layers_s=2.0, kernel_s=1.0):
+    """gpu_timing.interleaved off the GPU: runs each callable once; dense costs 1.0 and the kernels (and the
+    chosen model) ``kernel_s`` (at 1.0 every layer stays dense), the graph ``graph_s`` and the per-layer
+    model ``layers_s``. Records the ``graphs`` argument of every call."""
     modes = []
+    costs = {"graph": graph_s, "layers": layers_s, "dense": 1.0}
 
     def interleaved(fns, rounds=15, calls=20, seed=0, graphs=True):
         modes.append(graphs)
         for fn in fns.values():
             fn()
-        seconds = {name: graph_s if name == "graph" else layers_s if name == "layers" else 1.0 for name in fns}
+        seconds = {name: costs.get(name, kernel_s) for name in fns}
         return {name: {"seconds": s, "graphed": graphs, "rounds": [s] * rounds} for name, s in seconds.items()}
     return interleaved, modes
 
 
-@pytest.mark.parametrize("fuse, graph_s, fused, calibration_graphs", [
-    ("auto", 1.0, True, True),     # replaying beats calling: a GraphedModel, layers timed as graph replays
-    ("auto", 2.0, False, True),    # replaying no faster: the per-layer model
-    ("on", 5.0, True, True),       # always, untimed
-    ("off", 1.0, False, False),    # never; layers timed eagerly, launch work in
+@pytest.mark.parametrize("fuse, graph_s, fused, calibration_graphs, kernel_s", [
+    ("auto", 1.0, True, True, 1.0),     # replaying beats calling: a GraphedModel, layers timed as graph replays
+    ("auto", 2.0, False, True, 1.0),    # replaying no faster: the per-layer model
+    ("on", 5.0, True, True, 1.0),       # always, untimed
+    ("off", 1.0, False, False, 1.0),    # never; layers timed eagerly, launch work in
+    ("auto", 1.0, True, True, 0.5),     # kernels win: the whole-model check timed as the layers were
+    ("off", 1.0, False, False, 0.5),
 ])
-def test_fuse_on_cuda(gpu_here, graphs, monkeypatch, fuse, graph_s, fused, calibration_graphs):
-    interleaved, modes = timing(graph_s=graph_s)
+def test_fuse_on_cuda(gpu_here, graphs, monkeypatch, fuse, graph_s, fused, calibration_graphs, kernel_s):
+    interleaved, modes = timing(graph_s=graph_s, kernel_s=kernel_s)
     monkeypatch.setattr(gpu.gpu_timing, "interleaved", interleaved)
     model = pruned()
     x = torch.randn(1, 24)
@@ -203,6 +283,8 @@ def test_fuse_on_cuda(gpu_here, graphs, monkeypatch, fuse, graph_s, fused, calib
     assert isinstance(fast, GraphedModel) == fused
     info = runtime.fusion(fast)
     assert info["fused"] == fused and runtime.decisions(fast) is runtime.decisions(getattr(fast, "model", fast))
+    kernels = [d["kernel"] for d in runtime.decisions(fast)]
+    assert kernels == ["dense"] * 3 if kernel_s == 1.0 else "dense" not in kernels
     calibration_modes = modes[:-1] if fuse == "auto" else modes
     assert calibration_modes and set(calibration_modes) == {calibration_graphs}
     if fuse == "auto":
@@ -210,6 +292,22 @@ def test_fuse_on_cuda(gpu_here, graphs, monkeypatch, fuse, graph_s, fused, calib
     if fused:
         assert info["kind"] == "cuda graph" and info["max_abs_diff"] == 0.0
     assert torch.allclose(fast(x.to(DEVICE)).cpu(), model(x), atol=1e-4)
+
+
+@pytest.mark.parametrize("fuse", ["auto", "on"])
+def test_a_graph_that_does_not_replay_the_model_is_not_kept(gpu_here, monkeypatch, fuse):
+    interleaved, _ = timing()
+    monkeypatch.setattr(gpu.gpu_timing, "interleaved", interleaved)
+    monkeypatch.setattr(gpu_graph, "capture", FakeGraphs(stale=True))  # right for the example it captured, only
+    model, x = pruned(), torch.randn(1, 24)
+    if fuse == "on":
+        with pytest.raises(ValueError, match="fuse='on': replaying the CUDA graph differs from the per-layer model"):
+            runtime.convert(model, example=x, device="cuda", fuse=fuse)
+        return
+    fast = runtime.convert(model, example=x, device="cuda", fuse=fuse)
+    info = runtime.fusion(fast)
+    assert not isinstance(fast, GraphedModel) and not info["fused"] and info["max_abs_diff"] > 1e-3
+    assert info["reason"].startswith("replaying the CUDA graph differs from the per-layer model by")
 
 
 def test_a_model_that_cannot_be_captured_is_calibrated_eagerly(gpu_here, monkeypatch):

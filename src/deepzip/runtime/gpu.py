@@ -14,6 +14,8 @@ rule keeps plain CSR until the sliced layout has been measured faster on a GPU).
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from torch import nn
@@ -91,6 +93,13 @@ def place(model: nn.Module, found: list[dict], pending: dict, example: torch.Ten
     """Install a GPU layer (or its dense twin) for every entry of ``found``; ``pending`` maps a layer name
     to (SparseMatrix, bias or None, the original module). Records the choice in each decision. Returns
     (result, fusion info): ``model``, or a `gpu_graph.GraphedModel` of it, as ``fuse`` says."""
+    # on the model's device: the timing's streams, events and graph captures are the current device's
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        return _place(model, found, pending, example, mode, device, fuse)
+
+
+def _place(model: nn.Module, found: list[dict], pending: dict, example: torch.Tensor | None, mode: str,
+           device: torch.device, fuse: str) -> tuple[nn.Module, dict]:
     calibrate = example is not None and mode == "auto"
     for d in found:  # every layer runnable first (the calibration runs the whole model), compact or by the rule
         matrix, bias, module = pending[d["layer"]]

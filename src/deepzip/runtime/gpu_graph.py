@@ -13,6 +13,7 @@ a graph, eagerly (launch work in) when it will not, so a kernel is kept only whe
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Callable
 
@@ -22,6 +23,7 @@ from torch.utils import _pytree as pytree
 
 from . import gpu_timing
 
+DIFF_TOLERANCE = 1e-4  # relative to the output's largest magnitude (at least 1), as the CPU's chain
 
 
 def capture(fn: Callable[[], object]) -> tuple[Callable[[], None], object]:
@@ -30,7 +32,7 @@ def capture(fn: Callable[[], object]) -> tuple[Callable[[], None], object]:
     raised when ``fn`` cannot be captured."""
     graph = torch.cuda.CUDAGraph()
     gpu_timing.warm_up(fn)
-    with torch.cuda.graph(graph):
+    with gpu_timing.capturing(graph):
         output = fn()
     return graph.replay, output
 
@@ -91,8 +93,10 @@ class GraphedModel(nn.Module):
 
     def _capture(self, x: torch.Tensor) -> tuple:
         # plain tensors, also when the first call comes in inference mode: later calls copy into the input
-        # buffer, and replays rewrite the output buffers, outside inference mode too
-        with torch.inference_mode(False), torch.no_grad():
+        # buffer, and replays rewrite the output buffers, outside inference mode too. On the input's device:
+        # captured from another device's stream, its kernels would run outside the graph (an empty graph)
+        on_device = torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+        with on_device, torch.inference_mode(False), torch.no_grad():
             static_input = torch.empty_like(x, memory_format=torch.contiguous_format)
             static_input.copy_(x)
             replay, output = capture(lambda: self.model(static_input))
@@ -114,7 +118,7 @@ class GraphedModel(nn.Module):
         return super()._load_from_state_dict(*args, **kwargs)
 
     def __getstate__(self) -> dict:  # deepcopy and pickle: a graph and a lock are not copied; captured anew
-        state = self.__dict__.copy()
+        state = super().__getstate__()
         state["_graph"], state["_lock"] = None, None
         return state
 
@@ -139,11 +143,39 @@ def plan(model: nn.Module, example: torch.Tensor | None, fuse: str) -> tuple[boo
     except Exception as exc:  # noqa: BLE001 - any failure to capture means: run eagerly (or, with 'on', say why)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        reason = f"the model cannot be captured in a CUDA graph ({type(exc).__name__}: {exc})"
+        reason = f"the model cannot be captured in a CUDA graph ({_first_error(exc)})"
         if fuse == "on":
             raise ValueError(f"fuse='on': {reason}; use fuse='auto' or 'off'") from exc
         return False, reason
     return True, "capturable"
+
+
+def _first_error(exc: BaseException) -> str:
+    """What made a capture fail, on one line, the first error first: ending an invalidated capture raises an
+    error of its own ("operation failed due to a previous error during capture") while the first one is
+    handled, and CUDA's messages go on for lines about asynchronous reporting."""
+    def line(error: BaseException) -> str:
+        lines = str(error).strip().splitlines()
+        return f"{type(error).__name__}: {lines[0] if lines else ''}"
+
+    first = exc
+    while first.__context__ is not None and first.__cause__ is None:
+        first = first.__context__
+    return line(exc) if first is exc else f"{line(first)}; then {line(exc)}"
+
+
+def _difference(graphed: GraphedModel, model: nn.Module, inputs: list[torch.Tensor]) -> tuple[float, float]:
+    """(largest absolute difference of ``graphed``'s output tensors from ``model``'s, largest magnitude of
+    ``model``'s) over ``inputs``."""
+    diff = scale = 0.0
+    with torch.no_grad():
+        for x in inputs:
+            for got, want in zip(pytree.tree_leaves(graphed(x)), pytree.tree_leaves(model(x))):
+                if isinstance(got, torch.Tensor) and got.numel():
+                    want = want.double()
+                    diff = max(diff, (got.double() - want).abs().max().item())
+                    scale = max(scale, want.abs().max().item())
+    return diff, scale
 
 
 def fuse(model: nn.Module, example: torch.Tensor | None, fuse: str, graphs: bool, reason: str,
@@ -151,15 +183,21 @@ def fuse(model: nn.Module, example: torch.Tensor | None, fuse: str, graphs: bool
     """(result, info): ``model`` wrapped in a `GraphedModel` (``fuse='on'``, or ``'auto'`` when replaying the
     graph beats calling the model by 1% in each of 3 groups of rounds, both timed eagerly as a caller runs
     them), else ``model``; ``info`` as `runtime.fusion` reports it (``graph_s`` / ``layers_s`` when timed,
-    ``max_abs_diff`` of the graph against the per-layer model on the example)."""
+    ``max_abs_diff`` of the graph against the per-layer model on the example and on it rolled by one along its
+    last axis: a graph that does not replay the model, only gives back what its capture computed, differs
+    there). A graph that differs beyond fp32 rounding (as the CPU's chain is held to) is not kept, and with
+    ``fuse='on'`` it is an error."""
     if not graphs:
         return model, {"fused": False, "reason": reason}
     graphed = GraphedModel(model, example).eval()
-    with torch.no_grad():
-        diff = max((a - b).abs().max().item() for a, b in zip(pytree.tree_leaves(graphed(example)),
-                                                              pytree.tree_leaves(model(example)))
-                   if isinstance(a, torch.Tensor))
+    diff, scale = _difference(graphed, model, [example, example.roll(1, -1) if example.dim() else example])
     info = {"fused": True, "reason": "fuse='on'", "kind": "cuda graph", "max_abs_diff": diff}
+    if diff > DIFF_TOLERANCE * max(scale, 1.0):
+        why = f"replaying the CUDA graph differs from the per-layer model by {diff:.2e}"
+        if fuse == "on":
+            raise ValueError(f"fuse='on': {why}")
+        info.update(fused=False, reason=why)
+        return model, info
     if fuse == "on":
         return graphed, info
     timed = gpu_timing.interleaved({"graph": lambda: graphed(example), "layers": lambda: model(example)},

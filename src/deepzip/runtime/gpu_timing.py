@@ -4,9 +4,10 @@ CUDA-event times. Used by calibration, the CUDA-graph wrapper and the GPU benchm
 
 from __future__ import annotations
 
+import contextlib
 import random
 import statistics
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -21,6 +22,21 @@ def warm_up(fn: Callable[[], object], calls: int = 3) -> None:
             fn()
     torch.cuda.current_stream().wait_stream(side)
     torch.cuda.synchronize()
+
+
+@contextlib.contextmanager
+def capturing(graph: torch.cuda.CUDAGraph) -> Iterator[None]:
+    """``torch.cuda.graph(graph)`` on a capture stream of the current device (its default stream is made once,
+    on whichever device was current then), with the caller's stream current again afterwards, also when the
+    capture fails: ending an invalidated capture (a host sync in it) raises before torch.cuda.graph's exit
+    restores the stream, which would leave its capture stream current for the rest of the thread."""
+    stream = torch.cuda.current_stream()
+    try:
+        with torch.cuda.graph(graph, stream=torch.cuda.Stream()):
+            yield
+    finally:
+        if torch.cuda.current_stream() != stream:
+            torch.cuda.set_stream(stream)
 
 
 def replayer(fn: Callable[[], object], calls: int, warmup: int = 3,
@@ -39,7 +55,7 @@ def replayer(fn: Callable[[], object], calls: int, warmup: int = 3,
         return eager, False
     graph = torch.cuda.CUDAGraph()
     try:
-        with torch.inference_mode(), torch.cuda.graph(graph):
+        with torch.inference_mode(), capturing(graph):
             for _ in range(calls):
                 fn()
     except Exception:  # not capturable (a host sync, a CPU op): time it as it runs

@@ -285,10 +285,14 @@ def test_fuse_on_cuda(gpu_here, graphs, monkeypatch, fuse, graph_s, fused, calib
     assert info["fused"] == fused and runtime.decisions(fast) is runtime.decisions(getattr(fast, "model", fast))
     kernels = [d["kernel"] for d in runtime.decisions(fast)]
     assert kernels == ["dense"] * 3 if kernel_s == 1.0 else "dense" not in kernels
-    calibration_modes = modes[:-1] if fuse == "auto" else modes
+    calibration_modes = modes[:modes.index(False)] if fuse == "auto" else modes
     assert calibration_modes and set(calibration_modes) == {calibration_graphs}
     if fuse == "auto":
-        assert modes[-1] is False and (info["graph_s"], info["layers_s"]) == (graph_s, 2.0)  # graph vs eager calls
+        assert (info["graph_s"], info["layers_s"]) == (graph_s, 2.0)  # graph vs eager calls
+        again = modes[modes.index(False) + 1:]  # a graph not kept: the layers are timed again, as eager calls
+        assert (again and set(again) == {False}) if not fused else not again
+        assert ("timed again as eager calls" in info["reason"]) == (not fused)
+        assert all(d["graphed"] == fused for d in runtime.decisions(fast))
     if fused:
         assert info["kind"] == "cuda graph" and info["max_abs_diff"] == 0.0
     assert torch.allclose(fast(x.to(DEVICE)).cpu(), model(x), atol=1e-4)

@@ -109,8 +109,24 @@ def _place(model: nn.Module, found: list[dict], pending: dict, example: torch.Te
         replace_module(model, d["layer"], layer)
         d["kernel"] = kind
     graphs, reason = gpu_graph.plan(model, example, fuse)  # time the model as it will run: graph or eager
+    if calibrate:
+        _calibrate(model, found, pending, example, device, graphs)
+    result, info = gpu_graph.fuse(model, example, fuse, graphs, reason)
+    if calibrate and graphs and not info["fused"]:  # timed as replays, but it will be called: time it so
+        _calibrate(model, found, pending, example, device, graphs=False)
+        info["reason"] += "; the layers were then timed again as eager calls, as the model will run"
+    for d in found:
+        d["gpu_bytes"] = matrix_bytes_on_device(model.get_submodule(d["layer"]))
+    return result, info
+
+
+def _calibrate(model: nn.Module, found: list[dict], pending: dict, example: torch.Tensor, device: torch.device,
+               graphs: bool) -> None:
+    """Each layer in model order to the fastest of its kernels or its dense twin (each choice kept for the
+    next), timed in the whole model as graph replays or eager calls (``graphs``); then the whole-model check."""
     chosen: dict[str, tuple[nn.Module, nn.Module]] = {}  # layer -> (kernel layer, dense twin)
-    for d in found if calibrate else ():  # in model order, each choice kept for the next
+    for d in found:
+        d.pop("whole_model_s", None)  # (from an earlier pass, when the layers are timed again)
         matrix, bias, module = pending[d["layer"]]
         dense = dense_layer(matrix, bias, module, device)
         options = {kind: gpu_layers.build(kind, matrix, bias, module, device) for kind in gpu_layers.kinds_for(matrix)}
@@ -128,9 +144,6 @@ def _place(model: nn.Module, found: list[dict], pending: dict, example: torch.Te
             d["kernel"] = "dense"
     if chosen:
         _check_whole_model(model, example, chosen, found, graphs)
-    for d in found:
-        d["gpu_bytes"] = matrix_bytes_on_device(model.get_submodule(d["layer"]))
-    return gpu_graph.fuse(model, example, fuse, graphs, reason)
 
 
 def _check_whole_model(model: nn.Module, example: torch.Tensor, chosen: dict, found: list[dict],

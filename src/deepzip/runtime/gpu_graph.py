@@ -54,7 +54,8 @@ class GraphedModel(nn.Module):
     tensor of the example's shape and dtype, on the model's device, replays the graph; any other call runs
     ``model``, the per-layer model (a submodule; its state_dict keys are under ``model.``). The graph is
     captured on the first such call and captured again after ``.to()``, a copy, pickling or
-    ``load_state_dict``. Inside a caller's own graph capture the per-layer model runs, so it is captured
+    ``load_state_dict`` of the wrapper (made on ``model`` itself, those leave the graph reading the old
+    buffers: change the model through the wrapper). Inside a caller's own graph capture the per-layer model runs, so it is captured
     into the caller's graph."""
 
     def __init__(self, model: nn.Module, example: torch.Tensor):

@@ -10,13 +10,12 @@ import torch
 from torch import nn
 
 from deepzip import runtime
-from deepzip import prune as P
-from deepzip import quantize as Q
 from deepzip.runtime import gpu, gpu_graph, gpu_timing
 from deepzip.runtime.gpu_graph import GraphedModel
 
+from .conftest import DEVICE, small_model
+
 pytest.importorskip("triton")
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class FakeGraphs:
@@ -236,18 +235,8 @@ def test_the_replayer_calls_eagerly_without_graphs(monkeypatch):
 
 
 # ------------------------------------------------------------------ fuse through runtime.convert on cuda
-@pytest.fixture
-def gpu_here(monkeypatch):
-    if DEVICE == "cpu":
-        monkeypatch.setattr(gpu, "check_device", lambda device: torch.device("cpu"))
 
 
-def pruned(seed=0):
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(24, 40), nn.ReLU(), nn.Linear(40, 16), nn.ReLU(), nn.Linear(16, 5))
-    P.prune(model, 0.85, "uniform", exclude=["4"])
-    Q.quantize(model, 4)
-    return model.eval()
 
 
 def timing(graph_s=1.0, layers_s=2.0, kernel_s=1.0):
@@ -277,7 +266,7 @@ def timing(graph_s=1.0, layers_s=2.0, kernel_s=1.0):
 def test_fuse_on_cuda(gpu_here, graphs, monkeypatch, fuse, graph_s, fused, calibration_graphs, kernel_s):
     interleaved, modes = timing(graph_s=graph_s, kernel_s=kernel_s)
     monkeypatch.setattr(gpu.gpu_timing, "interleaved", interleaved)
-    model = pruned()
+    model = small_model()
     x = torch.randn(1, 24)
     fast = runtime.convert(copy.deepcopy(model), example=x, device="cuda", fuse=fuse)
     assert isinstance(fast, GraphedModel) == fused
@@ -303,7 +292,7 @@ def test_a_graph_that_does_not_replay_the_model_is_not_kept(gpu_here, monkeypatc
     interleaved, _ = timing()
     monkeypatch.setattr(gpu.gpu_timing, "interleaved", interleaved)
     monkeypatch.setattr(gpu_graph, "capture", FakeGraphs(stale=True))  # right for the example it captured, only
-    model, x = pruned(), torch.randn(1, 24)
+    model, x = small_model(), torch.randn(1, 24)
     if fuse == "on":
         with pytest.raises(ValueError, match="fuse='on': replaying the CUDA graph differs from the per-layer model"):
             runtime.convert(model, example=x, device="cuda", fuse=fuse)
@@ -319,14 +308,14 @@ def test_a_model_that_cannot_be_captured_is_calibrated_eagerly(gpu_here, monkeyp
     monkeypatch.setattr(gpu.gpu_timing, "interleaved", interleaved)
     monkeypatch.setattr(gpu_graph, "capture", FakeGraphs(fail=RuntimeError("a host sync")))
     x = torch.randn(1, 24)
-    fast = runtime.convert(pruned(), example=x, device="cuda")
+    fast = runtime.convert(small_model(), example=x, device="cuda")
     assert not isinstance(fast, GraphedModel) and set(modes) == {False}
     assert "cannot be captured in a CUDA graph (RuntimeError: a host sync)" in runtime.fusion(fast)["reason"]
 
 
 def test_fuse_on_that_cannot_capture_is_an_error_that_leaves_the_model(gpu_here, monkeypatch):
     monkeypatch.setattr(gpu_graph, "capture", FakeGraphs(fail=RuntimeError("a host sync")))
-    model = pruned()
+    model = small_model()
     before = copy.deepcopy(model.state_dict())
     with pytest.raises(ValueError, match="fuse='on': the model cannot be captured"):
         runtime.convert(model, example=torch.randn(1, 24), device="cuda", fuse="on")
@@ -336,4 +325,4 @@ def test_fuse_on_that_cannot_capture_is_an_error_that_leaves_the_model(gpu_here,
 
 def test_fuse_on_needs_an_example_on_cuda_too(gpu_here):
     with pytest.raises(ValueError, match="fuse='on' needs an example input: .* CUDA graph"):
-        runtime.convert(pruned(), device="cuda", fuse="on")
+        runtime.convert(small_model(), device="cuda", fuse="on")

@@ -16,8 +16,9 @@ from deepzip import quantize as Q
 from deepzip.runtime import SparseMatrix, gpu, gpu_layers
 from deepzip.runtime import triton_kernels as tk
 
+from .conftest import DEVICE, small_model
+
 pytest.importorskip("triton")
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def close(a, b, tol=1e-5):
@@ -283,19 +284,8 @@ def test_gpu_conv2d_matches_conv2d(kind):
     close(layer(x.to(DEVICE)).cpu(), F.conv2d(x, weight, conv.bias, 2, 1))
 
 
-@pytest.fixture
-def gpu_here(monkeypatch):
-    """device='cuda' runs where the kernels run: on the GPU, or on the CPU through the interpreter."""
-    if DEVICE == "cpu":
-        monkeypatch.setattr(gpu, "check_device", lambda device: torch.device("cpu"))
 
 
-def small_model(seed=0):
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(24, 40), nn.ReLU(), nn.Linear(40, 16), nn.ReLU(), nn.Linear(16, 5))
-    P.prune(model, 0.85, "uniform", exclude=["4"])
-    Q.quantize(model, 4)
-    return model.eval()
 
 
 @pytest.mark.parametrize("mode, kinds", [("sparse", ["csr", "csr", "codes"]), ("dense", ["dense"] * 3),

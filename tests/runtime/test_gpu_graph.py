@@ -102,6 +102,17 @@ def test_other_inputs_run_the_per_layer_model(graphs, call):
     assert out.shape[1] == 4
 
 
+def test_keyword_calls_and_the_models_attributes_go_to_the_model(graphs):
+    model = Counting()
+    model.config = {"hidden_size": 4}  # as a Hugging Face model's config
+    graphed = GraphedModel(model, torch.zeros(3, 12))
+    out = graphed(x=torch.randn(3, 12))  # keyword-only, as model(**tokenizer(...)) calls it
+    assert out.shape == (3, 4) and (graphs.captures, model.calls) == (0, 1)
+    assert graphed.config == {"hidden_size": 4} and graphed.inner is model.inner
+    with pytest.raises(AttributeError, match="no_such_attribute"):
+        graphed.no_such_attribute
+
+
 def test_copies_moves_and_loads_capture_again(graphs):
     graphed = GraphedModel(mlp(), torch.zeros(3, 12))
     x = torch.randn(3, 12)

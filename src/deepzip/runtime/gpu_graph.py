@@ -65,9 +65,11 @@ class GraphedModel(nn.Module):
         self._graph: tuple | None = None  # (replay, static input, static output, done event): made on first use
         self._lock = threading.Lock()
 
-    def forward(self, x: torch.Tensor, *args, **kwargs):
-        if args or kwargs or not self._planned(x) or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
-            return self.model(x, *args, **kwargs)
+    def forward(self, *args, **kwargs):
+        if len(args) != 1 or kwargs or not self._planned(args[0]) or \
+                (args[0].is_cuda and torch.cuda.is_current_stream_capturing()):
+            return self.model(*args, **kwargs)  # (a Hugging Face call with keyword arguments, too)
+        x = args[0]
         with self._lock:  # one static input: calls from several threads take turns
             if self._graph is None:
                 self._graph = self._capture(x)
@@ -80,6 +82,16 @@ class GraphedModel(nn.Module):
             if done is not None:
                 done.record(torch.cuda.current_stream(x.device))
             return output
+
+    def __getattr__(self, name: str):
+        """What the wrapper does not have, from the model (a Hugging Face model's ``config``, say), as
+        torch.compile's wrapper does."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "model" or "model" not in self.__dict__.get("_modules", {}):
+                raise
+            return getattr(self._modules["model"], name)
 
     def _planned(self, x) -> bool:
         return (isinstance(x, torch.Tensor) and tuple(x.shape) == self.input_shape and x.dtype == self.input_dtype

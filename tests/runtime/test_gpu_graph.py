@@ -5,6 +5,7 @@ first call's output tensors in place. The real capture runs in tests/gpu/test_cu
 import copy
 import pickle
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -65,7 +66,8 @@ def test_a_planned_input_replays_the_graph_and_returns_a_fresh_tensor(graphs):
     assert (graphs.captures, graphs.replays) == (1, 2)
     assert torch.equal(out_a, out_a_copy)  # the second call did not overwrite what the first returned
     assert torch.allclose(out_a, model(a)) and torch.allclose(out_b, model(b))
-    assert out_b.data_ptr() != graphed._graph[2].data_ptr()  # a clone, not the graph's own output buffer
+    (graph,) = graphed._graphs.values()
+    assert out_b.data_ptr() != graph.output.data_ptr()  # a clone, not the graph's own output buffer
 
 
 class Counting(nn.Module):
@@ -113,23 +115,79 @@ def test_keyword_calls_and_the_models_attributes_go_to_the_model(graphs):
         graphed.no_such_attribute
 
 
+class Encoder(nn.Module):
+    """Called as a Hugging Face model is: token ids and an attention mask by keyword."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.calls = nn.Embedding(30, 8), 0
+
+    def forward(self, input_ids, attention_mask=None, scale=1.0):
+        self.calls += 1
+        hidden = self.embed(input_ids) * scale
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        return {"last_hidden_state": hidden * mask[..., None], "pooled": hidden.mean(1)}
+
+
+def test_other_signatures_are_captured_on_their_second_call(graphs):
+    model = Encoder()
+    graphed = GraphedModel(model, torch.zeros(1, 5, dtype=torch.long))
+    ids, mask = torch.randint(0, 30, (2, 7)), torch.randint(0, 2, (2, 7))
+    first = graphed(input_ids=ids, attention_mask=mask)  # seen once: per layer
+    assert (graphs.captures, graphs.replays, model.calls) == (0, 0, 1)
+    second = graphed(input_ids=ids, attention_mask=mask)  # seen twice: captured, replayed
+    assert (graphs.captures, graphs.replays) == (1, 1)
+    other_ids = torch.randint(0, 30, (2, 7))
+    third = graphed(input_ids=other_ids, attention_mask=mask)  # same signature, new values: replayed
+    assert (graphs.captures, graphs.replays) == (1, 2)
+    assert torch.equal(first["last_hidden_state"], second["last_hidden_state"])
+    with torch.no_grad():
+        assert torch.equal(third["last_hidden_state"], model(other_ids, attention_mask=mask)["last_hidden_state"])
+    graphed(input_ids=ids, attention_mask=mask, scale=2.0)  # another value of a plain argument: another signature
+    graphed(input_ids=ids, attention_mask=mask, scale=2.0)
+    assert graphs.captures == 2 and len(graphed._graphs) == 2
+    graphed(ids, mask, np.float32(2.0))  # an argument a graph cannot take: per layer, nothing remembered
+    graphed(ids, mask, np.float32(2.0))
+    assert graphs.captures == 2
+
+
+def test_at_most_max_graphs_are_kept_least_recently_used_dropped(graphs, monkeypatch):
+    monkeypatch.setattr(gpu_graph, "MAX_GRAPHS", 2)
+    graphed = GraphedModel(mlp(), torch.zeros(1, 12))
+    for batch in (1, 2, 1, 3, 3):  # batch 1 planned: captured at once; 2 and 3 seen once only, then 3 again
+        graphed(torch.randn(batch, 12))
+    assert [key[0][1] for key in graphed._graphs] == [(1, 12), (3, 12)]
+    graphed(torch.randn(2, 12))  # its second call: captured, and the least recently used (batch 1) dropped
+    assert [key[0][1] for key in graphed._graphs] == [(3, 12), (2, 12)]
+
+
+def test_a_signature_that_cannot_be_captured_runs_per_layer(graphs, monkeypatch):
+    model = Counting()
+    graphed = GraphedModel(model, torch.zeros(3, 12))
+    graphed(torch.randn(3, 12))
+    monkeypatch.setattr(gpu_graph, "capture", FakeGraphs(fail=RuntimeError("a host sync for this shape")))
+    for _ in range(3):
+        assert graphed(torch.randn(5, 12)).shape == (5, 4)
+    assert model.calls == 1 + 3 + 1  # (the planned capture's one call, then three per-layer calls)
+
+
 def test_copies_moves_and_loads_capture_again(graphs):
     graphed = GraphedModel(mlp(), torch.zeros(3, 12))
     x = torch.randn(3, 12)
     expected = graphed(x)
     copied = copy.deepcopy(graphed)
     pickled = pickle.loads(pickle.dumps(graphed))
-    assert copied._graph is None and pickled._graph is None and graphed._graph is not None
+    assert not copied._graphs and not pickled._graphs and len(graphed._graphs) == 1
     assert torch.allclose(copied(x), expected) and torch.allclose(pickled(x), expected)
     assert graphs.captures == 3
     graphed.to(torch.float32)
-    assert graphed._graph is None
+    assert not graphed._graphs
     graphed(x)
     state = graphed.state_dict()
     assert set(state) == {"model.0.weight", "model.0.bias", "model.2.weight", "model.2.bias"}
     state["model.2.bias"] = state["model.2.bias"] + 1.0
     graphed.load_state_dict(state)
-    assert graphed._graph is None
+    assert not graphed._graphs
     assert torch.allclose(graphed(x), expected + 1.0, atol=1e-6)
     assert graphs.captures == 5
 
@@ -138,7 +196,7 @@ def test_a_compiled_wrapper_pickles_as_nn_module_does(graphs):
     graphed = GraphedModel(mlp(), torch.zeros(3, 12))
     graphed.__dict__["_compiled_call_impl"] = lambda *args: None  # what nn.Module.compile() sets: not picklable
     pickled = pickle.loads(pickle.dumps(graphed))
-    assert "_compiled_call_impl" not in pickled.__dict__ and pickled._graph is None
+    assert "_compiled_call_impl" not in pickled.__dict__ and not pickled._graphs
 
 
 class Opaque:

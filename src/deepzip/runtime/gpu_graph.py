@@ -3,9 +3,11 @@
 Called layer by layer, a model on the GPU pays Python's launch work for every kernel: about as much as a
 small layer's whole GPU time, and more for a Triton kernel than for cuBLAS (the last H100 run measured the
 LeNets at 0.29-0.77x dense when called eagerly, against 1.14-1.46x replayed from a graph). A CUDA graph
-records the model's launches once and replays them in one call. `GraphedModel` does that for the example's
-input: the input is copied into the graph's own buffer, the graph replayed, the output cloned out of it
-(so a later call does not overwrite what an earlier one returned); any other input runs through the
+records the model's launches once and replays them in one call. `GraphedModel` keeps one graph per call
+signature (tensor shapes and dtypes, other arguments' values; the example's at once, any other from its
+second call, so a Hugging Face model called with its attention mask by keyword gets one too): the call's
+tensors are copied into the graph's own buffers, the graph replayed, the output cloned out of it (so a
+later call does not overwrite what an earlier one returned); a call no graph can take runs through the
 per-layer model. `plan` says whether the model can be captured at all (a host sync or a CPU op in its
 forward cannot be), which decides how calibration times it: replayed from graphs when the result will be
 a graph, eagerly (launch work in) when it will not, so a kernel is kept only where it wins as it will run.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections import OrderedDict
 from typing import Callable
 
 import torch
@@ -49,39 +52,127 @@ def _unsupported_output(output: object) -> str | None:
     return None
 
 
+MAX_GRAPHS = 8  # call signatures kept captured (the least recently used dropped): each holds its buffers and pool
+MAX_SEEN = 1024  # signatures remembered as seen once (forgotten all at once beyond this)
+
+
+def _describe(name, value, device: torch.device):
+    """One argument's part of a call's signature, or None when a graph cannot take it: a tensor by shape and
+    dtype (on ``device``, no autograd wanted), a plain value (None, bool, int, float, str) by type and value."""
+    if isinstance(value, torch.Tensor):
+        if value.device != device or (value.requires_grad and torch.is_grad_enabled()):
+            return None
+        return name, tuple(value.shape), value.dtype
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return name, type(value), value
+    return None
+
+
+class _Graph:
+    """One captured call: its static arguments (the call's tensors are copied in), the graph, its output
+    (cloned out per call), and an event that orders calls from other streams."""
+
+    def __init__(self, model: nn.Module, args: tuple, kwargs: dict, device: torch.device):
+        # plain tensors, also when the first call comes in inference mode: later calls copy into the input
+        # buffers, and replays rewrite the output buffers, outside inference mode too. On the input's device:
+        # captured from another device's stream, its kernels would run outside the graph (an empty graph)
+        on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+        with on_device, torch.inference_mode(False), torch.no_grad():
+            self.args = [self._static(a) for a in args]
+            self.kwargs = {k: self._static(v) for k, v in kwargs.items()}
+            self.replay, self.output = capture(lambda: model(*self.args, **self.kwargs))
+        why = _unsupported_output(self.output)
+        if why is not None:
+            raise ValueError(f"{type(model).__name__} cannot run from a CUDA graph: {why}")
+        self.device = device
+        self.done = torch.cuda.Event() if device.type == "cuda" else None
+
+    @staticmethod
+    def _static(value):
+        if not isinstance(value, torch.Tensor):
+            return value
+        static = torch.empty_like(value, memory_format=torch.contiguous_format)
+        static.copy_(value)
+        return static
+
+    def run(self, args: tuple, kwargs: dict):
+        stream = torch.cuda.current_stream(self.device) if self.done is not None else None
+        if stream is not None:  # a call on another stream must not overwrite the inputs before the last one read them
+            stream.wait_event(self.done)
+        for static, value in (*zip(self.args, args), *((self.kwargs[k], v) for k, v in kwargs.items())):
+            if isinstance(value, torch.Tensor):
+                static.copy_(value)
+        self.replay()
+        output = pytree.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, self.output)
+        if stream is not None:
+            self.done.record(stream)
+        return output
+
+
 class GraphedModel(nn.Module):
-    """A model converted for CUDA and one CUDA graph of it, for inputs like its example: a call with one
-    tensor of the example's shape and dtype, on the model's device, replays the graph; any other call runs
-    ``model``, the per-layer model (a submodule; its state_dict keys are under ``model.``). The graph is
-    captured on the first such call and captured again after ``.to()``, a copy, pickling or
-    ``load_state_dict`` of the wrapper (made on ``model`` itself, those leave the graph reading the old
-    buffers: change the model through the wrapper). Inside a caller's own graph capture the per-layer model runs, so it is captured
-    into the caller's graph."""
+    """A model converted for CUDA, run from CUDA graphs, one per call signature (each tensor argument's shape
+    and dtype, the other arguments' values): the example's signature is captured on its first call, any other
+    on its second (a shape seen once runs per layer: capturing costs a few calls), at most `MAX_GRAPHS` kept.
+    A call copies its tensors into the graph's buffers, replays it and returns a clone of its output. Calls the
+    graphs cannot take (autograd, a tensor on another device, an argument that is not a tensor or a plain
+    value, a signature whose capture failed) and calls inside a caller's own graph capture (so the per-layer
+    model is captured into the caller's graph) run ``model``, the per-layer model (a submodule; its state_dict
+    keys are under ``model.``; attributes the wrapper lacks are its). The graphs are captured again after
+    ``.to()``, a copy, pickling or ``load_state_dict`` of the wrapper (made on ``model`` itself, those leave
+    the graphs reading the old buffers: change the model through the wrapper)."""
 
     def __init__(self, model: nn.Module, example: torch.Tensor):
         super().__init__()
         self.model = model
         self.input_shape, self.input_dtype = tuple(example.shape), example.dtype
-        self._graph: tuple | None = None  # (replay, static input, static output, done event): made on first use
+        self._planned = (_describe(0, example, example.device),)
+        self._graphs: OrderedDict = OrderedDict()  # signature -> _Graph, least recently used first
+        self._seen: set = set()  # signatures called once
+        self._failed: set = set()  # signatures whose capture failed: they run per layer
         self._lock = threading.Lock()
 
     def forward(self, *args, **kwargs):
-        if len(args) != 1 or kwargs or not self._planned(args[0]) or \
-                (args[0].is_cuda and torch.cuda.is_current_stream_capturing()):
-            return self.model(*args, **kwargs)  # (a Hugging Face call with keyword arguments, too)
-        x = args[0]
-        with self._lock:  # one static input: calls from several threads take turns
-            if self._graph is None:
-                self._graph = self._capture(x)
-            replay, static_input, static_output, done = self._graph
-            if done is not None:  # a call on another stream must not overwrite the input before the last one read it
-                torch.cuda.current_stream(x.device).wait_event(done)
-            static_input.copy_(x)
-            replay()
-            output = pytree.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, static_output)
-            if done is not None:
-                done.record(torch.cuda.current_stream(x.device))
-            return output
+        key = self._signature(args, kwargs)
+        if key is not None:
+            with self._lock:  # one set of static buffers per graph: calls from several threads take turns
+                graph = self._graph_for(key, args, kwargs)
+                if graph is not None:
+                    return graph.run(args, kwargs)
+        return self.model(*args, **kwargs)
+
+    def _signature(self, args: tuple, kwargs: dict) -> tuple | None:
+        device = self._device()
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return None
+        parts = tuple(_describe(name, value, device) for name, value in (*enumerate(args), *sorted(kwargs.items())))
+        if None in parts or not any(isinstance(v, torch.Tensor) for v in (*args, *kwargs.values())):
+            return None
+        return parts
+
+    def _graph_for(self, key: tuple, args: tuple, kwargs: dict) -> _Graph | None:
+        """The graph for ``key``, captured now if it is due; None when this call runs per layer."""
+        graph = self._graphs.get(key)
+        if graph is not None:
+            self._graphs.move_to_end(key)
+            return graph
+        if key in self._failed:
+            return None
+        if key != self._planned and key not in self._seen:
+            if len(self._seen) >= MAX_SEEN:
+                self._seen.clear()
+            self._seen.add(key)
+            return None
+        try:
+            graph = _Graph(self.model, args, kwargs, self._device())
+        except Exception:
+            if key == self._planned:  # (plan() and fuse() learn from this that the model cannot be captured)
+                raise
+            self._failed.add(key)  # another signature: it runs per layer, as it would without graphs
+            return None
+        self._graphs[key] = graph
+        while len(self._graphs) > MAX_GRAPHS:
+            self._graphs.popitem(last=False)
+        return graph
 
     def __getattr__(self, name: str):
         """What the wrapper does not have, from the model (a Hugging Face model's ``config``, say), as
@@ -93,10 +184,6 @@ class GraphedModel(nn.Module):
                 raise
             return getattr(self._modules["model"], name)
 
-    def _planned(self, x) -> bool:
-        return (isinstance(x, torch.Tensor) and tuple(x.shape) == self.input_shape and x.dtype == self.input_dtype
-                and x.device == self._device() and not (x.requires_grad and torch.is_grad_enabled()))
-
     def _device(self) -> torch.device:
         for tensor in self.model.buffers():
             return tensor.device
@@ -104,35 +191,20 @@ class GraphedModel(nn.Module):
             return tensor.device
         return torch.device("cpu")
 
-    def _capture(self, x: torch.Tensor) -> tuple:
-        # plain tensors, also when the first call comes in inference mode: later calls copy into the input
-        # buffer, and replays rewrite the output buffers, outside inference mode too. On the input's device:
-        # captured from another device's stream, its kernels would run outside the graph (an empty graph)
-        on_device = torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
-        with on_device, torch.inference_mode(False), torch.no_grad():
-            static_input = torch.empty_like(x, memory_format=torch.contiguous_format)
-            static_input.copy_(x)
-            replay, output = capture(lambda: self.model(static_input))
-        why = _unsupported_output(output)
-        if why is not None:
-            raise ValueError(f"{type(self.model).__name__} cannot run from a CUDA graph: {why}")
-        done = torch.cuda.Event() if x.is_cuda else None
-        return replay, static_input, output, done
+    def _drop_graphs(self) -> None:
+        self._graphs, self._seen, self._failed = OrderedDict(), set(), set()
 
-    def _drop_graph(self) -> None:
-        self._graph = None
-
-    def _apply(self, fn, recurse=True):  # .to(), .cuda(), .half(): the graph's buffers are the old ones
-        self._drop_graph()
+    def _apply(self, fn, recurse=True):  # .to(), .cuda(), .half(): the graphs' buffers are the old ones
+        self._drop_graphs()
         return super()._apply(fn, recurse)
 
     def _load_from_state_dict(self, *args, **kwargs):  # a layer's launch arguments may change (sliced groups)
-        self._drop_graph()
+        self._drop_graphs()
         return super()._load_from_state_dict(*args, **kwargs)
 
-    def __getstate__(self) -> dict:  # deepcopy and pickle: a graph and a lock are not copied; captured anew
+    def __getstate__(self) -> dict:  # deepcopy and pickle: graphs and a lock are not copied; captured anew
         state = super().__getstate__()
-        state["_graph"], state["_lock"] = None, None
+        state["_graphs"], state["_seen"], state["_failed"], state["_lock"] = OrderedDict(), set(), set(), None
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -140,8 +212,8 @@ class GraphedModel(nn.Module):
         self._lock = threading.Lock()
 
     def extra_repr(self) -> str:
-        captured = "captured" if self._graph is not None else "captured on the first call"
-        return f"CUDA graph for input {self.input_shape} {self.input_dtype}, {captured}"
+        return (f"CUDA graphs: planned for input {self.input_shape} {self.input_dtype}; "
+                f"{len(self._graphs)} captured, at most {MAX_GRAPHS}")
 
 
 def plan(model: nn.Module, example: torch.Tensor | None, fuse: str) -> tuple[bool, str]:

@@ -15,6 +15,8 @@ from deepzip import quantize as Q
 from deepzip.runtime import SparseMatrix, gpu_layers
 from deepzip.runtime.gpu_graph import GraphedModel
 
+from ..calibrate.conftest import tiny_bert, token_batches
+
 pytest.importorskip("triton")
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -143,3 +145,17 @@ def test_a_graph_on_another_device_than_the_current_one():
     assert torch.cuda.current_device() == 0
     for x in (torch.randn(1, 1, 28, 28) for _ in range(2)):  # an empty graph would return the first one's output
         assert torch.allclose(fast(x.to("cuda:1")).cpu(), model(x), atol=1e-4)
+
+
+def test_a_hugging_face_encoder_called_by_keyword_runs_from_a_graph():
+    model = tiny_bert()
+    Q.quantize(model, 4)  # every Linear weight-shared: converted
+    batch = token_batches(count=1)[0]
+    expected = model(**batch).last_hidden_state
+    fast = runtime.convert(copy.deepcopy(model), example=batch["input_ids"], device="cuda", fuse="on")
+    assert isinstance(fast, GraphedModel)
+    cuda_batch = {k: v.cuda() for k, v in batch.items()}
+    for _ in range(3):  # the first keyword call runs per layer, the second captures, the third replays
+        out = fast(**cuda_batch).last_hidden_state
+        assert torch.allclose(out.cpu(), expected, atol=1e-4)
+    assert len(fast._graphs) == 2 and fast.config.hidden_size == 32  # the example's graph and the keyword call's

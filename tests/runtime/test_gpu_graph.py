@@ -10,10 +10,12 @@ import pytest
 import torch
 from torch import nn
 
+from deepzip import quantize as Q
 from deepzip import runtime
 from deepzip.runtime import gpu, gpu_graph, gpu_timing
 from deepzip.runtime.gpu_graph import GraphedModel
 
+from ..calibrate.conftest import tiny_bert, token_batches
 from .conftest import DEVICE, small_model
 
 pytest.importorskip("triton")
@@ -395,3 +397,19 @@ def test_fuse_on_that_cannot_capture_is_an_error_that_leaves_the_model(gpu_here,
 def test_fuse_on_needs_an_example_on_cuda_too(gpu_here):
     with pytest.raises(ValueError, match="fuse='on' needs an example input: .* CUDA graph"):
         runtime.convert(small_model(), device="cuda", fuse="on")
+
+
+def test_a_hugging_face_encoder_called_by_keyword(gpu_here, graphs):
+    model = tiny_bert()
+    Q.quantize(model, 4)
+    batch = token_batches(count=1, batch=2, length=6)[0]
+    with torch.no_grad():
+        expected = model(**batch).last_hidden_state
+    # mode='dense': the wrapper is what is tested here (Triton's interpreter would take minutes on BERT's layers)
+    fast = runtime.convert(copy.deepcopy(model), example=batch["input_ids"], mode="dense", device="cuda", fuse="on")
+    device_batch = {k: v.to(DEVICE) for k, v in batch.items()}
+    outputs = [fast(**device_batch) for _ in range(3)]  # per layer, captured, replayed
+    assert type(outputs[-1]).__name__ == "BaseModelOutputWithPoolingAndCrossAttentions"
+    for out in outputs:
+        assert torch.allclose(out.last_hidden_state.cpu(), expected, atol=1e-4)
+    assert len(fast._graphs) == 2 and graphs.replays >= 1 and fast.config.hidden_size == 32

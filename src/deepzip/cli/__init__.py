@@ -8,6 +8,7 @@ import sys
 import torch
 
 from ..errors import DeepzipError
+from ..train.device import warm_vml
 from . import bench_cmd, compress_cmd, lottery_cmd, pretrained_cmd, prune_cmd, quantize_cmd, sparse_cmd, sweep_cmd, train_cmd
 
 COMMANDS = {"demo": compress_cmd.Demo, "train": train_cmd, "prune": prune_cmd,
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"deepzip: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
             return 2
         torch.set_num_threads(args.threads)  # deepzip's sparse kernels follow torch's thread count
+    warm_vml()  # before any stage's math: a command's results must not depend on how threads met MKL's first calls
     try:
         return args.run(args) or 0
     except (DeepzipError, ValueError, TypeError) as exc:

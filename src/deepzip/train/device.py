@@ -55,13 +55,36 @@ def device_name(spec: str) -> str:
     return spec
 
 
+# The float32 / float64 unary ops torch hands to MKL's vector math (VML) in this build (found with a debugger
+# on vm[sd]* calls): Adam's sqrt among them. VML picks each function's kernel on its first call in a process;
+# in MKL 2024.2 (torch 2.x wheels) a first call made by several threads at once can run one thread's chunk
+# through a low-accuracy kernel (pytorch/pytorch#188792, fixed in torch by the same 1-element warm-up:
+# pytorch/pytorch#188791), so one run in many, under load, trains on a slightly different first Adam step.
+VML_OPS = ("acos", "asin", "atan", "cos", "erf", "erfc", "erfinv", "exp", "log", "log10", "log2", "sin", "sqrt",
+           "tan", "tanh", "trunc")
+_vml_warm = False
+
+
+def warm_vml() -> None:
+    """Make each VML function's first call in this process a 1-element one (on one thread), once."""
+    global _vml_warm
+    if _vml_warm:
+        return
+    for dtype in (torch.float32, torch.float64):
+        x = torch.full((1,), 0.5, dtype=dtype)
+        for name in VML_OPS:
+            getattr(torch, name)(x)
+    _vml_warm = True
+
+
 def make_deterministic(device: torch.device) -> None:
     """Deterministic kernels on CUDA (cuBLAS workspace, cuDNN), so a rerun repeats bit for bit.
 
     torch then raises for an op that has no deterministic CUDA kernel instead of silently varying (the
     gpu-marked tests check that a training run repeats bit for bit; they have not yet run on a GPU). On the
-    CPU nothing is needed: deepzip's training is deterministic there at any thread count.
+    CPU deepzip's training is deterministic at any thread count once MKL's vector math is warmed (`warm_vml`).
     """
+    warm_vml()
     if device.type != "cuda":
         return
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from deepzip.train import device
 from deepzip.train.device import resolve_device
 
 
@@ -23,14 +24,12 @@ def test_make_deterministic_warms_mkl_vector_math_once(monkeypatch):
     """Each VML function's first call in the process is a 1-element one, made before training's split ones:
     MKL 2024.2 can run one thread's chunk of a first call made by two threads at once through a low-accuracy
     kernel (pytorch/pytorch#188792), which made one of two identical lottery runs train differently."""
-    from deepzip.train import device
-
     calls = []
     for name in device.VML_OPS:
         real = getattr(torch, name)
         monkeypatch.setattr(torch, name, lambda x, _real=real, _name=name: calls.append((_name, x.dtype, x.numel()))
                             or _real(x))
-    monkeypatch.setattr(device, "_vml_warm", False)
+    device.warm_vml.cache_clear()  # (as in a fresh process)
     device.make_deterministic(torch.device("cpu"))
     device.make_deterministic(torch.device("cpu"))  # once a process
     assert sorted(calls, key=str) == sorted(((n, d, 1) for n in device.VML_OPS for d in (torch.float32, torch.float64)),

@@ -3,6 +3,7 @@ it repeat: same seed, same device, same result."""
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -62,19 +63,15 @@ def device_name(spec: str) -> str:
 # pytorch/pytorch#188791), so one run in many, under load, trains on a slightly different first Adam step.
 VML_OPS = ("acos", "asin", "atan", "cos", "erf", "erfc", "erfinv", "exp", "log", "log10", "log2", "sin", "sqrt",
            "tan", "tanh", "trunc")
-_vml_warm = False
 
 
+@functools.cache
 def warm_vml() -> None:
-    """Make each VML function's first call in this process a 1-element one (on one thread), once."""
-    global _vml_warm
-    if _vml_warm:
-        return
+    """Make each VML function's first call in this process a 1-element one (on one thread); once (cached)."""
     for dtype in (torch.float32, torch.float64):
         x = torch.full((1,), 0.5, dtype=dtype)
         for name in VML_OPS:
             getattr(torch, name)(x)
-    _vml_warm = True
 
 
 def make_deterministic(device: torch.device) -> None:

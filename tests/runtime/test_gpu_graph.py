@@ -159,8 +159,13 @@ def test_at_most_max_graphs_are_kept_least_recently_used_dropped(graphs, monkeyp
     for batch in (1, 2, 1, 3, 3):  # batch 1 planned: captured at once; 2 and 3 seen once only, then 3 again
         graphed(torch.randn(batch, 12))
     assert [key[0][1] for key in graphed._graphs] == [(1, 12), (3, 12)]
-    graphed(torch.randn(2, 12))  # its second call: captured, and the least recently used (batch 1) dropped
-    assert [key[0][1] for key in graphed._graphs] == [(3, 12), (2, 12)]
+    graphed(torch.randn(1, 12))  # replayed: now the most recently used
+    graphed(torch.randn(2, 12))  # its second call: captured, and the least recently used (batch 3) dropped
+    assert [key[0][1] for key in graphed._graphs] == [(1, 12), (2, 12)] and graphs.captures == 3
+    for _ in range(3):  # more signatures in turn than graphs kept: a dropped one runs per layer, not captured
+        for batch in (1, 2, 3):  # again on every call
+            assert torch.allclose(graphed(x := torch.randn(batch, 12)), graphed.model(x))
+    assert graphs.captures == 3 and [key[0][1] for key in graphed._graphs] == [(1, 12), (2, 12)]
 
 
 def test_a_signature_that_cannot_be_captured_runs_per_layer(graphs, monkeypatch):

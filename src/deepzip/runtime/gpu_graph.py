@@ -52,7 +52,8 @@ def _unsupported_output(output: object) -> str | None:
     return None
 
 
-MAX_GRAPHS = 8  # call signatures kept captured (the least recently used dropped): each holds its buffers and pool
+MAX_GRAPHS = 8  # call signatures kept captured (the least recently used dropped, then run per layer): each holds
+# its buffers and pool
 MAX_SEEN = 1024  # signatures remembered as seen once (forgotten all at once beyond this)
 
 
@@ -112,7 +113,9 @@ class _Graph:
 class GraphedModel(nn.Module):
     """A model converted for CUDA, run from CUDA graphs, one per call signature (each tensor argument's shape
     and dtype, the other arguments' values): the example's signature is captured on its first call, any other
-    on its second (a shape seen once runs per layer: capturing costs a few calls), at most `MAX_GRAPHS` kept.
+    on its second (a shape seen once runs per layer: capturing costs a few calls), at most `MAX_GRAPHS` kept
+    (a signature whose graph was dropped for room runs per layer from then on, so that signatures taking turns
+    do not capture on every call).
     A call copies its tensors into the graph's buffers, replays it and returns a clone of its output. Calls the
     graphs cannot take (autograd, a tensor on another device, an argument that is not a tensor or a plain
     value, a signature whose capture failed) and calls inside a caller's own graph capture (so the per-layer
@@ -128,7 +131,7 @@ class GraphedModel(nn.Module):
         self._planned = (_describe(0, example, example.device),)
         self._graphs: OrderedDict = OrderedDict()  # signature -> _Graph, least recently used first
         self._seen: set = set()  # signatures called once
-        self._failed: set = set()  # signatures whose capture failed: they run per layer
+        self._failed: set = set()  # signatures whose capture failed or whose graph was dropped: per layer
         self._lock = threading.Lock()
 
     def forward(self, *args, **kwargs):
@@ -170,8 +173,9 @@ class GraphedModel(nn.Module):
             self._failed.add(key)  # another signature: it runs per layer, as it would without graphs
             return None
         self._graphs[key] = graph
-        while len(self._graphs) > MAX_GRAPHS:
-            self._graphs.popitem(last=False)
+        while len(self._graphs) > MAX_GRAPHS:  # a dropped signature is not captured again: with more than
+            dropped, _ = self._graphs.popitem(last=False)  # MAX_GRAPHS in turn, each call would capture
+            self._failed.add(dropped)
         return graph
 
     def __getattr__(self, name: str):

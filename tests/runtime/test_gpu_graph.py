@@ -139,18 +139,24 @@ def test_other_signatures_are_captured_on_their_second_call(graphs):
     assert (graphs.captures, graphs.replays, model.calls) == (0, 0, 1)
     second = graphed(input_ids=ids, attention_mask=mask)  # seen twice: captured, replayed
     assert (graphs.captures, graphs.replays) == (1, 1)
-    other_ids = torch.randint(0, 30, (2, 7))
+    other_ids, ids_before = torch.randint(0, 30, (2, 7)), ids.clone()
     third = graphed(input_ids=other_ids, attention_mask=mask)  # same signature, new values: replayed
     assert (graphs.captures, graphs.replays) == (1, 2)
+    assert torch.equal(ids, ids_before)  # copied into the graph's own buffers, not into the capturing call's
+    graphed(attention_mask=mask, input_ids=other_ids)  # keywords in another order: the same signature
+    assert (graphs.captures, graphs.replays) == (1, 3)
     assert torch.equal(first["last_hidden_state"], second["last_hidden_state"])
     with torch.no_grad():
         assert torch.equal(third["last_hidden_state"], model(other_ids, attention_mask=mask)["last_hidden_state"])
     graphed(input_ids=ids, attention_mask=mask, scale=2.0)  # another value of a plain argument: another signature
     graphed(input_ids=ids, attention_mask=mask, scale=2.0)
     assert graphs.captures == 2 and len(graphed._graphs) == 2
+    graphed(input_ids=ids, attention_mask=mask, scale=2)  # 2 == 2.0, but an int: another signature
+    graphed(input_ids=ids, attention_mask=mask, scale=2)
+    assert graphs.captures == 3 and len(graphed._graphs) == 3
     graphed(ids, mask, np.float32(2.0))  # an argument a graph cannot take: per layer, nothing remembered
     graphed(ids, mask, np.float32(2.0))
-    assert graphs.captures == 2
+    assert graphs.captures == 3
 
 
 def test_at_most_max_graphs_are_kept_least_recently_used_dropped(graphs, monkeypatch):
@@ -172,10 +178,12 @@ def test_a_signature_that_cannot_be_captured_runs_per_layer(graphs, monkeypatch)
     model = Counting()
     graphed = GraphedModel(model, torch.zeros(3, 12))
     graphed(torch.randn(3, 12))
-    monkeypatch.setattr(gpu_graph, "capture", FakeGraphs(fail=RuntimeError("a host sync for this shape")))
-    for _ in range(3):
+    failing, attempts = FakeGraphs(fail=RuntimeError("a host sync for this shape")), []
+    monkeypatch.setattr(gpu_graph, "capture", lambda fn: attempts.append(fn) or failing(fn))
+    for _ in range(4):
         assert graphed(torch.randn(5, 12)).shape == (5, 4)
-    assert model.calls == 1 + 3 + 1  # (the planned capture's one call, then three per-layer calls)
+    assert model.calls == 1 + 4 + 1  # (the planned capture's one call, then four per-layer calls)
+    assert len(attempts) == 1  # tried on the second call only: the failure is remembered
 
 
 def test_copies_moves_and_loads_capture_again(graphs):

@@ -219,12 +219,28 @@ class Opaque:
         self.tensor = tensor
 
 
-def test_an_output_that_cannot_be_cloned_safely_is_an_error(graphs):
+def test_an_output_that_cannot_be_cloned_safely_runs_per_layer(graphs):
     class Odd(nn.Module):
         def forward(self, x):
             return Opaque(x * 2)
     with pytest.raises(ValueError, match="cannot run from a CUDA graph: its output holds Opaque"):
-        GraphedModel(Odd(), torch.zeros(2))(torch.zeros(2))
+        gpu_graph.plan(Odd(), torch.zeros(2), "on")
+    graphed = GraphedModel(Odd(), torch.zeros(2))
+    first = graphed(torch.ones(2))  # a call never fails for want of a graph: the model runs as it is
+    second = graphed(torch.full((2,), 3.0))
+    assert torch.equal(first.tensor, torch.full((2,), 2.0)) and torch.equal(second.tensor, torch.full((2,), 6.0))
+    assert not graphed._graphs and graphs.replays == 0
+
+
+def test_a_planned_capture_that_fails_after_a_move_runs_per_layer(graphs, monkeypatch):
+    model = Counting()
+    graphed = GraphedModel(model, torch.zeros(3, 12))
+    graphed(torch.randn(3, 12))
+    graphed.to(torch.float32)  # graphs dropped: the next call captures again, and here that fails
+    monkeypatch.setattr(gpu_graph, "capture", FakeGraphs(fail=RuntimeError("another thread's cudaMalloc")))
+    for _ in range(2):
+        assert graphed(torch.randn(3, 12)).shape == (3, 4)  # per layer, and no second try
+    assert not graphed._graphs and not graphed.captured(torch.zeros(3, 12))
 
 
 def test_structured_outputs_are_cloned_leaf_by_leaf(graphs):
@@ -426,3 +442,25 @@ def test_a_hugging_face_encoder_called_by_keyword(gpu_here, graphs):
     for out in outputs:
         assert torch.allclose(out.last_hidden_state.cpu(), expected, atol=1e-4)
     assert len(fast._graphs) == 2 and graphs.replays >= 1 and fast.config.hidden_size == 32
+
+
+@pytest.mark.parametrize("fuse", ["auto", "on"])
+def test_a_model_captured_in_plan_but_not_after_calibration_is_not_wrapped(gpu_here, graphs, monkeypatch, fuse):
+    interleaved, modes = timing()
+    monkeypatch.setattr(gpu.gpu_timing, "interleaved", interleaved)
+    first_only = FakeGraphs()
+
+    def capture(fn):  # plan()'s capture works, fuse()'s does not
+        if first_only.captures:
+            raise RuntimeError("a host sync in a calibrated layer")
+        return first_only(fn)
+    monkeypatch.setattr(gpu_graph, "capture", capture)
+    model, x = small_model(), torch.randn(1, 24)
+    if fuse == "on":
+        with pytest.raises(ValueError, match="fuse='on': the calibrated model could not be captured"):
+            runtime.convert(copy.deepcopy(model), example=x, device="cuda", fuse=fuse)
+        return
+    fast = runtime.convert(copy.deepcopy(model), example=x, device="cuda", fuse=fuse)
+    assert not isinstance(fast, GraphedModel)
+    assert runtime.fusion(fast)["reason"].startswith("the calibrated model could not be captured")
+    assert modes[-1] is False  # and its layers were timed again as eager calls

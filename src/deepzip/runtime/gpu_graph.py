@@ -167,16 +167,23 @@ class GraphedModel(nn.Module):
             return None
         try:
             graph = _Graph(self.model, args, kwargs, self._device())
-        except Exception:
-            if key == self._planned:  # (plan() and fuse() learn from this that the model cannot be captured)
-                raise
-            self._failed.add(key)  # another signature: it runs per layer, as it would without graphs
+        except Exception:  # noqa: BLE001 - a call must not fail for want of a graph: it runs per layer, as
+            self._per_layer(key)  # without graphs (plan() tests the example's capture on its own, and says why)
             return None
         self._graphs[key] = graph
         while len(self._graphs) > MAX_GRAPHS:  # a dropped signature is not captured again: with more than
             dropped, _ = self._graphs.popitem(last=False)  # MAX_GRAPHS in turn, each call would capture
-            self._failed.add(dropped)
+            self._per_layer(dropped)
         return graph
+
+    def _per_layer(self, key: tuple) -> None:
+        if len(self._failed) >= MAX_SEEN:
+            self._failed.clear()
+        self._failed.add(key)
+
+    def captured(self, example: torch.Tensor) -> bool:
+        """Whether the graph for ``example``'s signature is captured (after a call with it)."""
+        return self._signature((example,), {}) in self._graphs
 
     def __getattr__(self, name: str):
         """What the wrapper does not have, from the model (a Hugging Face model's ``config``, say), as
@@ -228,7 +235,7 @@ def plan(model: nn.Module, example: torch.Tensor | None, fuse: str) -> tuple[boo
     if example is None:
         return False, "no example input (the graph is captured for the example's shape)"
     try:
-        GraphedModel(model, example)(example)
+        _Graph(model, (example,), {}, example.device)
     except Exception as exc:  # noqa: BLE001 - any failure to capture means: run eagerly (or, with 'on', say why)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
@@ -280,6 +287,11 @@ def fuse(model: nn.Module, example: torch.Tensor | None, fuse: str, graphs: bool
         return model, {"fused": False, "reason": reason}
     graphed = GraphedModel(model, example).eval()
     diff, scale = _difference(graphed, model, [example, example.roll(1, -1) if example.dim() else example])
+    if not graphed.captured(example):  # (plan() captured it before calibration; now, with its layers, it failed)
+        why = "the calibrated model could not be captured in a CUDA graph"
+        if fuse == "on":
+            raise ValueError(f"fuse='on': {why}; use fuse='auto' or 'off'")
+        return model, {"fused": False, "reason": why}
     info = {"fused": True, "reason": "fuse='on'", "kind": "cuda graph", "max_abs_diff": diff}
     if diff > DIFF_TOLERANCE * max(scale, 1.0):
         why = f"replaying the CUDA graph differs from the per-layer model by {diff:.2e}"

@@ -119,6 +119,16 @@ def _outlier_range(add) -> None:
     add("  %j1 = sext i32 %j1w to i64")
 
 
+def _next_row(add) -> None:
+    """The end of both kernels' loop over output rows: on to row r + 1 (the loop's head checks the bound),
+    and the exit block."""
+    add("  %rnext = add i64 %r, 1")
+    add("  br label %row")
+    add("done:")
+    add("  ret void")
+    add("}")
+
+
 def kernel_ir(tokens: int) -> str:
     """LLVM IR of the kernel for ``tokens`` input rows (1..MAX_BLOCK), one accumulator register a token
     (several with few tokens, `unroll`):
@@ -278,11 +288,7 @@ def kernel_ir(tokens: int) -> str:
         add(f"  store float %plus{i}, ptr {pointer}, align 4")
     add("  br label %next")
     add("next:")
-    add("  %rnext = add i64 %r, 1")
-    add("  br label %row")
-    add("done:")
-    add("  ret void")
-    add("}")
+    _next_row(add)
     return "\n".join(lines)
 
 
@@ -450,9 +456,5 @@ def int8_kernel_ir(tokens: int) -> str:
             add(f"  %oat{t} = add i64 %orow{t}, %r")
             add(f"  %optr{t} = getelementptr float, ptr %out, i64 %oat{t}")
             add(f"  store float %y{t}, ptr %optr{t}, align 4")
-    add("  %rnext = add i64 %r, 1")
-    add("  br label %row")
-    add("done:")
-    add("  ret void")
-    add("}")
+    _next_row(add)
     return "\n".join(lines)
